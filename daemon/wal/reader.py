@@ -1,0 +1,256 @@
+"""Reading a log: iterate frames, and classify how a log ends.
+
+The classification is what recovery acts on, so it is deliberately
+conservative: only a tail that cannot hide a later valid record is "torn";
+anything that could be the middle of the log is "corrupt", and corrupt logs
+are never modified automatically.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .format import (
+    HEADER_SIZE,
+    MARKER,
+    MARKER_OFFSET,
+    MAX_FRAME,
+    MAX_PAYLOAD,
+    Frame,
+    FrameStatus,
+    Record,
+    RecordError,
+    decode_payload,
+    frame_sizes,
+    parse_frame,
+)
+
+CLEAN = "clean"
+TORN = "torn"
+CORRUPT = "corrupt"
+
+# A long recovery reports progress this often, so an operator watching a
+# large log replay sees it move.
+PROGRESS_EVERY_S = 2.0
+
+
+@dataclass
+class ScanResult:
+    """How a log ends, and what its valid prefix holds."""
+
+    status: str
+    valid_end: int  # offset just after the last valid frame
+    file_size: int
+    records: int
+    last_epoch: int  # epoch of the last valid frame (0 if none)
+    epoch_starts: list[tuple[int, int]] = field(default_factory=list)  # (epoch, first offset)
+    bad_offset: int | None = None
+    reason: str = ""
+    seconds: float = 0.0
+
+    @property
+    def dropped(self) -> int:
+        return self.file_size - self.valid_end if self.status == TORN else 0
+
+    def describe(self) -> str:
+        if self.status == CLEAN:
+            return f"clean: {self.records} records, end offset {self.valid_end}"
+        if self.status == TORN:
+            return (
+                f"torn tail at offset {self.bad_offset}: {self.dropped} bytes after the last "
+                f"valid record ({self.reason}); {self.records} valid records end at {self.valid_end}"
+            )
+        return (
+            f"corruption at offset {self.bad_offset}: {self.reason}; "
+            f"{self.records} valid records before it"
+        )
+
+
+class LogOpenError(Exception):
+    """The log path cannot be opened as a log (missing, a directory, unreadable)."""
+
+
+def open_for_read(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LogOpenError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise LogOpenError(f"{path}: is a directory, not a log file") from None
+    except PermissionError:
+        raise LogOpenError(f"{path}: permission denied") from None
+    except OSError as e:
+        raise LogOpenError(f"{path}: {e.strerror}") from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LogOpenError(f"{path}: is a directory, not a log file")
+    return fd
+
+
+class _Mapped:
+    """A read-only view of a whole file; empty files get an empty bytes."""
+
+    def __init__(self, fd: int) -> None:
+        self.size = os.fstat(fd).st_size
+        self._mm: mmap.mmap | None = None
+        if self.size:
+            self._mm = mmap.mmap(fd, self.size, prot=mmap.PROT_READ)
+            self.buf: bytes | mmap.mmap = self._mm
+        else:
+            self.buf = b""
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+
+    def __enter__(self) -> "_Mapped":
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        self.close()
+
+
+def _is_zero(buf: bytes | mmap.mmap, start: int, end: int) -> bool:
+    step = 1 << 20
+    for p in range(start, end, step):
+        chunk = buf[p : min(end, p + step)]
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+def find_valid_frame_after(buf: bytes | mmap.mmap, start: int) -> int | None:
+    """Offset of the first position > start where a whole valid frame parses."""
+    size = len(buf)
+    search = start + 1 + MARKER_OFFSET
+    while True:
+        idx = buf.find(MARKER, search)
+        if idx < 0:
+            return None
+        cand = idx - MARKER_OFFSET
+        status, frame = parse_frame(buf, cand)
+        if frame is not None:
+            return cand
+        search = idx + 1
+        if search >= size:
+            return None
+
+
+def classify_tail(buf: bytes | mmap.mmap, pos: int, status: str) -> tuple[str, str]:
+    """Decide whether the bad bytes at pos are a torn tail or corruption."""
+    size = len(buf)
+    if _is_zero(buf, pos, size):
+        return TORN, f"{size - pos} zero bytes (unwritten space after a crash)"
+    later = find_valid_frame_after(buf, pos)
+    if later is not None:
+        return CORRUPT, f"bad frame ({status}) followed by a valid frame at offset {later}"
+    if status == FrameStatus.BAD_HEADER and size - pos >= HEADER_SIZE:
+        length = int.from_bytes(buf[pos + 4 : pos + 8], "little")
+        if length > MAX_PAYLOAD or length == 0:
+            return CORRUPT, f"impossible record length {length} (maximum {MAX_PAYLOAD})"
+        return CORRUPT, "header with a wrong magic, version or flags before the end of the log"
+    if status == FrameStatus.SHORT:
+        return TORN, "incomplete last record"
+    return TORN, "last record fails its checksum"
+
+
+def scan_buffer(
+    buf: bytes | mmap.mmap,
+    on_frame: Callable[[Frame, Record], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
+    t0 = time.monotonic()
+    size = len(buf)
+    pos = 0
+    records = 0
+    last_epoch = 0
+    starts: list[tuple[int, int]] = []
+    next_progress = t0 + PROGRESS_EVERY_S
+    while pos < size:
+        status, frame = parse_frame(buf, pos)
+        if frame is None:
+            verdict, reason = classify_tail(buf, pos, status)
+            return ScanResult(verdict, pos, size, records, last_epoch, starts, pos, reason, time.monotonic() - t0)
+        if frame.epoch != last_epoch or not starts:
+            if starts and frame.epoch < last_epoch:
+                return ScanResult(
+                    CORRUPT, pos, size, records, last_epoch, starts, pos,
+                    f"epoch goes backwards ({last_epoch} -> {frame.epoch})", time.monotonic() - t0,
+                )
+            starts.append((frame.epoch, pos))
+            last_epoch = frame.epoch
+        try:
+            record = decode_payload(frame.payload)
+        except RecordError as e:
+            return ScanResult(
+                CORRUPT, pos, size, records, last_epoch, starts, pos,
+                f"record passes its checksum but its payload is invalid: {e}", time.monotonic() - t0,
+            )
+        if on_frame is not None:
+            on_frame(frame, record)
+        records += 1
+        pos += frame.size
+        if progress is not None and (records & 0x3FF) == 0:
+            now = time.monotonic()
+            if now >= next_progress:
+                progress(pos, size)
+                next_progress = now + PROGRESS_EVERY_S
+    return ScanResult(CLEAN, pos, size, records, last_epoch, starts, None, "", time.monotonic() - t0)
+
+
+def scan_fd(
+    fd: int,
+    on_frame: Callable[[Frame, Record], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
+    with _Mapped(fd) as m:
+        return scan_buffer(m.buf, on_frame, progress)
+
+
+def scan_path(path: str, on_frame: Callable[[Frame, Record], None] | None = None) -> ScanResult:
+    fd = open_for_read(path)
+    try:
+        return scan_fd(fd, on_frame)
+    finally:
+        os.close(fd)
+
+
+def iter_frames(path: str, start: int = 0) -> Iterator[Frame]:
+    """Valid frames from `start` (which must be a frame boundary) to the first bad one."""
+    fd = open_for_read(path)
+    try:
+        with _Mapped(fd) as m:
+            pos = start
+            while True:
+                status, frame = parse_frame(m.buf, pos)
+                if frame is None:
+                    return
+                yield frame
+                pos += frame.size
+    finally:
+        os.close(fd)
+
+
+def read_chunk(fd: int, offset: int, end: int, max_bytes: int) -> bytes:
+    """Whole frames in [offset, end), at most max_bytes (or one frame if larger).
+
+    Reads the file with pread, so a catch-up of a large log never holds more
+    than one chunk in memory. The caller's log is already verified up to
+    `end`, so frame boundaries are taken from the headers.
+    """
+    want = min(end - offset, max(max_bytes, MAX_FRAME))
+    if want <= 0:
+        return b""
+    data = os.pread(fd, want, offset)
+    sizes = frame_sizes(data)
+    total = 0
+    for s in sizes:
+        if total + s > max_bytes and total > 0:
+            break
+        total += s
+    return data[:total]

@@ -1,0 +1,251 @@
+"""The append path: write-all, fdatasync, and what to do when either fails.
+
+Invariants this module protects:
+- bytes already in the log are never overwritten (O_APPEND, no seek);
+- a running writer never leaves a partial frame behind: a write that cannot
+  complete is rolled back to the last good offset before the error surfaces;
+- after an fsync error nothing is appended again by this process. The kernel
+  may have dropped the dirty pages and cleared the error, so a retried fsync
+  can "succeed" over lost data (PostgreSQL's fsyncgate). Only a restart, which
+  re-reads the file through recovery, is safe.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from typing import Callable, Sequence
+
+from .. import logs
+from .format import Record, encode_frame
+
+WriteFn = Callable[[int, memoryview], int]
+SyncFn = Callable[[int], None]
+
+
+class WalError(Exception):
+    """Base of every log engine error; `code` is stable and shown to clients."""
+
+    code = "wal_error"
+
+
+class WalLocked(WalError):
+    code = "log_locked"
+
+
+class WalFsyncError(WalError):
+    """fsync failed: the log is poisoned and the process must restart."""
+
+    code = "fsync_failed"
+
+
+class WalPoisoned(WalError):
+    code = "log_poisoned"
+
+
+class WalWriteError(WalError):
+    """A write could not complete; the file was rolled back, nothing was added."""
+
+    code = "write_failed"
+
+    def __init__(self, msg: str, errno_: int | None) -> None:
+        super().__init__(msg)
+        self.errno = errno_
+
+    @property
+    def no_space(self) -> bool:
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_full(fd: int, data: bytes | memoryview, write: WriteFn = os.write) -> None:
+    """Write every byte of data, looping over short writes and EINTR."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = write(fd, view)
+        except InterruptedError:
+            continue
+        if n <= 0:
+            # A regular file returns 0 only when nothing more can be written;
+            # treat it like ENOSPC rather than spin.
+            raise OSError(errno.ENOSPC, "write made no progress")
+        view = view[n:]
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory entry (a new or renamed file) durable."""
+    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_append(path: str) -> tuple[int, bool]:
+    """Open (creating if needed) for appending; returns (fd, created)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        return os.open(path, flags), False
+
+
+def lock_exclusive(fd: int, path: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise WalLocked(
+            f"{path} is locked by another process (a running node or zwal command); "
+            "stop it first, two writers must never append to one log"
+        ) from None
+
+
+class WalWriter:
+    """Appends frames to one log file. Single-threaded by design."""
+
+    def __init__(
+        self,
+        fd: int,
+        path: str,
+        end: int,
+        *,
+        write: WriteFn = os.write,
+        fsync: SyncFn = os.fdatasync,
+    ) -> None:
+        self.fd = fd
+        self.path = path
+        self.end = end
+        self._write = write
+        # fdatasync, not fsync: it still flushes the file size (the metadata
+        # needed to read the appended bytes back) but skips mtime/atime, which
+        # recovery never needs. On ext4/xfs that saves a journal commit when
+        # only the data blocks changed.
+        self._fsync = fsync
+        self.poisoned: str | None = None
+        self.read_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fsync_count = 0
+        self.last_fsync_s = 0.0
+
+    # -- appending ---------------------------------------------------------
+
+    def append(self, record: Record, epoch: int = 0) -> tuple[int, int]:
+        """Encode, write and fdatasync one record; returns (offset, size)."""
+        frame = encode_frame(record, epoch)
+        start, _ = self.append_frames(frame)
+        return start, len(frame)
+
+    def append_batch(self, records: Sequence[Record], epoch: int = 0) -> list[tuple[int, int]]:
+        """One write and one fdatasync for the whole batch (group commit)."""
+        frames = [encode_frame(r, epoch) for r in records]
+        start, _ = self.append_frames(b"".join(frames))
+        out = []
+        pos = start
+        for f in frames:
+            out.append((pos, len(f)))
+            pos += len(f)
+        return out
+
+    def append_frames(self, data: bytes | memoryview) -> tuple[int, int]:
+        """Append already-encoded, verified frames durably; returns (start, end).
+
+        The leader's group commit and the follower's copy both come here, so
+        the rollback and poisoning rules hold for every replica.
+        """
+        if self.poisoned:
+            raise WalPoisoned(f"{self.path}: log refuses writes after an fsync failure ({self.poisoned}); restart the node")
+        if not data:
+            return self.end, self.end
+        start = self.end
+        try:
+            write_full(self.fd, data, self._write)
+        except OSError as e:
+            self._roll_back(start, e)
+            raise WalWriteError(
+                f"{self.path}: write of {len(data)} bytes at offset {start} failed: "
+                f"{os.strerror(e.errno) if e.errno else e}; nothing was appended",
+                e.errno,
+            ) from None
+        self._sync()
+        self.end = start + len(data)
+        return start, self.end
+
+    def _sync(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._fsync(self.fd)
+        except OSError as e:
+            self.poisoned = os.strerror(e.errno) if e.errno else str(e)
+            logs.error("fsync_failed", path=self.path, error=self.poisoned, offset=self.end)
+            raise WalFsyncError(
+                f"{self.path}: fdatasync failed ({self.poisoned}); the log refuses further writes"
+            ) from None
+        self.last_fsync_s = time.perf_counter() - t0
+        self.fsync_count += 1
+
+    def _roll_back(self, good_end: int, cause: OSError) -> None:
+        """Cut a partial write back to the last good frame boundary."""
+        try:
+            size = os.fstat(self.fd).st_size
+            if size != good_end:
+                os.ftruncate(self.fd, good_end)
+            self._fsync(self.fd)
+        except OSError as e:
+            self.poisoned = f"rollback after failed write failed: {e}"
+            logs.error("rollback_failed", path=self.path, offset=good_end, error=str(e), cause=str(cause))
+            return
+        logs.warn("write_rolled_back", path=self.path, offset=good_end, dropped=size - good_end, error=str(cause))
+
+    # -- removing a suffix (the only sanctioned removal besides recovery) ----
+
+    def truncate_suffix(self, offset: int, save_path: str) -> int:
+        """Remove bytes [offset, end) after saving them to save_path.
+
+        Used when a node rejoins a newer epoch and holds records the new
+        leader never had. The bytes are kept beside the log (readable with
+        `zwal log dump`) so nothing is destroyed silently.
+        """
+        if self.poisoned:
+            raise WalPoisoned(f"{self.path}: log is poisoned ({self.poisoned})")
+        if not 0 <= offset <= self.end:
+            raise ValueError(f"truncate offset {offset} outside 0..{self.end}")
+        n = self.end - offset
+        if n == 0:
+            return 0
+        save_copy(self.read_fd, offset, self.end, save_path)
+        os.ftruncate(self.fd, offset)
+        self._sync()
+        self.end = offset
+        return n
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if not self.poisoned:
+                self._sync()
+        finally:
+            os.close(self.fd)
+            os.close(self.read_fd)
+            self.fd = -1
+
+
+def save_copy(src_fd: int, start: int, end: int, dest: str) -> None:
+    """Copy bytes [start, end) of src_fd into a new durable file `dest`."""
+    out, created = open_append(dest)
+    try:
+        if not created:
+            raise FileExistsError(f"{dest} already exists; refusing to overwrite evidence")
+        pos = start
+        while pos < end:
+            chunk = os.pread(src_fd, min(1 << 20, end - pos), pos)
+            if not chunk:
+                raise OSError(errno.EIO, f"short read copying {dest}")
+            write_full(out, chunk)
+            pos += len(chunk)
+        os.fsync(out)
+    finally:
+        os.close(out)
+    fsync_dir(os.path.dirname(os.path.abspath(dest)))
+
