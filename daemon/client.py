@@ -1,0 +1,288 @@
+"""The blocking client: Lazy Pirate retries, leader discovery, safe retries.
+
+Every write carries this client's id and a request id. A retry (after a
+timeout, a reconnect, or a failover) reuses the same request id, and every
+node rebuilds its retry window from the log, so a retried write is answered
+with the original acknowledgement instead of being appended twice.
+
+Error codes from the wire map one-to-one to exception classes below.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zmq
+
+from .protocol import MAX_MESSAGE, Err
+
+
+class ZwalError(Exception):
+    """A request failed; `code` is the stable wire error code."""
+
+    code = "error"
+    retryable = False
+
+    def __init__(self, message: str, reply: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply or {}
+
+
+class BadRequest(ZwalError):
+    code = Err.BAD_REQUEST
+
+
+class UnknownOp(ZwalError):
+    code = Err.UNKNOWN_OP
+
+
+class InvalidRecord(ZwalError):
+    code = Err.INVALID_RECORD
+
+
+class NotLeader(ZwalError):
+    code = Err.NOT_LEADER
+    retryable = True
+
+
+class NotEnoughReplicas(ZwalError):
+    code = Err.NOT_ENOUGH_REPLICAS
+    retryable = True
+
+
+class FsyncFailed(ZwalError):
+    code = Err.FSYNC_FAILED
+    retryable = True
+
+
+class NoSpace(ZwalError):
+    code = Err.NO_SPACE
+    retryable = True
+
+
+class WriteFailed(ZwalError):
+    code = Err.WRITE_FAILED
+    retryable = True
+
+
+class StaleEpoch(ZwalError):
+    code = Err.STALE_EPOCH
+
+
+class Refused(ZwalError):
+    code = Err.REFUSED
+
+
+class ShuttingDown(ZwalError):
+    code = Err.SHUTTING_DOWN
+    retryable = True
+
+
+class Unavailable(ZwalError):
+    """No node answered within the deadline."""
+
+    code = "unavailable"
+    retryable = True
+
+
+ERRORS: dict[str, type[ZwalError]] = {
+    c.code: c
+    for c in (BadRequest, UnknownOp, InvalidRecord, NotLeader, NotEnoughReplicas, FsyncFailed, NoSpace,
+              WriteFailed, StaleEpoch, Refused, ShuttingDown)
+}
+
+
+def error_from_reply(reply: dict[str, Any]) -> ZwalError:
+    cls = ERRORS.get(reply.get("error", ""), ZwalError)
+    err = cls(f"{reply.get('error')}: {reply.get('message')}", reply)
+    if cls is ZwalError:
+        err.code = str(reply.get("error"))
+    return err
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Where the durable record is: its log offset, its end, and the epoch that wrote it."""
+
+    offset: int
+    end: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    value: bytes | None
+    node: str
+    offset: int  # the serving node's applied end: how fresh the answer is
+    stale: bool  # True when served by a follower
+
+
+def endpoints_from_config(path: str) -> list[str]:
+    from . import config
+
+    cfg = config.load(path)
+    return [n.client_endpoint for n in cfg.nodes]
+
+
+def _b(x: bytes | str) -> bytes:
+    return x.encode("utf-8") if isinstance(x, str) else x
+
+
+class Client:
+    """Blocking client. Not thread-safe: use one per thread.
+
+    `timeout` bounds one attempt; `deadline` bounds a whole call including
+    retries, failovers and backoff.
+    """
+
+    def __init__(
+        self,
+        endpoints: list[str] | None = None,
+        *,
+        config: str | None = None,
+        timeout: float = 1.0,
+        deadline: float = 10.0,
+        client_id: bytes | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if config is not None:
+            endpoints = endpoints_from_config(config)
+        if not endpoints:
+            raise ValueError("a client needs endpoints or a cluster file")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self.deadline = deadline
+        self.client_id = client_id or os.urandom(12)
+        self._ids = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
+        self.ctx = context or zmq.Context.instance()
+        self.epoch = 0  # the highest epoch seen: sent along so stale leaders step down
+        self._ep_index = 0
+        self.sock: zmq.Socket | None = None
+        self.current: str | None = None
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _connect(self, endpoint: str) -> None:
+        self.close()
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        s.connect(endpoint)
+        self.sock = s
+        self.current = endpoint
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        self.close()
+
+    def _next_endpoint(self) -> str:
+        ep = self.endpoints[self._ep_index % len(self.endpoints)]
+        self._ep_index += 1
+        return ep
+
+    def request(self, op: str, *, deadline: float | None = None, endpoint: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Send one request until it succeeds, fails for good, or the deadline passes."""
+        rid = next(self._ids)
+        msg = {"id": rid, "op": op, **fields}
+        if op in ("set", "del"):
+            msg["cid"] = self.client_id
+        end_at = time.monotonic() + (self.deadline if deadline is None else deadline)
+        if endpoint is not None:
+            self._connect(endpoint)
+        elif self.sock is None:
+            self._connect(self._next_endpoint())
+        last_err: ZwalError | None = None
+        backoff = 0.05
+        while True:
+            remaining = end_at - time.monotonic()
+            if remaining <= 0:
+                if last_err is not None:
+                    raise last_err
+                raise Unavailable(f"no answer from {', '.join(self.endpoints)} within {self.deadline if deadline is None else deadline}s")
+            msg["epoch"] = self.epoch
+            assert self.sock is not None
+            self.sock.send(msgpack.packb(msg, use_bin_type=True))
+            reply = self._await(rid, min(self.timeout, remaining))
+            if reply is None:
+                # Lazy Pirate: the socket may hold a dead connection; start afresh,
+                # on the next node if we have several, with the same request id.
+                last_err = Unavailable(f"no answer from {self.current} within {self.timeout}s")
+                if endpoint is None:
+                    self._connect(self._next_endpoint())
+                else:
+                    self._connect(endpoint)
+                continue
+            if isinstance(reply.get("epoch"), int) and reply["epoch"] > self.epoch and op != "status":
+                self.epoch = reply["epoch"]
+            if reply.get("ok"):
+                return reply
+            err = error_from_reply(reply)
+            if not err.retryable or endpoint is not None and not isinstance(err, (NotEnoughReplicas, NoSpace)):
+                raise err
+            last_err = err
+            if isinstance(err, NotLeader) and reply.get("leader_endpoint"):
+                self._connect(reply["leader_endpoint"])
+                continue
+            if isinstance(err, NotLeader):
+                self._connect(self._next_endpoint())
+            time.sleep(min(backoff, max(0.0, end_at - time.monotonic())))
+            backoff = min(backoff * 2, 0.5)
+
+    def _await(self, rid: int, timeout: float) -> dict[str, Any] | None:
+        assert self.sock is not None
+        end_at = time.monotonic() + timeout
+        while True:
+            left = end_at - time.monotonic()
+            if left <= 0 or not self.sock.poll(left * 1000):
+                return None
+            try:
+                reply = msgpack.unpackb(self.sock.recv(), raw=False)
+            except Exception:
+                continue
+            if isinstance(reply, dict) and reply.get("id") in (rid, None):
+                if reply.get("id") is None and reply.get("ok") is not False:
+                    continue
+                return reply
+            # A late reply to an earlier attempt: drop it.
+
+    # -- the API ----------------------------------------------------------------------
+
+    def set(self, key: bytes | str, value: bytes | str) -> WriteResult:
+        r = self.request("set", key=_b(key), value=_b(value))
+        return WriteResult(r["offset"], r["end"], r["epoch"])
+
+    def delete(self, key: bytes | str) -> WriteResult:
+        r = self.request("del", key=_b(key))
+        return WriteResult(r["offset"], r["end"], r["epoch"])
+
+    def get(self, key: bytes | str) -> bytes | None:
+        return self.read(key).value
+
+    def read(self, key: bytes | str, endpoint: str | None = None) -> ReadResult:
+        """Read from the leader, or from `endpoint` (a follower answers stale)."""
+        r = self.request("get", key=_b(key), endpoint=endpoint)
+        if endpoint is None and r.get("stale") and r.get("leader_endpoint"):
+            self._connect(r["leader_endpoint"])
+            r = self.request("get", key=_b(key))
+        return ReadResult(r.get("value") if r.get("found") else None, r.get("node", ""), r.get("offset", 0), bool(r.get("stale")))
+
+    def status(self, endpoint: str | None = None, deadline: float | None = None) -> dict[str, Any]:
+        return self.request("status", endpoint=endpoint, deadline=deadline)["status"]
+
+    def ping(self, endpoint: str | None = None, deadline: float | None = None) -> dict[str, Any]:
+        return self.request("ping", endpoint=endpoint, deadline=deadline)
+
+    def admin(self, op: str, endpoint: str, deadline: float = 3.0, **args: Any) -> dict[str, Any]:
+        return self.request(op, endpoint=endpoint, deadline=deadline, args=args)

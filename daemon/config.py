@@ -1,0 +1,161 @@
+"""The cluster file: one TOML document that describes every node.
+
+Every tool takes `--config` and finds all nodes from it. Relative data
+directories are resolved against the file's own directory, so a cluster
+directory can be moved as a whole. README.md documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+FSYNC_MODES = ("group", "per-record")
+
+
+class ConfigError(Exception):
+    """The cluster file is missing, unreadable or has a wrong key; the message says which."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    data_dir: str
+    client_endpoint: str
+    repl_endpoint: str
+    metrics_port: int | None = None
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.data_dir, "wal.log")
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.data_dir, "node-state.json")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    path: str
+    name: str
+    bootstrap_leader: str
+    nodes: tuple[NodeConfig, ...]
+    ack_replicas: int = 0
+    replication_timeout: float = 2.0
+    fsync_mode: str = "group"
+    batch_max_records: int = 1024
+    batch_max_bytes: int = 4 * 1024 * 1024
+    heartbeat_interval: float = 0.5
+    fetch_max_bytes: int = 4 * 1024 * 1024
+    max_uncommitted_bytes: int = 64 * 1024 * 1024
+    peer_probe_interval: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    def node(self, name: str) -> NodeConfig:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise ConfigError(f"{self.path}: no node named {name!r} (nodes: {', '.join(self.names)})")
+
+    @property
+    def names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    def peers(self, name: str) -> list[NodeConfig]:
+        return [n for n in self.nodes if n.name != name]
+
+
+_CLUSTER_KEYS = {
+    "name": str,
+    "bootstrap_leader": str,
+    "ack_replicas": int,
+    "replication_timeout": (int, float),
+    "fsync_mode": str,
+    "batch_max_records": int,
+    "batch_max_bytes": int,
+    "heartbeat_interval": (int, float),
+    "fetch_max_bytes": int,
+    "max_uncommitted_bytes": int,
+    "peer_probe_interval": (int, float),
+}
+_NODE_KEYS = {"name": str, "data_dir": str, "client_endpoint": str, "repl_endpoint": str, "metrics_port": int}
+
+
+def _check(where: str, table: dict, schema: dict, required: set[str]) -> None:
+    for k, v in table.items():
+        if k not in schema:
+            raise ConfigError(f"{where}: unknown key {k!r} (known: {', '.join(sorted(schema))})")
+        if isinstance(v, bool) or not isinstance(v, schema[k]):
+            raise ConfigError(f"{where}: key {k!r} has the wrong type ({type(v).__name__})")
+    missing = required - set(table)
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
+
+
+def load(path: str) -> ClusterConfig:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such cluster file (create one with 'zwal cluster init DIR')") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; pass the cluster.toml inside it") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    return parse(doc, os.path.abspath(path))
+
+
+def parse(doc: dict, path: str) -> ClusterConfig:
+    base = os.path.dirname(path)
+    cluster = doc.get("cluster", {})
+    if not isinstance(cluster, dict):
+        raise ConfigError(f"{path}: [cluster] must be a table")
+    _check(f"{path} [cluster]", cluster, _CLUSTER_KEYS, {"bootstrap_leader"})
+    raw_nodes = doc.get("node", [])
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise ConfigError(f"{path}: needs at least one [[node]] table")
+    extra = set(doc) - {"cluster", "node"}
+    if extra:
+        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(extra))}")
+    nodes = []
+    seen_names: set[str] = set()
+    seen_eps: set[str] = set()
+    for i, n in enumerate(raw_nodes):
+        where = f"{path} [[node]] #{i + 1}"
+        if not isinstance(n, dict):
+            raise ConfigError(f"{where}: must be a table")
+        _check(where, n, _NODE_KEYS, {"name", "data_dir", "client_endpoint", "repl_endpoint"})
+        if n["name"] in seen_names:
+            raise ConfigError(f"{where}: duplicate node name {n['name']!r}")
+        for ep in (n["client_endpoint"], n["repl_endpoint"]):
+            if ep in seen_eps:
+                raise ConfigError(f"{where}: endpoint {ep} is used twice")
+            seen_eps.add(ep)
+        seen_names.add(n["name"])
+        data_dir = n["data_dir"] if os.path.isabs(n["data_dir"]) else os.path.join(base, n["data_dir"])
+        nodes.append(NodeConfig(n["name"], data_dir, n["client_endpoint"], n["repl_endpoint"], n.get("metrics_port")))
+    cfg = ClusterConfig(
+        path=path,
+        name=cluster.get("name", "zwal"),
+        bootstrap_leader=cluster["bootstrap_leader"],
+        nodes=tuple(nodes),
+        **{k: cluster[k] for k in _CLUSTER_KEYS if k in cluster and k not in ("name", "bootstrap_leader")},
+    )
+    if cfg.bootstrap_leader not in seen_names:
+        raise ConfigError(f"{path}: bootstrap_leader {cfg.bootstrap_leader!r} is not a node")
+    if cfg.fsync_mode not in FSYNC_MODES:
+        raise ConfigError(f"{path}: fsync_mode must be one of {', '.join(FSYNC_MODES)}")
+    followers = len(nodes) - 1
+    if not 0 <= cfg.ack_replicas <= followers:
+        raise ConfigError(
+            f"{path}: ack_replicas = {cfg.ack_replicas} but the cluster has {followers} follower(s); "
+            f"it must be between 0 and {followers}"
+        )
+    if cfg.replication_timeout <= 0 or cfg.heartbeat_interval <= 0:
+        raise ConfigError(f"{path}: replication_timeout and heartbeat_interval must be positive")
+    if cfg.batch_max_records < 1 or cfg.batch_max_bytes < 1:
+        raise ConfigError(f"{path}: batch limits must be at least 1")
+    return cfg

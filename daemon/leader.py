@@ -1,0 +1,235 @@
+"""The leader role's I/O loop: sockets and the file around `LeaderCore`.
+
+One thread. Each turn: take every ready request (up to the batch limits),
+append the batch with one write and one fdatasync, then answer and ship.
+While the disk is busy, new requests queue in ZeroMQ; the next turn takes
+them all, which is what makes group commit free.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from . import logs
+from .node import FsyncFailure, Node, Transition, decode_client
+from .nodestate import FOLLOWER, LEADER, NodeState
+from .peers import PeerProbe
+from .protocol import WRITE_OPS, Err, error_reply, ok_reply
+from .replication import LeaderCore, Reply, SendChunk, SendControl, StepDown
+from .wal import WalFsyncError, WalPoisoned, WalWriteError
+from .wal.reader import read_chunk
+from .stats import LatencyWindow
+
+# Requests taken from the socket per turn beyond a full batch, so reads and
+# replication are served even while writes flood in.
+MAX_DRAIN = 4096
+
+
+class LeaderRole:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        cfg = node.cfg
+        self.cfg = cfg
+        batch_records = 1 if cfg.fsync_mode == "per-record" else cfg.batch_max_records
+        self.core = LeaderCore(
+            name=node.name,
+            epoch=node.state.epoch,
+            end=node.writer.end,
+            kv=node.kv,
+            history=node.state.history,
+            followers=[p.name for p in cfg.peers(node.name)],
+            ack_replicas=cfg.ack_replicas,
+            replication_timeout=cfg.replication_timeout,
+            heartbeat_interval=cfg.heartbeat_interval,
+            max_uncommitted_bytes=cfg.max_uncommitted_bytes,
+            batch_max_records=batch_records,
+            batch_max_bytes=cfg.batch_max_bytes,
+        )
+        self.fsync_lat = LatencyWindow()
+        self.batch_sizes = LatencyWindow()
+        self.probe = PeerProbe(node.ctx, cfg.peers(node.name), cfg.peer_probe_interval)
+        self.transition: Transition | None = None
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self) -> Transition:
+        node = self.node
+        poller = zmq.Poller()
+        poller.register(node.client_sock, zmq.POLLIN)
+        poller.register(node.repl_sock, zmq.POLLIN)
+        poller.register(node.wake_fd(), zmq.POLLIN)
+        self.probe.register(poller)
+        try:
+            while self.transition is None:
+                if node.stopping:
+                    return self._shutdown()
+                now = time.monotonic()
+                self.probe.maybe_send(now, self.core.epoch)
+                timeout_ms = max(0.0, min(self.core.next_deadline(now), self.probe.next_at) - now) * 1000
+                events = dict(poller.poll(timeout_ms))
+                if node.wake_fd().fileno() in events:
+                    node.drain_wake()
+                if node.repl_sock in events:
+                    self._drain_repl()
+                if node.client_sock in events:
+                    self._drain_clients()
+                if self.core.batch:
+                    self._commit_batch()
+                for s in self.probe.socks:
+                    if s in events:
+                        self.probe.read(s)
+                self._check_peers()
+                self._perform(self.core.tick(time.monotonic()))
+            return self.transition
+        finally:
+            self.probe.close()
+
+    def _shutdown(self) -> Transition:
+        """SIGTERM: the batch in flight is already durable; tell waiters and stop."""
+        self._perform(self.core.fail_all(Err.SHUTTING_DOWN, f"{self.node.name} is shutting down; retry with the same request id"))
+        return Transition(None, "shutdown")
+
+    def _step_down(self, epoch: int, leader: str | None, reason: str) -> None:
+        if self.transition is not None:
+            return
+        logs.warn("stepping_down", epoch=self.core.epoch, new_epoch=epoch, new_leader=leader, reason=reason)
+        self._perform(self.core.fail_all(
+            Err.NOT_LEADER, f"{self.node.name} stepped down: epoch {epoch} exists ({reason})"))
+        st = NodeState(FOLLOWER, epoch, leader, list(self.node.state.history))
+        self.node.save_state(st)
+        self.transition = Transition(st, reason, reload=True)
+
+    def _check_peers(self) -> None:
+        newer = self.probe.newer_epoch(self.core.epoch)
+        if newer is not None:
+            self._step_down(newer[0], newer[1], f"a peer reports epoch {newer[0]}")
+
+    # -- clients --------------------------------------------------------------------
+
+    def _drain_clients(self) -> None:
+        sock = self.node.client_sock
+        core = self.core
+        now = time.monotonic()
+        for _ in range(MAX_DRAIN):
+            if core.batch_full():
+                return
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            decoded = decode_client(sock, frames, core.counters)
+            if decoded is None:
+                continue
+            envelope, req = decoded
+            if req.epoch > core.epoch:
+                self._step_down(req.epoch, None, f"a client has seen epoch {req.epoch}")
+                sock.send_multipart([*envelope, self.node.not_leader(req.id)])
+                return
+            if self.transition is not None:
+                sock.send_multipart([*envelope, self.node.not_leader(req.id)])
+                continue
+            if req.op in WRITE_OPS:
+                self._perform(core.admit_write(req, envelope, now))
+            elif req.op == "status":
+                sock.send_multipart([*envelope, ok_reply(req.id, status=self._status(now))])
+            elif req.op in ("get", "ping"):
+                sock.send_multipart([*envelope, self.node.read_reply(req, stale=False)])
+            else:
+                body, t = self.node.admin(req)
+                sock.send_multipart([*envelope, body])
+                if t is not None:
+                    self._perform(core.fail_all(Err.NOT_LEADER, f"{self.node.name} stopped leading: {t.reason}"))
+                    self.transition = t
+
+    def _commit_batch(self) -> None:
+        frames = self.core.take_batch()
+        data = b"".join(frames)
+        writer = self.node.writer
+        try:
+            _, end = writer.append_frames(data)
+        except WalWriteError as e:
+            code = Err.NO_SPACE if e.no_space else Err.WRITE_FAILED
+            logs.error("batch_failed", code=code, records=len(frames), bytes=len(data), error=str(e))
+            self._perform(self.core.batch_failed(code, str(e)))
+            return
+        except (WalFsyncError, WalPoisoned) as e:
+            # PostgreSQL's rule: never retry an fsync. Fail the batch, stop
+            # writing, exit non-zero; recovery on restart re-reads the file.
+            self._perform(self.core.batch_failed(Err.FSYNC_FAILED, str(e)))
+            self._flush_replies()
+            raise FsyncFailure(str(e)) from None
+        self.fsync_lat.add(writer.last_fsync_s)
+        self.batch_sizes.add(len(frames))
+        self._perform(self.core.batch_durable(end, time.monotonic()))
+
+    def _flush_replies(self) -> None:
+        # Let queued error replies leave before the process exits.
+        time.sleep(0.05)
+
+    # -- followers ------------------------------------------------------------------
+
+    def _drain_repl(self) -> None:
+        sock = self.node.repl_sock
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = _parse_fetch(frames)
+            if msg is None:
+                self.core.counters.dropped += 1
+                continue
+            self._perform(self.core.on_fetch(msg, frames[:1], time.monotonic()))
+
+    def _perform(self, actions: list[Any]) -> None:
+        node = self.node
+        for a in actions:
+            if isinstance(a, Reply):
+                node.client_sock.send_multipart([*a.envelope, a.body])
+            elif isinstance(a, SendChunk):
+                data = read_chunk(node.writer.read_fd, a.offset, self.core.end, self.cfg.fetch_max_bytes)
+                hdr = {"t": "data", "epoch": self.core.epoch, "leader": node.name, "offset": a.offset,
+                       "end": self.core.end, "commit": self.core.commit}
+                node.repl_sock.send_multipart([*a.envelope, msgpack.packb(hdr), data])
+            elif isinstance(a, SendControl):
+                node.repl_sock.send_multipart([*a.envelope, msgpack.packb(a.msg)])
+            elif isinstance(a, StepDown):
+                self._step_down(a.epoch, a.leader, a.reason)
+
+    def _status(self, now: float) -> dict[str, Any]:
+        c = self.core.counters
+        return self.node.status({
+            "commit": self.core.commit,
+            "ack_replicas": self.core.k,
+            "fsync_mode": self.cfg.fsync_mode,
+            "followers": self.core.follower_status(now),
+            "counters": {
+                "appends": c.appends, "batches": c.batches, "bad_requests": c.bad_requests,
+                "dedup_hits": c.dedup_hits, "errors": dict(c.errors),
+                "batch_size": self.batch_sizes.summary(),
+                "fsync_seconds": self.fsync_lat.summary(),
+            },
+        })
+
+
+def _parse_fetch(frames: list[bytes]) -> dict[str, Any] | None:
+    """A follower's fetch, or None if it is malformed (counted, never trusted)."""
+    if len(frames) != 2:
+        return None
+    try:
+        m = msgpack.unpackb(frames[1], raw=False)
+    except Exception:
+        return None
+    if not isinstance(m, dict) or m.get("t") != "fetch":
+        return None
+    for k in ("offset", "last_epoch", "epoch"):
+        v = m.get(k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return None
+    if not isinstance(m.get("name"), str):
+        return None
+    return m

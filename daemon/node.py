@@ -1,0 +1,335 @@
+"""A zwal node: one process, one log, one role at a time.
+
+The node owns what outlives a role: the cluster config, the open log and
+its replayed state, the node-state file, the bound sockets and the signal
+handling. A role (leader or follower) is looked up by name through the
+`zwal.roles` entry points, so `daemon` never imports `follower`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+import zmq
+
+from . import config as config_mod
+from . import logs, nodestate
+from .nodestate import FOLLOWER, LEADER, NodeState
+from .protocol import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
+from .state import KVState
+from .wal import LogCorrupt, WalError, open_log
+from .wal.reader import ScanResult
+
+EXIT_FSYNC = 3  # the supervisor restarts us; recovery runs on the next start
+EXIT_FATAL = 2
+
+
+@dataclass
+class Transition:
+    """What a role returns when it ends: the next state, or None to stop."""
+
+    state: NodeState | None
+    reason: str
+    reload: bool = True  # replay the log into a fresh state before the next role
+
+
+class Role(Protocol):
+    def __init__(self, node: "Node") -> None: ...
+    def run(self) -> Transition: ...
+
+
+def load_role(name: str) -> type[Role]:
+    for ep in entry_points(group="zwal.roles"):
+        if ep.name == name:
+            return ep.load()
+    raise RuntimeError(f"role {name!r} is not installed (entry point group zwal.roles); reinstall zwal")
+
+
+class Node:
+    def __init__(self, cfg: config_mod.ClusterConfig, name: str) -> None:
+        self.cfg = cfg
+        self.me = cfg.node(name)
+        self.name = name
+        self.stopping = False
+        self.ctx = zmq.Context.instance()
+        os.makedirs(self.me.data_dir, exist_ok=True)
+        st = nodestate.load(self.me.state_path)
+        if st is None:
+            st = self._bootstrap_state()
+        self.state = st
+        self.writer = None  # type: ignore[assignment]
+        self.kv = KVState()
+        self.scan: ScanResult | None = None
+        self.started = time.monotonic()
+        self.fsync_lat: list[float] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def _bootstrap_state(self) -> NodeState:
+        if self.name == self.cfg.bootstrap_leader:
+            st = NodeState(LEADER, 1, self.name, [(1, 0)])
+        else:
+            st = NodeState(FOLLOWER, 0, self.cfg.bootstrap_leader, [])
+        nodestate.save(self.me.state_path, st)
+        logs.event("bootstrapped", role=st.role, epoch=st.epoch, leader=st.leader)
+        return st
+
+    def save_state(self, st: NodeState) -> None:
+        nodestate.save(self.me.state_path, st)
+        self.state = st
+
+    def open_log(self) -> None:
+        """Recover the log and replay it into a fresh state."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        kv = KVState()
+        t0 = time.monotonic()
+
+        def progress(pos: int, size: int) -> None:
+            logs.event("recovery_progress", offset=pos, size=size, pct=round(100 * pos / max(size, 1), 1))
+
+        self.writer, scan = open_log(self.me.log_path, on_frame=kv.apply_frame, progress=progress)
+        self.kv = kv
+        self.scan = scan
+        merged = nodestate.merge_history(self.state.history, scan.epoch_starts)
+        if merged != self.state.history:
+            self.save_state(NodeState(self.state.role, max(self.state.epoch, scan.last_epoch), self.state.leader, merged))
+        logs.event(
+            "recovered", path=self.me.log_path, status=scan.status, records=scan.records,
+            bytes=scan.valid_end, torn_bytes_dropped=scan.dropped, last_epoch=scan.last_epoch,
+            seconds=round(time.monotonic() - t0, 3),
+        )
+
+    def _bind(self) -> None:
+        c = self.ctx.socket(zmq.ROUTER)
+        c.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        c.setsockopt(zmq.RCVHWM, 10000)
+        c.setsockopt(zmq.SNDHWM, 10000)
+        c.setsockopt(zmq.LINGER, 500)
+        c.bind(self.me.client_endpoint)
+        r = self.ctx.socket(zmq.ROUTER)
+        r.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        r.setsockopt(zmq.LINGER, 0)
+        r.bind(self.me.repl_endpoint)
+        self.client_sock = c
+        self.repl_sock = r
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def wake_fd(self) -> socket.socket:
+        return self._wake_r
+
+    def drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self.open_log()
+        except LogCorrupt as e:
+            logs.error("refusing_to_start", reason=str(e))
+            return EXIT_FATAL
+        except WalError as e:
+            logs.error("cannot_open_log", reason=str(e))
+            return EXIT_FATAL
+        try:
+            self._bind()
+        except zmq.ZMQError as e:
+            logs.error("cannot_bind", endpoint=self.me.client_endpoint, reason=str(e))
+            return EXIT_FATAL
+        logs.event("ready", role=self.state.role, epoch=self.state.epoch, end=self.writer.end,
+                   client=self.me.client_endpoint, repl=self.me.repl_endpoint, pid=os.getpid())
+        code = 0
+        try:
+            while not self.stopping:
+                role_cls = load_role(self.state.role)
+                logs.event("role_start", role=self.state.role, epoch=self.state.epoch, leader=self.state.leader)
+                t = role_cls(self).run()
+                if t.state is None:
+                    break
+                logs.event("role_change", to=t.state.role, epoch=t.state.epoch, leader=t.state.leader, reason=t.reason)
+                if t.state != self.state:
+                    self.save_state(t.state)
+                if t.reload and not self.stopping:
+                    self.open_log()
+        except FsyncFailure as e:
+            logs.error("stopping_after_fsync_failure", reason=str(e))
+            code = EXIT_FSYNC
+        finally:
+            self.close(fsync=code == 0)
+        logs.event("stopped", code=code)
+        return code
+
+    def close(self, fsync: bool = True) -> None:
+        if self.writer is not None:
+            try:
+                if fsync:
+                    self.writer.close()
+                else:
+                    os.close(self.writer.fd)
+                    os.close(self.writer.read_fd)
+            except OSError:
+                pass
+            self.writer = None
+        for s in (getattr(self, "client_sock", None), getattr(self, "repl_sock", None)):
+            if s is not None:
+                s.close(linger=200)
+
+    # -- requests every role answers the same way ----------------------------------
+
+    def leader_endpoint(self) -> str | None:
+        if self.state.leader is None:
+            return None
+        try:
+            return self.cfg.node(self.state.leader).client_endpoint
+        except config_mod.ConfigError:
+            return None
+
+    def not_leader(self, req_id: int | None) -> bytes:
+        leader = self.state.leader if self.state.leader != self.name else None
+        return error_reply(
+            req_id, Err.NOT_LEADER,
+            f"{self.name} is a {self.state.role} (epoch {self.state.epoch}); "
+            + (f"send writes to {leader} at {self.leader_endpoint()}" if leader else "the leader is not known yet"),
+            leader=leader, leader_endpoint=self.leader_endpoint() if leader else None, epoch=self.state.epoch,
+        )
+
+    def status(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        w = self.writer
+        st: dict[str, Any] = {
+            "name": self.name,
+            "role": self.state.role,
+            "epoch": self.state.epoch,
+            "leader": self.state.leader,
+            "end": w.end if w else None,
+            "last_epoch": self.last_log_epoch(),
+            "records": self.kv.records,
+            "keys": len(self.kv.data),
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self.started, 3),
+            "history": [list(h) for h in self.state.history],
+        }
+        if extra:
+            st.update(extra)
+        return st
+
+    def last_log_epoch(self) -> int:
+        """Epoch of the last record in the local log (0 for an empty log)."""
+        end = self.writer.end if self.writer else 0
+        last = 0
+        for e, start in self.state.history:
+            if start < end:
+                last = e
+        return last
+
+    def read_reply(self, req: Request, stale: bool) -> bytes:
+        if req.op == "ping":
+            return ok_reply(req.id, name=self.name, role=self.state.role, epoch=self.state.epoch)
+        if req.op == "get":
+            v = self.kv.get(req.key)  # type: ignore[arg-type]
+            return ok_reply(req.id, found=v is not None, value=v, offset=self.kv.end, stale=stale,
+                            node=self.name, epoch=self.state.epoch,
+                            leader_endpoint=self.leader_endpoint() if stale else None)
+        raise AssertionError(req.op)
+
+    # -- admin: the only ways a node's role changes -------------------------------
+
+    def admin(self, req: Request) -> tuple[bytes, Transition | None]:
+        """Carry out promote/follow/fence. The new state is saved before replying."""
+        args = req.args or {}
+        epoch = args.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            return error_reply(req.id, Err.BAD_REQUEST, "admin ops need an integer 'epoch' in args"), None
+        cur = self.state
+        if req.op == "fence":
+            # Raise our epoch durably so no leader of an older epoch can get
+            # data acknowledged by us; a leader stops leading.
+            if epoch < cur.epoch:
+                return error_reply(req.id, Err.STALE_EPOCH, f"{self.name} is already at epoch {cur.epoch}", epoch=cur.epoch), None
+            body = ok_reply(req.id, epoch=epoch, end=self.writer.end, last_epoch=self.last_log_epoch())
+            if epoch == cur.epoch and cur.role == FOLLOWER and cur.leader is None:
+                return body, None
+            st = NodeState(FOLLOWER, epoch, None, list(cur.history))
+            self.save_state(st)
+            return body, Transition(st, f"fenced at epoch {epoch}", reload=cur.role == LEADER)
+        if req.op == "follow":
+            leader = args.get("leader")
+            if not isinstance(leader, str) or leader not in self.cfg.names or leader == self.name:
+                return error_reply(req.id, Err.BAD_REQUEST, f"'leader' must name another node of the cluster"), None
+            if epoch < cur.epoch:
+                return error_reply(req.id, Err.STALE_EPOCH, f"{self.name} is already at epoch {cur.epoch}", epoch=cur.epoch), None
+            if epoch == cur.epoch and cur.role == LEADER:
+                return error_reply(req.id, Err.REFUSED, f"{self.name} leads epoch {epoch}; a follow needs a newer epoch"), None
+            st = NodeState(FOLLOWER, epoch, leader, list(cur.history))
+            self.save_state(st)
+            return ok_reply(req.id, epoch=epoch), Transition(st, f"told to follow {leader} at epoch {epoch}", reload=cur.role == LEADER)
+        if req.op == "promote":
+            if cur.role == LEADER:
+                return error_reply(req.id, Err.REFUSED, f"{self.name} is already the leader (epoch {cur.epoch})"), None
+            if epoch <= cur.epoch and not (epoch == cur.epoch and cur.leader is None):
+                return error_reply(req.id, Err.STALE_EPOCH,
+                                   f"promotion needs an epoch above {cur.epoch} (or equal to a fenced epoch)", epoch=cur.epoch), None
+            hist = list(cur.history)
+            if not hist or hist[-1][0] < epoch:
+                hist.append((epoch, self.writer.end))
+            st = NodeState(LEADER, epoch, self.name, hist)
+            # Durable before anything else: a crash from here on restarts us
+            # as the leader of `epoch`, never as a follower that also claims it.
+            self.save_state(st)
+            logs.event("promoted", epoch=epoch, start_offset=self.writer.end)
+            return ok_reply(req.id, epoch=epoch, end=self.writer.end), Transition(st, f"promoted to epoch {epoch}", reload=False)
+        raise AssertionError(req.op)
+
+
+class FsyncFailure(Exception):
+    """Raised out of a role loop: the node must exit non-zero and be restarted."""
+
+
+def decode_client(sock: zmq.Socket, frames: list[bytes], counters: Any) -> tuple[list[bytes], Request] | None:
+    """Decode a client message; bad input gets an error reply and None."""
+    envelope, body, problem = split_envelope(frames)
+    if body is None:
+        counters.bad_requests += 1
+        counters.error(Err.BAD_REQUEST)
+        if envelope and envelope[0]:
+            sock.send_multipart([*envelope, error_reply(None, Err.BAD_REQUEST, problem or "bad message")])
+        return None
+    try:
+        return envelope, decode_request(body)
+    except ProtocolError as e:
+        counters.bad_requests += 1
+        counters.error(e.code)
+        sock.send_multipart([*envelope, error_reply(e.request_id, e.code, str(e))])
+        return None
+
+
+def main_node(config_path: str, name: str) -> int:
+    cfg = config_mod.load(config_path)
+    logs.setup(node=name)
+    node = Node(cfg, name)
+    return node.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main_node(sys.argv[1], sys.argv[2]))

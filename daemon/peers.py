@@ -1,0 +1,91 @@
+"""Asking the other nodes who leads, without blocking the role loop.
+
+A leader uses this to learn that a newer epoch exists (it was paused or
+partitioned during a promotion) and steps down; a follower uses it to find
+the current leader after it missed a `follow`. One DEALER per peer, status
+requests sent on a timer, replies read when the poller says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import msgpack
+import zmq
+
+from .config import NodeConfig
+
+
+class PeerProbe:
+    def __init__(self, ctx: zmq.Context, peers: list[NodeConfig], interval: float) -> None:
+        self.interval = interval
+        self.next_at = 0.0
+        self._ids = itertools.count(1)
+        self.socks: dict[zmq.Socket, NodeConfig] = {}
+        for p in peers:
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 4)
+            s.setsockopt(zmq.RCVHWM, 16)
+            s.setsockopt(zmq.IMMEDIATE, 1)  # never queue probes for a peer that is down
+            s.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+            s.connect(p.client_endpoint)
+            self.socks[s] = p
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def register(self, poller: zmq.Poller) -> None:
+        for s in self.socks:
+            poller.register(s, zmq.POLLIN)
+
+    def maybe_send(self, now: float, my_epoch: int) -> None:
+        if now < self.next_at:
+            return
+        self.next_at = now + self.interval
+        body = msgpack.packb({"id": next(self._ids), "op": "status", "epoch": my_epoch})
+        for s in self.socks:
+            try:
+                s.send(body, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    def read(self, sock: zmq.Socket) -> list[dict[str, Any]]:
+        """Statuses that arrived on sock (malformed replies are ignored)."""
+        out = []
+        while True:
+            try:
+                body = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            try:
+                m = msgpack.unpackb(body, raw=False)
+                st = m["status"]
+                if isinstance(st.get("epoch"), int) and isinstance(st.get("role"), str):
+                    self.latest[self.socks[sock].name] = st
+                    out.append(st)
+            except Exception:
+                continue
+
+    def newer_epoch(self, epoch: int) -> tuple[int, str | None] | None:
+        """The highest epoch above `epoch` any peer reported, and its leader."""
+        best: tuple[int, str | None] | None = None
+        for name, st in self.latest.items():
+            e = st["epoch"]
+            if e > epoch and (best is None or e > best[0]):
+                leader = name if st["role"] == "leader" else st.get("leader")
+                best = (e, leader)
+            elif best is not None and e == best[0] and st["role"] == "leader":
+                best = (e, name)
+        return best
+
+    def leader_at(self, epoch: int) -> str | None:
+        """A peer that says it leads `epoch` or later."""
+        for name, st in self.latest.items():
+            if st["role"] == "leader" and st["epoch"] >= epoch:
+                return name
+        return None
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close(linger=0)
+        self.socks.clear()

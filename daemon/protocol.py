@@ -1,0 +1,173 @@
+"""The client wire protocol (docs/protocol.md): message shapes and error codes.
+
+Pure functions only: bytes in, typed requests or clear errors out. The node
+loop never trusts a network frame before it has passed through here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .wal.format import MAX_CLIENT_ID, MAX_KEY, MAX_VALUE, Record, RecordError
+
+# Larger messages are cut off by ZeroMQ itself (ZMQ_MAXMSGSIZE) before they
+# reach Python: a maximal value plus a generous envelope.
+MAX_MESSAGE = MAX_VALUE + MAX_KEY + 4096
+
+WRITE_OPS = ("set", "del")
+READ_OPS = ("get", "status", "ping")
+ADMIN_OPS = ("promote", "follow", "fence")
+OPS = WRITE_OPS + READ_OPS + ADMIN_OPS
+
+
+class Err:
+    """Stable error codes. Clients map each to one exception class."""
+
+    BAD_REQUEST = "bad_request"  # not msgpack, not a map, wrong field types, extra frames
+    UNKNOWN_OP = "unknown_op"
+    INVALID_RECORD = "invalid_record"  # empty or oversized key/value
+    NOT_LEADER = "not_leader"  # retry at `leader_endpoint`
+    NOT_ENOUGH_REPLICAS = "not_enough_replicas"  # may still become durable; retry with the same id
+    FSYNC_FAILED = "fsync_failed"  # node stops writing and restarts
+    NO_SPACE = "no_space"  # disk full; nothing appended; retry later
+    WRITE_FAILED = "write_failed"
+    STALE_EPOCH = "stale_epoch"  # an admin request from an older epoch
+    REFUSED = "refused"  # an admin request the node will not carry out
+    SHUTTING_DOWN = "shutting_down"
+
+    RETRYABLE = frozenset({NOT_LEADER, NOT_ENOUGH_REPLICAS, FSYNC_FAILED, NO_SPACE, WRITE_FAILED, SHUTTING_DOWN})
+
+
+class ProtocolError(Exception):
+    """A request that cannot be served; carries the code for the error reply."""
+
+    def __init__(self, code: str, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+@dataclass(slots=True)
+class Request:
+    id: int
+    op: str
+    key: bytes | None = None
+    value: bytes | None = None
+    client_id: bytes | None = None
+    epoch: int = 0  # the highest epoch the sender has seen (fencing)
+    args: dict | None = None  # admin ops only
+
+    def record(self) -> Record:
+        rid = self.id if self.client_id is not None else None
+        return Record(self.op, self.key, self.value, self.client_id, rid)  # type: ignore[arg-type]
+
+
+def _uint(m: dict, k: str, default: int | None = None) -> int:
+    v = m.get(k, default)
+    if v is None:
+        raise ProtocolError(Err.BAD_REQUEST, f"missing field {k!r}")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**63:
+        raise ProtocolError(Err.BAD_REQUEST, f"field {k!r} must be an integer in 0..2**63-1")
+    return v
+
+
+def _bin(m: dict, k: str, required: bool) -> bytes | None:
+    v = m.get(k)
+    if v is None:
+        if required:
+            raise ProtocolError(Err.BAD_REQUEST, f"missing field {k!r}")
+        return None
+    if isinstance(v, str):
+        v = v.encode("utf-8")
+    if not isinstance(v, bytes):
+        raise ProtocolError(Err.BAD_REQUEST, f"field {k!r} must be bytes or a string")
+    return v
+
+
+_FIELDS = {"id", "op", "key", "value", "cid", "epoch", "args"}
+
+
+def decode_request(body: bytes) -> Request:
+    """Parse one request body; raise ProtocolError with the id when it is known."""
+    try:
+        m = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception:
+        raise ProtocolError(Err.BAD_REQUEST, "request is not a msgpack message") from None
+    if not isinstance(m, dict):
+        raise ProtocolError(Err.BAD_REQUEST, "request must be a msgpack map")
+    rid = m.get("id")
+    rid = rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63 else None
+    try:
+        extra = set(m) - _FIELDS
+        if extra:
+            raise ProtocolError(Err.BAD_REQUEST, f"unknown field(s) {sorted(map(str, extra))}")
+        req_id = _uint(m, "id")
+        op = m.get("op")
+        if not isinstance(op, str):
+            raise ProtocolError(Err.BAD_REQUEST, "field 'op' must be a string")
+        if op not in OPS:
+            raise ProtocolError(Err.UNKNOWN_OP, f"unknown op {op!r} (known: {', '.join(OPS)})")
+        req = Request(req_id, op, epoch=_uint(m, "epoch", 0))
+        cid = _bin(m, "cid", False)
+        if cid is not None and not 1 <= len(cid) <= MAX_CLIENT_ID:
+            raise ProtocolError(Err.BAD_REQUEST, f"field 'cid' must be 1..{MAX_CLIENT_ID} bytes")
+        req.client_id = cid
+        if op in ("set", "del", "get"):
+            req.key = _bin(m, "key", True)
+        if op == "set":
+            req.value = _bin(m, "value", True)
+        elif "value" in m:
+            raise ProtocolError(Err.BAD_REQUEST, f"op {op!r} takes no value")
+        if op in ADMIN_OPS:
+            args = m.get("args", {})
+            if not isinstance(args, dict):
+                raise ProtocolError(Err.BAD_REQUEST, "field 'args' must be a map")
+            req.args = args
+        if op == "get":
+            if not 1 <= len(req.key) <= MAX_KEY:  # type: ignore[arg-type]
+                raise ProtocolError(Err.INVALID_RECORD, f"key must be 1..{MAX_KEY} bytes")
+        return req
+    except ProtocolError as e:
+        e.request_id = rid
+        raise
+
+
+def validate_write(req: Request) -> Record:
+    try:
+        return req.record()
+    except RecordError as e:
+        raise ProtocolError(Err.INVALID_RECORD, str(e), req.id) from None
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def error_reply(request_id: int | None, code: str, message: str, **extra: Any) -> bytes:
+    msg: dict[str, Any] = {"id": request_id, "ok": False, "error": code, "message": message}
+    msg.update(extra)
+    return encode(msg)
+
+
+def ok_reply(request_id: int, **fields: Any) -> bytes:
+    msg: dict[str, Any] = {"id": request_id, "ok": True}
+    msg.update(fields)
+    return encode(msg)
+
+
+def split_envelope(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str | None]:
+    """ROUTER frames -> (reply envelope, body, problem).
+
+    A DEALER sends [body]; a REQ socket sends ["", body]. Anything else has
+    extra frames: it still gets an error reply at its identity.
+    """
+    if len(frames) == 2:
+        return frames[:1], frames[1], None
+    if len(frames) == 3 and frames[1] == b"":
+        return frames[:2], frames[2], None
+    if len(frames) < 2:
+        return frames[:1], None, "empty message"
+    return frames[:1], None, f"request must be one frame (got {len(frames) - 1})"

@@ -1,0 +1,251 @@
+"""The follower role's I/O loop around `FollowerCore`.
+
+Pull replication: the follower asks the leader for bytes from its durable
+end; the leader answers at once when it has them, or parks the fetch until
+its next fsync (a long poll, answered with a heartbeat when idle). Because
+the follower fsyncs before it asks again, every fetch is also an
+acknowledgement of its end, and a slow follower costs the leader nothing:
+it is sent only what it asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from daemon import logs
+from daemon.node import FsyncFailure, Node, Transition, decode_client
+from daemon.nodestate import FOLLOWER, NodeState
+from daemon.peers import PeerProbe
+from daemon.protocol import WRITE_OPS, ok_reply
+from daemon.replication import Counters
+from daemon.state import Placed
+from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
+
+from .core import AdoptEpoch, Append, FollowerCore, Redirect, Refetch, Truncate
+
+
+class FollowerRole:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.cfg = node.cfg
+        self.core = FollowerCore(
+            node.name, node.state.epoch, node.writer.end, node.last_log_epoch(), node.kv.records,
+            node.cfg.fetch_max_bytes,
+        )
+        self.counters = Counters()
+        self.probe = PeerProbe(node.ctx, node.cfg.peers(node.name), node.cfg.peer_probe_interval)
+        self.dealer: zmq.Socket | None = None
+        self.leader = node.state.leader
+        self.last_heard = time.monotonic()
+        # No word from the leader for this long: reconnect and ask again (Lazy Pirate).
+        self.silence_limit = max(3 * self.cfg.heartbeat_interval, 1.0)
+        self.transition: Transition | None = None
+        self.poller = zmq.Poller()
+
+    # -- connection to the leader -------------------------------------------------
+
+    def _connect(self) -> None:
+        if self.dealer is not None:
+            self.poller.unregister(self.dealer)
+            self.dealer.close(linger=0)
+            self.dealer = None
+        if self.leader is None or self.leader == self.node.name:
+            return
+        ep = self.cfg.node(self.leader).repl_endpoint
+        s = self.node.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, self.cfg.fetch_max_bytes + 2 * (1 << 20))
+        s.connect(ep)
+        self.dealer = s
+        self.poller.register(s, zmq.POLLIN)
+        self._fetch()
+
+    def _fetch(self) -> None:
+        if self.dealer is not None:
+            self.dealer.send(msgpack.packb(self.core.fetch_msg()), zmq.NOBLOCK)
+
+    def _follow(self, epoch: int, leader: str | None, why: str) -> None:
+        """Adopt a newer epoch (durably first) and, if named, a new leader."""
+        st = self.node.state
+        if epoch < st.epoch or (epoch == st.epoch and leader == st.leader):
+            return
+        new = NodeState(FOLLOWER, epoch, leader or (st.leader if epoch == st.epoch else None), list(st.history))
+        self.node.save_state(new)
+        self.core.epoch = epoch
+        logs.event("following", epoch=epoch, leader=new.leader, reason=why)
+        if new.leader != self.leader:
+            self.leader = new.leader
+            self._connect()
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(self) -> Transition:
+        node = self.node
+        p = self.poller
+        p.register(node.client_sock, zmq.POLLIN)
+        p.register(node.repl_sock, zmq.POLLIN)
+        p.register(node.wake_fd(), zmq.POLLIN)
+        self.probe.register(p)
+        self._connect()
+        try:
+            while self.transition is None:
+                if node.stopping:
+                    return Transition(None, "shutdown")
+                now = time.monotonic()
+                if now - self.last_heard > self.silence_limit:
+                    if self.dealer is not None:
+                        logs.warn("leader_silent", leader=self.leader, seconds=round(now - self.last_heard, 2))
+                    self.last_heard = now
+                    self.probe.next_at = 0.0
+                    self._connect()
+                if self.dealer is None or now - self.last_heard > self.cfg.heartbeat_interval * 2:
+                    self.probe.maybe_send(now, self.core.epoch)
+                wait = min(self.last_heard + self.silence_limit, self.probe.next_at if self.dealer is None else now + 1.0) - now
+                events = dict(p.poll(max(0.0, wait) * 1000 + 1))
+                if node.wake_fd().fileno() in events:
+                    node.drain_wake()
+                if self.dealer is not None and self.dealer in events:
+                    self._drain_leader()
+                if node.client_sock in events:
+                    self._drain_clients()
+                if node.repl_sock in events:
+                    self._drain_repl()
+                for s in self.probe.socks:
+                    if s in events:
+                        self.probe.read(s)
+                self._check_peers()
+            return self.transition
+        finally:
+            self.probe.close()
+            if self.dealer is not None:
+                self.dealer.close(linger=0)
+
+    def _check_peers(self) -> None:
+        newer = self.probe.newer_epoch(self.core.epoch)
+        if newer is not None and newer[1] is not None:
+            self._follow(newer[0], newer[1], f"a peer reports epoch {newer[0]} led by {newer[1]}")
+        elif self.leader is None:
+            leader = self.probe.leader_at(self.core.epoch)
+            if leader is not None and leader != self.node.name:
+                self._follow(self.probe.latest[leader]["epoch"], leader, "found the leader by asking peers")
+
+    def _drain_leader(self) -> None:
+        assert self.dealer is not None
+        while self.transition is None:
+            try:
+                frames = self.dealer.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            try:
+                hdr = msgpack.unpackb(frames[0], raw=False)
+            except Exception:
+                hdr = None
+            data = frames[1] if len(frames) == 2 else None
+            self._act(self.core.on_message(hdr, data))
+
+    def _act(self, d: Any) -> None:
+        node = self.node
+        if isinstance(d, Append):
+            if d.epoch_starts:
+                st = node.state
+                for e, o in d.epoch_starts:
+                    st.note_epoch_start(e, o)
+                node.save_state(st)
+            try:
+                _, end = node.writer.append_frames(d.data)
+            except (WalFsyncError, WalPoisoned) as e:
+                raise FsyncFailure(str(e)) from None
+            except WalWriteError as e:
+                logs.error("append_failed", offset=self.core.end, bytes=len(d.data), error=str(e))
+                time.sleep(0.2)  # disk full: back off, then ask again from our (unchanged) end
+                self._fetch()
+                return
+            for frame, rec in d.frames:
+                node.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))
+            self.core.appended(end, d.frames[-1][0].epoch, len(d.frames))
+            self._fetch()
+        elif isinstance(d, Refetch):
+            if d.loud:
+                self.counters.dropped += 1
+                logs.warn("refetch", reason=d.reason, offset=self.core.end, leader=self.leader)
+            self._fetch()
+        elif isinstance(d, AdoptEpoch):
+            self._follow(d.epoch, d.leader or self.leader, f"leader {d.leader} is at epoch {d.epoch}")
+            self._fetch()
+        elif isinstance(d, Redirect):
+            if d.epoch >= self.core.epoch and d.leader and d.leader != self.leader:
+                self._follow(d.epoch, d.leader, f"{self.leader} redirected us")
+            else:
+                self.probe.next_at = 0.0
+        elif isinstance(d, Truncate):
+            self._truncate(d)
+
+    def _truncate(self, d: Truncate) -> None:
+        node = self.node
+        w = node.writer
+        last = self.core.last_epoch
+        save = os.path.join(node.me.data_dir, f"divergent-{last}-{d.offset}.wal")
+        if os.path.exists(save):
+            save = f"{save[:-4]}-{int(time.time())}.wal"
+        n = w.truncate_suffix(d.offset, save)
+        logs.warn("divergent_suffix_truncated", offset=d.offset, bytes=n, last_epoch=last,
+                  leader=self.leader, leader_epoch=d.leader_epoch, saved_to=save)
+        st = node.state
+        st.trim_history(d.offset)
+        node.save_state(st)
+        # Replay the shortened log into a fresh state, then follow again.
+        self.transition = Transition(node.state, "truncated a divergent suffix", reload=True)
+
+    # -- requests from clients and other followers ----------------------------------
+
+    def _drain_clients(self) -> None:
+        node = self.node
+        sock = node.client_sock
+        for _ in range(1024):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            decoded = decode_client(sock, frames, self.counters)
+            if decoded is None:
+                continue
+            envelope, req = decoded
+            if req.op in WRITE_OPS:
+                sock.send_multipart([*envelope, node.not_leader(req.id)])
+            elif req.op == "status":
+                sock.send_multipart([*envelope, ok_reply(req.id, status=node.status({
+                    "leader_end": self.core.leader_end, "leader_commit": self.core.leader_commit,
+                    "connected": self.dealer is not None and time.monotonic() - self.last_heard < self.silence_limit,
+                }))])
+            elif req.op in ("get", "ping"):
+                sock.send_multipart([*envelope, node.read_reply(req, stale=True)])
+            else:
+                body, t = node.admin(req)
+                sock.send_multipart([*envelope, body])
+                if t is not None:
+                    self.transition = t
+                    return
+
+    def _drain_repl(self) -> None:
+        """Another follower fetching from us: we do not lead; say who does."""
+        node = self.node
+        for _ in range(256):
+            try:
+                frames = node.repl_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                m = msgpack.unpackb(frames[-1], raw=False)
+                their_epoch = m.get("epoch") if isinstance(m, dict) else None
+            except Exception:
+                continue
+            if isinstance(their_epoch, int) and their_epoch > self.core.epoch:
+                self.probe.next_at = 0.0
+            node.repl_sock.send_multipart([frames[0], msgpack.packb(
+                {"t": "not_leader", "epoch": self.core.epoch, "leader": node.state.leader})])
