@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cmd_client, cmd_cluster, cmd_log, logs
+from . import cmd_client, cmd_cluster, cmd_failover, cmd_log, logs
 from .cmd_log import CLIError
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_log.add_parsers(sub)
     cmd_cluster.add_parsers(sub)
     cmd_client.add_parsers(sub)
+    cmd_failover.add_parsers(sub)
     return p
 
 

@@ -18,7 +18,7 @@ from . import logs
 from .node import FsyncFailure, Node, Transition, decode_client
 from .nodestate import FOLLOWER, LEADER, NodeState
 from .peers import PeerProbe
-from .protocol import WRITE_OPS, Err, error_reply, ok_reply
+from .protocol import ADMIN_OPS, WRITE_OPS, Err, ok_reply
 from .replication import LeaderCore, Reply, SendChunk, SendControl, StepDown
 from .wal import WalFsyncError, WalPoisoned, WalWriteError
 from .wal.reader import read_chunk
@@ -125,6 +125,14 @@ class LeaderRole:
             if decoded is None:
                 continue
             envelope, req = decoded
+            if req.op in ADMIN_OPS:
+                # Admin ops carry their own epoch and are checked by node.admin.
+                body, t = self.node.admin(req)
+                sock.send_multipart([*envelope, body])
+                if t is not None and self.transition is None:
+                    self._perform(core.fail_all(Err.NOT_LEADER, f"{self.node.name} stopped leading: {t.reason}"))
+                    self.transition = t
+                continue
             if req.epoch > core.epoch:
                 self._step_down(req.epoch, None, f"a client has seen epoch {req.epoch}")
                 sock.send_multipart([*envelope, self.node.not_leader(req.id)])
@@ -136,14 +144,8 @@ class LeaderRole:
                 self._perform(core.admit_write(req, envelope, now))
             elif req.op == "status":
                 sock.send_multipart([*envelope, ok_reply(req.id, status=self._status(now))])
-            elif req.op in ("get", "ping"):
-                sock.send_multipart([*envelope, self.node.read_reply(req, stale=False)])
             else:
-                body, t = self.node.admin(req)
-                sock.send_multipart([*envelope, body])
-                if t is not None:
-                    self._perform(core.fail_all(Err.NOT_LEADER, f"{self.node.name} stopped leading: {t.reason}"))
-                    self.transition = t
+                sock.send_multipart([*envelope, self.node.read_reply(req, stale=False)])
 
     def _commit_batch(self) -> None:
         frames = self.core.take_batch()

@@ -1,0 +1,166 @@
+"""Many requests in flight on one socket, for loaders and benchmarks.
+
+The blocking `Client` waits for each answer; a `Pipeline` keeps a window of
+writes outstanding on one DEALER, which is how one process can play many
+concurrent clients. Retries keep their request id, so they are as safe as
+the blocking client's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import msgpack
+import zmq
+
+from .protocol import MAX_MESSAGE, Err
+
+RETRYABLE = Err.RETRYABLE
+
+
+@dataclass
+class Outstanding:
+    msg: dict[str, Any]
+    first_sent: float
+    last_sent: float
+    resend_at: float | None = None  # set while waiting out a retryable error
+    attempts: int = 1
+
+
+@dataclass
+class PipelineResult:
+    acked: list[tuple[bytes, bytes | None, int, int]] = field(default_factory=list)  # key, value, offset, epoch
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    failed: list[tuple[bytes, bytes | None, str]] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, endpoints: list[str], *, client_id: bytes | None = None, timeout: float = 2.0,
+                 deadline: float = 30.0, context: zmq.Context | None = None) -> None:
+        self.endpoints = endpoints
+        self.client_id = client_id or os.urandom(12)
+        self.timeout = timeout
+        self.deadline = deadline
+        self.ctx = context or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._ep = 0
+        self.epoch = 0
+        self.sock: zmq.Socket | None = None
+        self._connect(endpoints[0])
+
+    def _connect(self, ep: str) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        s.setsockopt(zmq.SNDHWM, 100000)
+        s.setsockopt(zmq.RCVHWM, 100000)
+        s.connect(ep)
+        self.sock = s
+        self.current = ep
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    def _send(self, o: Outstanding) -> None:
+        o.msg["epoch"] = self.epoch
+        assert self.sock is not None
+        self.sock.send(msgpack.packb(o.msg, use_bin_type=True))
+        o.last_sent = time.perf_counter()
+
+    def run_writes(self, items: Iterator[tuple[str, bytes, bytes | None]], window: int,
+                   stop: Callable[[], bool] = lambda: False,
+                   on_ack: Callable[[bytes, bytes | None, dict[str, Any]], None] | None = None) -> PipelineResult:
+        """Send ("set"|"del", key, value) items keeping `window` outstanding.
+
+        Stops taking new items when `items` ends or `stop()` is true, then
+        waits for what is outstanding (up to each request's deadline).
+        """
+        res = PipelineResult()
+        out: dict[int, Outstanding] = {}
+        exhausted = False
+        assert self.sock is not None
+        while True:
+            while not exhausted and len(out) < window:
+                if stop():
+                    exhausted = True
+                    break
+                try:
+                    op, key, value = next(items)
+                except StopIteration:
+                    exhausted = True
+                    break
+                rid = next(self._ids)
+                msg: dict[str, Any] = {"id": rid, "op": op, "key": key, "cid": self.client_id}
+                if value is not None:
+                    msg["value"] = value
+                now = time.perf_counter()
+                o = Outstanding(msg, now, now)
+                out[rid] = o
+                self._send(o)
+            if not out:
+                return res
+            if self.sock.poll(20):
+                while True:
+                    try:
+                        body = self.sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        reply = msgpack.unpackb(body, raw=False)
+                    except Exception:
+                        continue
+                    o = out.get(reply.get("id")) if isinstance(reply, dict) else None
+                    if o is None or o.resend_at is not None:
+                        continue  # a late answer to an earlier attempt
+                    if isinstance(reply.get("epoch"), int):
+                        self.epoch = max(self.epoch, reply["epoch"])
+                    now = time.perf_counter()
+                    if reply.get("ok"):
+                        del out[reply["id"]]
+                        res.latencies.append(now - o.first_sent)
+                        res.acked.append((o.msg["key"], o.msg.get("value"), reply["offset"], reply["epoch"]))
+                        if on_ack:
+                            on_ack(o.msg["key"], o.msg.get("value"), reply)
+                        continue
+                    code = reply.get("error", "?")
+                    res.errors[code] = res.errors.get(code, 0) + 1
+                    if code not in RETRYABLE:
+                        del out[reply["id"]]
+                        res.failed.append((o.msg["key"], o.msg.get("value"), code))
+                    elif code == Err.NOT_LEADER:
+                        self._failover(reply.get("leader_endpoint"), out)
+                    else:
+                        o.resend_at = now + min(0.5, 0.05 * o.attempts)
+            now = time.perf_counter()
+            for rid, o in list(out.items()):
+                if now - o.first_sent > self.deadline:
+                    del out[rid]
+                    res.failed.append((o.msg["key"], o.msg.get("value"), "deadline"))
+                elif o.resend_at is not None:
+                    if now >= o.resend_at:
+                        o.resend_at = None
+                        o.attempts += 1
+                        self._send(o)
+                elif now - o.last_sent > self.timeout:
+                    # No answer: the node may be gone. Try the next one, resend all.
+                    self._failover(None, out)
+                    break
+
+    def _failover(self, endpoint: str | None, out: dict[int, Outstanding]) -> None:
+        if endpoint is None:
+            self._ep += 1
+            endpoint = self.endpoints[self._ep % len(self.endpoints)]
+        self._connect(endpoint)
+        for o in out.values():
+            o.attempts += 1
+            o.resend_at = None
+            self._send(o)

@@ -1,0 +1,163 @@
+"""Promotion: the rules (pure) and the steps (I/O) of `zwal promote`.
+
+Safety argument. A write acknowledged with ack_replicas = K is durable on
+the leader and on K followers. With F followers, any F - K + 1 of them
+include at least one of those K, and follower logs are prefixes of the
+leader's, so the most advanced answering follower (by last epoch, then end
+offset) holds every acknowledged write. Promoting it loses nothing that was
+acknowledged.
+
+Steps, in an order that keeps that argument true while the cluster moves:
+1. ask everyone for (epoch, last_epoch, end) and check the rules;
+2. fence: every reachable node durably takes epoch E+1, so none of them
+   accepts data from (or acknowledges to) the old leader any more, and a
+   reachable old leader steps down; the followers' ends are now frozen;
+3. ask again and re-check that the chosen node is still the most advanced;
+4. promote it at epoch E+1 (durable in its state file before it leads);
+5. tell the others to follow it.
+A crash between steps leaves nodes fenced at E+1 with no leader (safe;
+run promote again) or the new leader at E+1 (done): never two nodes in
+different roles claiming one epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .client import Client, ZwalError
+from .config import ClusterConfig
+
+
+@dataclass
+class Decision:
+    ok: bool
+    reason: str
+    epoch: int = 0  # the new epoch
+    warnings: list[str] = field(default_factory=list)
+
+
+def position(st: dict[str, Any]) -> tuple[int, int]:
+    """How advanced a node's log is: (epoch of its last record, end offset)."""
+    return (st.get("last_epoch") or 0, st.get("end") or 0)
+
+
+def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: int, force: bool,
+           old_leaders: frozenset[str] = frozenset()) -> Decision:
+    """The promotion rules, free of I/O. `statuses` maps node -> status or None.
+
+    `old_leaders` are nodes that led before fencing: they are followers now,
+    but their extra records were never acknowledged by K followers, so they
+    neither count towards the quorum nor set the bar for "most advanced".
+    """
+    me = statuses.get(name)
+    if name not in statuses:
+        return Decision(False, f"{name} is not a node of this cluster")
+    if me is None:
+        return Decision(False, f"{name} does not answer; only a reachable node can be promoted")
+    reachable = {n: s for n, s in statuses.items() if s is not None}
+    epoch = max(s["epoch"] for s in reachable.values()) + 1
+    followers_total = len(statuses) - 1
+    if me["role"] == "leader":
+        return Decision(False, f"{name} already leads epoch {me['epoch']}")
+    # The followers whose logs may hold acknowledged writes.
+    candidates = {n: s for n, s in reachable.items() if s["role"] == "follower" and n not in old_leaders}
+    candidates[name] = me
+    warnings: list[str] = []
+    need = followers_total - ack_replicas + 1
+    answered = len(candidates)
+    if ack_replicas == 0:
+        msg = ("ack_replicas = 0: writes were acknowledged before any follower had them, so no follower "
+               "is guaranteed to hold every acknowledged write")
+        if not force:
+            return Decision(False, msg + "; use --force to promote anyway (acknowledged writes may be lost)")
+        warnings.append(msg)
+    elif answered < need:
+        msg = (f"only {answered} of {followers_total} follower(s) answered; with ack_replicas = {ack_replicas} "
+               f"at least {need} must answer to be sure one of them holds every acknowledged write")
+        if not force:
+            return Decision(False, msg + " (bring more nodes back, or use --force and accept possible loss)")
+        warnings.append(msg)
+    best_name, best = max(candidates.items(), key=lambda kv: position(kv[1]))
+    if position(me) < position(best):
+        msg = (f"{name} is behind {best_name}: {name} ends at {me.get('end')} (last epoch {me.get('last_epoch')}), "
+               f"{best_name} at {best.get('end')} (last epoch {best.get('last_epoch')}); promote {best_name} instead")
+        if not force:
+            return Decision(False, msg)
+        warnings.append(msg + "; records beyond it will be truncated on the others")
+    return Decision(True, f"promote {name} to epoch {epoch}", epoch, warnings)
+
+
+def most_advanced(statuses: dict[str, dict[str, Any] | None]) -> str | None:
+    """The reachable follower with the most advanced log (the drill's choice)."""
+    fol = [(n, s) for n, s in statuses.items() if s is not None and s["role"] == "follower"]
+    if not fol:
+        return None
+    return max(fol, key=lambda kv: position(kv[1]))[0]
+
+
+@dataclass
+class PromoteResult:
+    ok: bool
+    name: str
+    epoch: int
+    message: str
+    start_offset: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: float = 2.0,
+                statuses_fn: Callable[[ClusterConfig, float], dict[str, dict[str, Any] | None]] | None = None,
+                say: Callable[[str], None] = lambda s: None) -> PromoteResult:
+    t0 = time.monotonic()
+    get_statuses = statuses_fn or statuses_of
+    sts = get_statuses(cfg, timeout)
+    d = decide(name, sts, cfg.ack_replicas, force)
+    if not d.ok:
+        return PromoteResult(False, name, 0, d.reason)
+    for w in d.warnings:
+        say(f"WARNING: {w}")
+    epoch = d.epoch
+    eps = {n.name: n.client_endpoint for n in cfg.nodes}
+    with Client(list(eps.values()), timeout=timeout, deadline=timeout) as c:
+        fenced = []
+        for n, st in sts.items():
+            if st is None:
+                continue
+            try:
+                c.admin("fence", eps[n], deadline=timeout, epoch=epoch)
+                fenced.append(n)
+            except ZwalError as e:
+                say(f"could not fence {n}: {e}")
+        say(f"fenced {', '.join(fenced)} at epoch {epoch}")
+        if name not in fenced:
+            return PromoteResult(False, name, epoch, f"{name} could not be fenced; nothing promoted (nodes fenced: {fenced})")
+        # The ends are frozen now: check again before acting.
+        sts2 = get_statuses(cfg, timeout)
+        old = frozenset(n for n, s in sts.items() if s is not None and s["role"] == "leader")
+        d2 = decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, cfg.ack_replicas, force, old)
+        if not d2.ok and not force:
+            return PromoteResult(False, name, epoch,
+                                 f"after fencing: {d2.reason}. The cluster is fenced at epoch {epoch} with no leader; "
+                                 f"run 'zwal promote' again")
+        try:
+            r = c.admin("promote", eps[name], deadline=timeout, epoch=epoch)
+        except ZwalError as e:
+            return PromoteResult(False, name, epoch, f"{name} refused promotion: {e}")
+        for n in fenced:
+            if n == name:
+                continue
+            try:
+                c.admin("follow", eps[n], deadline=timeout, epoch=epoch, leader=name)
+            except ZwalError as e:
+                say(f"could not tell {n} to follow {name} ({e}); it will find the leader by itself")
+    return PromoteResult(True, name, epoch, f"{name} leads epoch {epoch} from offset {r.get('end')}",
+                         r.get("end"), d.warnings, time.monotonic() - t0)
+
+
+def statuses_of(cfg: ClusterConfig, timeout: float) -> dict[str, dict[str, Any] | None]:
+    from .cmd_client import fetch_statuses
+
+    return fetch_statuses([(n.name, n.client_endpoint) for n in cfg.nodes], timeout)

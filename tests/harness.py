@@ -1,0 +1,189 @@
+"""A real cluster for tests: real node processes, real sockets on 127.0.0.1.
+
+Nothing here fakes zwal: it renders a cluster directory the way
+`zwal cluster init` does, starts `zwal node` processes, and talks to them
+with the real client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from daemon.client import Client
+from daemon.cmd_cluster import render
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_base_port(span: int = 30) -> int:
+    """A base port with `span` free ports after it (best effort, randomised)."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - span)
+        ok = True
+        for p in range(base + 1, base + span):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    end = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < end:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception as e:  # the condition may poll a node that is restarting
+            last_exc = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Cluster:
+    def __init__(self, root: str, nodes: int = 3, ack_replicas: int | None = None, **settings: Any) -> None:
+        self.root = root
+        self.n = nodes
+        self.base_port = free_base_port(3 * nodes + 3)
+        cluster, sup = render(root, nodes, self.base_port, ack_replicas, "test")
+        for k, v in settings.items():
+            val = f'"{v}"' if isinstance(v, str) else str(v)
+            cluster, count = re.subn(rf"(?m)^{k} = [^#\n]*", f"{k} = {val}  ", cluster)
+            assert count == 1, f"unknown cluster setting {k}"
+        os.makedirs(os.path.join(root, "log"), exist_ok=True)
+        self.config = os.path.join(root, "cluster.toml")
+        with open(self.config, "w") as f:
+            f.write(cluster)
+        with open(os.path.join(root, "supervisord.conf"), "w") as f:
+            f.write(sup)
+        self.names = [f"node{i}" for i in range(1, nodes + 1)]
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._clients: list[Client] = []
+
+    # -- processes ----------------------------------------------------------------
+
+    def endpoint(self, name: str) -> str:
+        i = self.names.index(name)
+        return f"tcp://127.0.0.1:{self.base_port + 3 * i + 1}"
+
+    def log_path(self, name: str) -> str:
+        return os.path.join(self.root, name, "wal.log")
+
+    def node_log(self, name: str) -> str:
+        return os.path.join(self.root, "log", f"{name}.log")
+
+    def start(self, name: str, *, wait: bool = True, wrap: list[str] | None = None) -> subprocess.Popen:
+        assert name not in self.procs or self.procs[name].poll() is not None, f"{name} already running"
+        out = open(self.node_log(name), "ab")
+        cmd = [*(wrap or []), sys.executable, "-m", "daemon.cli", "node", "--config", self.config, "--name", name]
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        out.close()
+        self.procs[name] = p
+        if wait:
+            wait_until(lambda: self.ping(name), 15, f"{name} to answer")
+        return p
+
+    def start_all(self) -> None:
+        for n in self.names:
+            self.start(n, wait=False)
+        for n in self.names:
+            wait_until(lambda n=n: self.ping(n), 15, f"{n} to answer")
+
+    def signal(self, name: str, sig: int) -> None:
+        self.procs[name].send_signal(sig)
+
+    def kill(self, name: str) -> None:
+        p = self.procs[name]
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+
+    def stop(self, name: str, timeout: float = 10) -> int:
+        p = self.procs[name]
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.send_signal(signal.SIGTERM)
+        return p.wait(timeout)
+
+    def alive(self, name: str) -> bool:
+        return name in self.procs and self.procs[name].poll() is None
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+        for name, p in self.procs.items():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.send_signal(signal.SIGKILL)
+                p.wait(10)
+
+    # -- talking to it ---------------------------------------------------------------
+
+    def client(self, **kw: Any) -> Client:
+        kw.setdefault("timeout", 1.0)
+        kw.setdefault("deadline", 15.0)
+        c = Client(config=self.config, **kw)
+        self._clients.append(c)
+        return c
+
+    def ping(self, name: str) -> bool:
+        with Client([self.endpoint(name)], timeout=0.5, deadline=0.5) as c:
+            try:
+                c.ping(endpoint=self.endpoint(name), deadline=0.5)
+                return True
+            except Exception:
+                return False
+
+    def status(self, name: str, timeout: float = 2.0) -> dict[str, Any]:
+        with Client([self.endpoint(name)], timeout=timeout, deadline=timeout) as c:
+            return c.status(endpoint=self.endpoint(name), deadline=timeout)
+
+    def leader(self) -> str | None:
+        for n in self.names:
+            if self.alive(n):
+                try:
+                    st = self.status(n, 1.0)
+                except Exception:
+                    continue
+                if st["role"] == "leader":
+                    return n
+        return None
+
+    def wait_converged(self, names: list[str] | None = None, timeout: float = 30) -> None:
+        """Every named node's log has the same end, and all are byte-identical."""
+        names = names or self.names
+
+        def same() -> bool:
+            ends = {n: self.status(n)["end"] for n in names}
+            return len(set(ends.values())) == 1
+
+        wait_until(same, timeout, f"{names} to reach the same end offset")
+        hashes = {n: sha256(self.log_path(n)) for n in names}
+        assert len(set(hashes.values())) == 1, f"logs differ: {hashes}"
+
+    def zwal(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=self.root)
