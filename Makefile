@@ -6,10 +6,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup run stop test bench bench-engine bench-quick clean help
+.PHONY: setup run stop demo test bench bench-engine bench-quick clean help
 
 help:
-	@echo "make run    - set up .venv and start a local cluster under supervisord"
+	@echo "make run    - set up .venv and start a local 3-node cluster under supervisord (in var/)"
 	@echo "make stop   - stop the local cluster"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make bench-engine - engine benchmark against the disk's fsync floor"
@@ -22,16 +22,45 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# A local 3-node cluster (1 leader, 2 followers, ack_replicas = 1) under supervisord, in var/.
 run: setup
+	@test -f var/cluster.toml || $(BIN)/zwal cluster init var --nodes 3
+	@if $(BIN)/supervisorctl -c var/supervisord.conf pid >/dev/null 2>&1; then \
+		echo "supervisord is already running for var/"; \
+	else \
+		$(BIN)/supervisord -c var/supervisord.conf && echo "started supervisord (logs in var/log/)"; \
+	fi
+	@$(BIN)/zwal status --config var/cluster.toml --wait 30
+	@echo
+	@echo "The cluster is up. Try:"
+	@echo "  $(BIN)/zwal set hello world --config var/cluster.toml"
+	@echo "  $(BIN)/zwal get hello --config var/cluster.toml"
+	@echo "  $(BIN)/zwal status --config var/cluster.toml"
+	@echo "  $(BIN)/zwal drill --config var/cluster.toml --rounds 3"
+	@echo "  $(BIN)/supervisorctl -c var/supervisord.conf status"
+	@echo "Stop it with: make stop"
+
+stop:
+	@if [ -f var/supervisord.conf ] && $(BIN)/supervisorctl -c var/supervisord.conf pid >/dev/null 2>&1; then \
+		$(BIN)/supervisorctl -c var/supervisord.conf shutdown; \
+	else \
+		echo "no cluster running in var/"; \
+	fi
+
+demo: setup
 	@mkdir -p var
 	$(BIN)/zwal demo --path var/demo.wal
-	$(BIN)/zwal log verify var/demo.wal
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench-engine: setup
 	$(BIN)/python bench/engine.py
+
+bench-quick: setup
+	@mkdir -p var
+	$(BIN)/python bench/quick.py --nodes 1 --k 0 --seconds 2
+	$(BIN)/python bench/quick.py --nodes 3 --k 1 --clients 1,64 --seconds 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

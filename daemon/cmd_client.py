@@ -138,7 +138,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     while True:
         sts = fetch_statuses(targets, min(args.timeout, 2.0))
         up = [s for s in sts.values() if s]
-        ready = len(up) == len(targets) and any(s["role"] == "leader" for s in up)
+        leaders = [s for s in up if s["role"] == "leader"]
+        ready = (len(up) == len(targets) and len(leaders) == 1
+                 and all(f.get("in_sync") for f in leaders[0].get("followers", []))
+                 and all(s["epoch"] == leaders[0]["epoch"] for s in up))
         if ready or time.monotonic() >= deadline:
             break
         time.sleep(0.3)

@@ -107,7 +107,11 @@ class LeaderCore:
         self.name = name
         self.epoch = epoch
         self.end = end
-        self.commit = end  # the log a leader starts with is all committed
+        # With K >= 1, nothing in the log we start with is known to be on K
+        # followers: a restarted or newly promoted leader may hold a tail it
+        # fsynced but never replicated. The commit point is learnt from the
+        # followers' fetches; until then a retry of such a record waits.
+        self.commit = end if ack_replicas == 0 else 0
         self.kv = kv
         self.history = history
         self.k = ack_replicas
@@ -118,6 +122,9 @@ class LeaderCore:
         self.batch_max_bytes = batch_max_bytes
         self.followers = {n: FollowerProgress(n) for n in followers}
         self.pending: deque[Pending] = deque()
+        # Retries of records already in the log (replayed) but not yet known
+        # committed: answered when the commit point passes their end.
+        self.replayed_waits: list[tuple[Placed, list[tuple[Envelope, int]], float]] = []
         self.inflight: dict[tuple[bytes, int], Pending] = {}
         self.batch: list[tuple[Record, bytes, list[tuple[Envelope, int]]]] = []
         self.batch_index: dict[tuple[bytes, int], list[tuple[Envelope, int]]] = {}
@@ -158,7 +165,10 @@ class LeaderCore:
             placed = self.kv.window.get(rec.client_id, req.id)
             if placed is not None:
                 self.counters.dedup_hits += 1
-                return [Reply(envelope, self._write_ok(req.id, placed))]
+                if placed.end <= self.commit:
+                    return [Reply(envelope, self._write_ok(req.id, placed))]
+                self.replayed_waits.append((placed, [(envelope, req.id)], now + self.timeout))
+                return []
         if self.k and self.in_sync(now) < self.k:
             self.counters.error(Err.NOT_ENOUGH_REPLICAS)
             return [Reply(envelope, error_reply(
@@ -244,8 +254,15 @@ class LeaderCore:
                 self.inflight.pop((p.record.client_id, p.record.request_id), None)  # type: ignore[arg-type]
             body = None
             for env, rid in p.waiters:
-                body = self._write_ok(rid, p.placed)
-                out.append(Reply(env, body))
+                out.append(Reply(env, self._write_ok(rid, p.placed)))
+        if self.replayed_waits:
+            still = []
+            for placed, waiters, deadline in self.replayed_waits:
+                if placed.end <= point:
+                    out.extend(Reply(env, self._write_ok(rid, placed)) for env, rid in waiters)
+                else:
+                    still.append((placed, waiters, deadline))
+            self.replayed_waits = still
         return out
 
     # -- followers ------------------------------------------------------------
@@ -285,6 +302,10 @@ class LeaderCore:
         if offset < self.end:
             f.parked = None
             out.append(SendChunk(name, envelope, offset))
+        elif their_epoch < self.epoch:
+            # Tell a follower our epoch at once, so it fences older leaders now.
+            f.parked = None
+            out.append(SendControl(envelope, self.heartbeat_msg()))
         else:
             f.parked = envelope
             f.parked_at = now
@@ -299,17 +320,24 @@ class LeaderCore:
                 f.parked = None
         for p in self.pending:
             if p.waiters and now >= p.deadline:
-                for env, rid in p.waiters:
-                    out.append(Reply(env, error_reply(
-                        rid, Err.NOT_ENOUGH_REPLICAS,
-                        f"record at offset {p.placed.offset} is durable on the leader but fewer than "
-                        f"{self.k} follower(s) acknowledged it within {self.timeout}s; it may still "
-                        "become committed: retry with the same request id",
-                        written=True, offset=p.placed.offset, epoch=p.placed.epoch,
-                    )))
-                self.counters.error(Err.NOT_ENOUGH_REPLICAS)
+                out.extend(self._not_acked(p.placed, p.waiters))
                 p.waiters = []
+        if self.replayed_waits:
+            expired = [w for w in self.replayed_waits if now >= w[2]]
+            self.replayed_waits = [w for w in self.replayed_waits if now < w[2]]
+            for placed, waiters, _ in expired:
+                out.extend(self._not_acked(placed, waiters))
         return out
+
+    def _not_acked(self, placed: Placed, waiters: list[tuple[Envelope, int]]) -> list[Reply]:
+        self.counters.error(Err.NOT_ENOUGH_REPLICAS)
+        return [Reply(env, error_reply(
+            rid, Err.NOT_ENOUGH_REPLICAS,
+            f"record at offset {placed.offset} is durable on the leader but fewer than "
+            f"{self.k} follower(s) acknowledged it within {self.timeout}s; it may still "
+            "become committed: retry with the same request id",
+            written=True, offset=placed.offset, epoch=placed.epoch,
+        )) for env, rid in waiters]
 
     def heartbeat_msg(self) -> dict[str, Any]:
         return {"t": "data", "epoch": self.epoch, "leader": self.name, "offset": None, "end": self.end, "commit": self.commit}
@@ -323,6 +351,8 @@ class LeaderCore:
             if p.waiters:
                 t = min(t, p.deadline)
                 break
+        for _, _, deadline in self.replayed_waits:
+            t = min(t, deadline)
         return t
 
     def fail_all(self, code: str, message: str) -> list[Reply]:
@@ -332,6 +362,9 @@ class LeaderCore:
             for env, rid in p.waiters:
                 out.append(Reply(env, error_reply(rid, code, message, written=True, offset=p.placed.offset)))
             p.waiters = []
+        for placed, waiters, _ in self.replayed_waits:
+            out.extend(Reply(env, error_reply(rid, code, message, written=True, offset=placed.offset)) for env, rid in waiters)
+        self.replayed_waits = []
         return out
 
     def follower_status(self, now: float) -> list[dict[str, Any]]:

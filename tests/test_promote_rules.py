@@ -1,0 +1,70 @@
+"""The promotion rules, decided without any node running."""
+
+from __future__ import annotations
+
+from daemon.promote import decide, most_advanced
+
+
+def st(role: str, epoch: int, end: int, last_epoch: int | None = None) -> dict:
+    return {"role": role, "epoch": epoch, "end": end, "last_epoch": epoch if last_epoch is None else last_epoch}
+
+
+def test_most_advanced_follower_is_promoted_to_next_epoch():
+    sts = {"n1": None, "n2": st("follower", 3, 900), "n3": st("follower", 3, 800)}
+    d = decide("n2", sts, ack_replicas=1, force=False)
+    assert d.ok and d.epoch == 4
+
+
+def test_lagging_follower_is_refused_and_the_better_one_named():
+    sts = {"n1": None, "n2": st("follower", 3, 900), "n3": st("follower", 3, 800)}
+    d = decide("n3", sts, ack_replicas=1, force=False)
+    assert not d.ok
+    assert "behind n2" in d.reason and "promote n2 instead" in d.reason
+
+
+def test_last_epoch_ranks_before_end_offset():
+    # n3 has fewer bytes but newer records: n2's extra bytes are from an older epoch.
+    sts = {"n1": None, "n2": st("follower", 3, 900, last_epoch=1), "n3": st("follower", 3, 800, last_epoch=2)}
+    assert not decide("n2", sts, 1, False).ok
+    assert decide("n3", sts, 1, False).ok
+
+
+def test_too_few_followers_answering_is_refused():
+    # F = 3 followers, K = 1: any 3 - 1 + 1 = 3 must answer; only 2 do.
+    sts = {"n1": None, "n2": st("follower", 1, 10), "n3": st("follower", 1, 10), "n4": None}
+    d = decide("n2", sts, ack_replicas=1, force=False)
+    assert not d.ok and "at least 3 must answer" in d.reason
+    # K = 2: 3 - 2 + 1 = 2 suffice.
+    assert decide("n2", sts, ack_replicas=2, force=False).ok
+
+
+def test_force_overrides_with_a_warning():
+    sts = {"n1": None, "n2": st("follower", 1, 10), "n3": st("follower", 1, 50)}
+    d = decide("n2", sts, ack_replicas=1, force=True)
+    assert d.ok and any("behind n3" in w for w in d.warnings)
+
+
+def test_k0_is_refused_without_force():
+    sts = {"n1": None, "n2": st("follower", 1, 10)}
+    assert not decide("n2", sts, 0, False).ok
+    assert decide("n2", sts, 0, True).ok
+
+
+def test_unreachable_or_leader_cannot_be_promoted():
+    sts = {"n1": st("leader", 1, 10), "n2": None, "n3": st("follower", 1, 10)}
+    assert "does not answer" in decide("n2", sts, 1, False).reason
+    assert "already leads" in decide("n1", sts, 1, False).reason
+    assert "not a node" in decide("n9", sts, 1, False).reason
+
+
+def test_old_leader_after_fencing_does_not_set_the_bar():
+    # After fencing, the old leader is a follower with unacknowledged extra records.
+    sts = {"n1": st("follower", 2, 5000), "n2": st("follower", 2, 900), "n3": st("follower", 2, 900)}
+    assert not decide("n2", sts, 1, False).ok
+    assert decide("n2", sts, 1, False, old_leaders=frozenset({"n1"})).ok
+
+
+def test_most_advanced_ignores_unreachable_and_leaders():
+    sts = {"n1": st("leader", 2, 9999), "n2": st("follower", 2, 10), "n3": None, "n4": st("follower", 2, 20)}
+    assert most_advanced(sts) == "n4"
+    assert most_advanced({"n1": None}) is None
