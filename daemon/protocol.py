@@ -69,7 +69,7 @@ def _uint(m: dict, k: str, default: int | None = None) -> int:
     v = m.get(k, default)
     if v is None:
         raise ProtocolError(Err.BAD_REQUEST, f"missing field {k!r}")
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**63:
+    if type(v) is not int or not 0 <= v < 2**63:
         raise ProtocolError(Err.BAD_REQUEST, f"field {k!r} must be an integer in 0..2**63-1")
     return v
 
@@ -80,14 +80,14 @@ def _bin(m: dict, k: str, required: bool) -> bytes | None:
         if required:
             raise ProtocolError(Err.BAD_REQUEST, f"missing field {k!r}")
         return None
-    if isinstance(v, str):
-        v = v.encode("utf-8")
-    if not isinstance(v, bytes):
-        raise ProtocolError(Err.BAD_REQUEST, f"field {k!r} must be bytes or a string")
-    return v
+    if type(v) is bytes:
+        return v
+    if type(v) is str:
+        return v.encode("utf-8")
+    raise ProtocolError(Err.BAD_REQUEST, f"field {k!r} must be bytes or a string")
 
 
-_FIELDS = {"id", "op", "key", "value", "cid", "epoch", "args"}
+_FIELDS = frozenset({"id", "op", "key", "value", "cid", "epoch", "args"})
 
 
 def decode_request(body: bytes) -> Request:
@@ -96,26 +96,32 @@ def decode_request(body: bytes) -> Request:
         m = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception:
         raise ProtocolError(Err.BAD_REQUEST, "request is not a msgpack message") from None
-    if not isinstance(m, dict):
+    if type(m) is not dict:
         raise ProtocolError(Err.BAD_REQUEST, "request must be a msgpack map")
     rid = m.get("id")
-    rid = rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63 else None
+    if type(rid) is not int or not 0 <= rid < 2**63:
+        rid = None
     try:
-        extra = set(m) - _FIELDS
-        if extra:
+        if not _FIELDS.issuperset(m):
+            extra = set(m) - _FIELDS
             raise ProtocolError(Err.BAD_REQUEST, f"unknown field(s) {sorted(map(str, extra))}")
-        req_id = _uint(m, "id")
+        if rid is None:
+            _uint(m, "id")  # raises the precise message
         op = m.get("op")
-        if not isinstance(op, str):
+        if type(op) is not str:
             raise ProtocolError(Err.BAD_REQUEST, "field 'op' must be a string")
         if op not in OPS:
             raise ProtocolError(Err.UNKNOWN_OP, f"unknown op {op!r} (known: {', '.join(OPS)})")
-        req = Request(req_id, op, epoch=_uint(m, "epoch", 0))
-        cid = _bin(m, "cid", False)
-        if cid is not None and not 1 <= len(cid) <= MAX_CLIENT_ID:
-            raise ProtocolError(Err.BAD_REQUEST, f"field 'cid' must be 1..{MAX_CLIENT_ID} bytes")
-        req.client_id = cid
-        if op in ("set", "del", "get"):
+        epoch = m.get("epoch", 0)
+        if type(epoch) is not int or not 0 <= epoch < 2**63:
+            _uint(m, "epoch")
+        req = Request(rid, op, epoch=epoch)  # type: ignore[arg-type]
+        if "cid" in m:
+            cid = _bin(m, "cid", False)
+            if cid is not None and not 1 <= len(cid) <= MAX_CLIENT_ID:
+                raise ProtocolError(Err.BAD_REQUEST, f"field 'cid' must be 1..{MAX_CLIENT_ID} bytes")
+            req.client_id = cid
+        if op == "set" or op == "del" or op == "get":
             req.key = _bin(m, "key", True)
         if op == "set":
             req.value = _bin(m, "value", True)
@@ -123,10 +129,10 @@ def decode_request(body: bytes) -> Request:
             raise ProtocolError(Err.BAD_REQUEST, f"op {op!r} takes no value")
         if op in ADMIN_OPS:
             args = m.get("args", {})
-            if not isinstance(args, dict):
+            if type(args) is not dict:
                 raise ProtocolError(Err.BAD_REQUEST, "field 'args' must be a map")
             req.args = args
-        if op == "get":
+        elif op == "get":
             if not 1 <= len(req.key) <= MAX_KEY:  # type: ignore[arg-type]
                 raise ProtocolError(Err.INVALID_RECORD, f"key must be 1..{MAX_KEY} bytes")
         return req
@@ -142,8 +148,11 @@ def validate_write(req: Request) -> Record:
         raise ProtocolError(Err.INVALID_RECORD, str(e), req.id) from None
 
 
+_pack = msgpack.Packer(use_bin_type=True).pack  # reused: see wal/format.py
+
+
 def encode(msg: dict[str, Any]) -> bytes:
-    return msgpack.packb(msg, use_bin_type=True)
+    return _pack(msg)
 
 
 def error_reply(request_id: int | None, code: str, message: str, **extra: Any) -> bytes:
@@ -155,7 +164,12 @@ def error_reply(request_id: int | None, code: str, message: str, **extra: Any) -
 def ok_reply(request_id: int, **fields: Any) -> bytes:
     msg: dict[str, Any] = {"id": request_id, "ok": True}
     msg.update(fields)
-    return encode(msg)
+    return _pack(msg)
+
+
+def write_ok(request_id: int, offset: int, end: int, epoch: int) -> bytes:
+    """The acknowledgement of a durable write (the hot path: no kwargs)."""
+    return _pack({"id": request_id, "ok": True, "offset": offset, "end": end, "epoch": epoch})
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str | None]:

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import Err, ProtocolError, Request, error_reply, ok_reply, validate_write
+from .protocol import Err, ProtocolError, Request, error_reply, validate_write, write_ok
 from .state import KVState, Placed
 from .wal.format import Record, encode_frame
 from .nodestate import epoch_end
@@ -126,11 +126,16 @@ class LeaderCore:
         # committed: answered when the commit point passes their end.
         self.replayed_waits: list[tuple[Placed, list[tuple[Envelope, int]], float]] = []
         self.inflight: dict[tuple[bytes, int], Pending] = {}
+        # The open batch takes new writes; the sealed one is on its way to disk.
         self.batch: list[tuple[Record, bytes, list[tuple[Envelope, int]]]] = []
         self.batch_index: dict[tuple[bytes, int], list[tuple[Envelope, int]]] = {}
+        self.sealed: list[tuple[Record, bytes, list[tuple[Envelope, int]]]] = []
+        self.sealed_index: dict[tuple[bytes, int], list[tuple[Envelope, int]]] = {}
         self.batch_bytes = 0
         self.counters = Counters()
         self.stepped_down: StepDown | None = None
+        self._in_sync_at = float("nan")
+        self._in_sync = 0
 
     # -- client writes ------------------------------------------------------
 
@@ -138,7 +143,10 @@ class LeaderCore:
         return len(self.batch) >= self.batch_max_records or self.batch_bytes >= self.batch_max_bytes
 
     def in_sync(self, now: float) -> int:
-        return sum(1 for f in self.followers.values() if now - f.last_seen <= self.timeout)
+        if now != self._in_sync_at:
+            self._in_sync_at = now
+            self._in_sync = sum(1 for f in self.followers.values() if now - f.last_seen <= self.timeout)
+        return self._in_sync
 
     def admit_write(self, req: Request, envelope: Envelope, now: float) -> list[Reply]:
         """Validate a write and queue it for the next batch, or answer at once."""
@@ -157,7 +165,7 @@ class LeaderCore:
                 p.deadline = max(p.deadline, now + self.timeout)
                 self.counters.dedup_hits += 1
                 return []
-            waiters = self.batch_index.get(key)
+            waiters = self.batch_index.get(key) or self.sealed_index.get(key)
             if waiters is not None:
                 waiters.append((envelope, req.id))
                 self.counters.dedup_hits += 1
@@ -190,32 +198,30 @@ class LeaderCore:
         self.batch_bytes += len(frame)
         return []
 
-    def _clear_batch(self) -> None:
-        self.batch.clear()
-        self.batch_index.clear()
-        self.batch_bytes = 0
-
     def _write_ok(self, request_id: int, placed: Placed) -> bytes:
-        return ok_reply(request_id, offset=placed.offset, end=placed.end, epoch=placed.epoch)
+        return write_ok(request_id, placed.offset, placed.end, placed.epoch)
 
     def take_batch(self) -> list[bytes]:
-        """The frames to append now, in order (the loop writes and fsyncs them)."""
-        return [frame for _, frame, _ in self.batch]
+        """Seal the open batch and return its frames, in order, for one write + fsync."""
+        assert not self.sealed, "the previous batch is still on its way to disk"
+        self.sealed, self.sealed_index = self.batch, self.batch_index
+        self.batch, self.batch_index, self.batch_bytes = [], {}, 0
+        return [frame for _, frame, _ in self.sealed]
 
     def batch_failed(self, code: str, message: str) -> list[Reply]:
-        """The batch's write failed and was rolled back: nothing was appended."""
+        """The sealed batch's write failed and was rolled back: nothing was appended."""
         out = []
-        for _, _, waiters in self.batch:
+        for _, _, waiters in self.sealed:
             for env, rid in waiters:
                 out.append(Reply(env, error_reply(rid, code, message, written=False)))
         self.counters.error(code)
-        self._clear_batch()
+        self.sealed, self.sealed_index = [], {}
         return out
 
     def batch_durable(self, new_end: int, now: float) -> list[Reply | SendChunk]:
-        """The batch is written and fsynced up to new_end."""
+        """The sealed batch is written and fsynced up to new_end."""
         pos = self.end
-        for rec, frame, waiters in self.batch:
+        for rec, frame, waiters in self.sealed:
             placed = Placed(pos, pos + len(frame), self.epoch)
             pos += len(frame)
             p = Pending(rec, placed, waiters, now + self.timeout)
@@ -223,9 +229,9 @@ class LeaderCore:
             if rec.client_id is not None:
                 self.inflight[(rec.client_id, rec.request_id)] = p  # type: ignore[index]
         assert pos == new_end, f"batch accounting: {pos} != {new_end}"
-        self.counters.appends += len(self.batch)
+        self.counters.appends += len(self.sealed)
         self.counters.batches += 1
-        self._clear_batch()
+        self.sealed, self.sealed_index = [], {}
         self.end = new_end
         out: list[Reply | SendChunk] = []
         out.extend(self._advance_commit())
@@ -294,6 +300,7 @@ class LeaderCore:
         if f.last_seen == float("-inf") or now - f.last_seen > self.timeout:
             f.connects += 1
         f.last_seen = now
+        self._in_sync_at = float("nan")
         f.records = msg.get("records", f.records)
         out: list[Reply | SendChunk | SendControl | StepDown] = []
         if offset != f.acked:
@@ -357,7 +364,10 @@ class LeaderCore:
 
     def fail_all(self, code: str, message: str) -> list[Reply]:
         """Stepping down or stopping: every waiting client gets an error now."""
-        out = self.batch_failed(code, message) if self.batch else []
+        out = self.batch_failed(code, message) if self.sealed else []
+        for _, _, waiters in self.batch:
+            out.extend(Reply(env, error_reply(rid, code, message, written=False)) for env, rid in waiters)
+        self.batch, self.batch_index, self.batch_bytes = [], {}, 0
         for p in self.pending:
             for env, rid in p.waiters:
                 out.append(Reply(env, error_reply(rid, code, message, written=True, offset=p.placed.offset)))

@@ -29,6 +29,8 @@ from typing import Iterator
 import msgpack
 
 HEADER = struct.Struct("<IIQHBB")
+_REST = struct.Struct("<IQHBB")  # the header after the CRC
+_CRC = struct.Struct("<I")
 HEADER_SIZE = HEADER.size  # 20
 MAGIC = 0x5A57
 VERSION = 1
@@ -99,6 +101,11 @@ def validate_record(r: Record) -> None:
             raise RecordError("request_id must be an integer in 0..2**63-1")
 
 
+# One Packer reused: msgpack.packb builds a new one per call, which costs
+# more than packing a small record does. Single-threaded use only.
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
 def encode_payload(r: Record) -> bytes:
     m: dict[str, object] = {"op": r.op, "key": r.key}
     if r.value is not None:
@@ -106,7 +113,7 @@ def encode_payload(r: Record) -> bytes:
     if r.client_id is not None:
         m["cid"] = r.client_id
         m["rid"] = r.request_id
-    return msgpack.packb(m, use_bin_type=True)
+    return _pack(m)
 
 
 def decode_payload(payload: bytes) -> Record:
@@ -143,9 +150,8 @@ def frame_payload(payload: bytes, epoch: int) -> bytes:
         raise RecordError(f"payload of {n} bytes exceeds the maximum of {MAX_PAYLOAD}")
     if not 0 <= epoch < 2**64:
         raise RecordError(f"epoch {epoch} out of range")
-    rest = struct.pack("<IQHBB", n, epoch, MAGIC, VERSION, FLAGS)
-    crc = zlib.crc32(payload, zlib.crc32(rest))
-    return struct.pack("<I", crc) + rest + payload
+    body = _REST.pack(n, epoch, MAGIC, VERSION, FLAGS) + payload
+    return _CRC.pack(zlib.crc32(body)) + body
 
 
 @dataclass(frozen=True, slots=True)
