@@ -12,6 +12,8 @@ help:
 	@echo "make run    - set up .venv and start a local 3-node cluster under supervisord (in var/)"
 	@echo "make stop   - stop the local cluster"
 	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make bench  - load benchmark (1 and 3 nodes) beside the disk's fsync floor"
+	@echo "make bench-quick  - a shorter one (under 2 minutes)"
 	@echo "make bench-engine - engine benchmark against the disk's fsync floor"
 
 $(STAMP): pyproject.toml
@@ -57,10 +59,11 @@ test: setup
 bench-engine: setup
 	$(BIN)/python bench/engine.py
 
+bench: setup
+	$(BIN)/python bench/run.py
+
 bench-quick: setup
-	@mkdir -p var
-	$(BIN)/python bench/quick.py --nodes 1 --k 0 --seconds 2
-	$(BIN)/python bench/quick.py --nodes 3 --k 1 --clients 1,64 --seconds 2
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -56,13 +56,20 @@ class Check:
     lost: list[str]
     unacked_present: int
     unacked_absent: int
+    duplicated: list[bytes] = field(default_factory=list)
 
 
 def check_ledger(ledger: Ledger, log_records: dict[int, tuple[bytes, bytes | None]],
                  read: Callable[[bytes], bytes | None]) -> Check:
-    """Every acknowledged write must sit at its offset and be readable."""
+    """Every acknowledged write must sit at its offset, once, and be readable."""
     lost = []
     keys_in_log = {k for k, _ in log_records.values()}
+    seen: dict[bytes, int] = {}
+    for k, _ in log_records.values():
+        seen[k] = seen.get(k, 0) + 1
+    # Every drill write has a unique key: a key twice in the log is a retry
+    # that was appended again instead of answered from the retry window.
+    duplicated = [k for k, n in seen.items() if n > 1 and k.startswith(b"drill-")]
     for a in ledger.acked:
         rec = log_records.get(a.offset)
         if rec != (a.key, a.value):
@@ -72,7 +79,7 @@ def check_ledger(ledger: Ledger, log_records: dict[int, tuple[bytes, bytes | Non
         if got != a.value:
             lost.append(f"{a.key!r} is in the log at {a.offset} but get returns {got!r}")
     present = sum(1 for k, _, _ in ledger.unacked if k in keys_in_log)
-    return Check(len(ledger.acked), lost, present, len(ledger.unacked) - present)
+    return Check(len(ledger.acked), lost, present, len(ledger.unacked) - present, duplicated)
 
 
 class Load:
@@ -132,7 +139,8 @@ class RoundReport:
     errors: dict[str, int]
 
     def passed(self, k: int) -> bool:
-        return self.logs_identical and self.logs_clean and (not self.check.lost or k == 0)
+        return (self.logs_identical and self.logs_clean and not self.check.duplicated
+                and (not self.check.lost or k == 0))
 
     def text(self) -> str:
         c = self.check
@@ -142,6 +150,7 @@ class RoundReport:
             f"  acknowledged but lost:          {len(c.lost)}",
             f"  unacknowledged but present:     {c.unacked_present}",
             f"  unacknowledged and absent:      {c.unacked_absent}",
+            f"  written twice (retry dupes):    {len(c.duplicated)}",
             f"  time to promote:                {self.promote_s:.2f} s (kill -> new leader accepts writes)",
             f"  time to converge:               {self.converge_s:.2f} s (promotion -> all logs identical)",
             f"  logs byte-identical:            {'yes' if self.logs_identical else 'NO'}",
