@@ -72,7 +72,8 @@ class LeaderRole:
                     return self._shutdown()
                 now = time.monotonic()
                 self.probe.maybe_send(now, self.core.epoch)
-                timeout_ms = max(0.0, min(self.core.next_deadline(now), self.probe.next_at) - now) * 1000
+                wake_at = min(self.core.next_deadline(now), self.probe.next_at, node.notifier.next_due(now))
+                timeout_ms = max(0.0, wake_at - now) * 1000
                 events = dict(poller.poll(timeout_ms))
                 if node.wake_fd().fileno() in events:
                     node.drain_wake()
@@ -88,7 +89,9 @@ class LeaderRole:
                     if s in events:
                         self.probe.read(s)
                 self._check_peers()
-                self._perform(self.core.tick(time.monotonic()))
+                now = time.monotonic()
+                self._perform(self.core.tick(now))
+                node.service_tick(now, self._snapshot)
             self._finish_in_flight()
             return self.transition
         finally:
@@ -179,6 +182,7 @@ class LeaderRole:
         if e is None:
             self.fsync_lat.add(r.fsync_s)
             self.batch_sizes.add(r.records)
+            self.node.metrics.batch(r.records, r.nbytes, r.append_s, r.fsync_s)
             self._perform(self.core.batch_durable(r.end, time.monotonic()))
             if self.core.batch and not self.syncer.busy and self.transition is None and not self.node.stopping:
                 self._start_batch()
@@ -229,6 +233,12 @@ class LeaderRole:
                 node.repl_sock.send_multipart([*a.envelope, msgpack.packb(a.msg)])
             elif isinstance(a, StepDown):
                 self._step_down(a.epoch, a.leader, a.reason)
+
+    def _snapshot(self) -> dict[str, Any]:
+        c = self.core.counters
+        return {"role": "leader", "epoch": self.core.epoch, "end": self.core.end, "commit": self.core.commit,
+                "records": self.node.kv.records, "acked": c.acked, "errors": dict(c.errors),
+                "followers": self.core.follower_status(time.monotonic())}
 
     def _status(self, now: float) -> dict[str, Any]:
         c = self.core.counters

@@ -25,6 +25,8 @@ from .nodestate import FOLLOWER, LEADER, NodeState
 from .protocol import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
 from .state import KVState
 from .wal import LogCorrupt, WalError, open_log
+from .metrics import Metrics
+from .sdnotify import Notifier
 from .wal.reader import ScanResult
 
 EXIT_FSYNC = 3  # the supervisor restarts us; recovery runs on the next start
@@ -69,6 +71,8 @@ class Node:
         self.scan: ScanResult | None = None
         self.started = time.monotonic()
         self.fsync_lat: list[float] = []
+        self.notifier = Notifier()
+        self.metrics = Metrics(name, self.me.metrics_port)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -158,8 +162,15 @@ class Node:
         except zmq.ZMQError as e:
             logs.error("cannot_bind", endpoint=self.me.client_endpoint, reason=str(e))
             return EXIT_FATAL
+        try:
+            self.metrics.start()
+        except OSError as e:
+            logs.error("metrics_unavailable", port=self.me.metrics_port, reason=str(e))
         logs.event("ready", role=self.state.role, epoch=self.state.epoch, end=self.writer.end,
-                   client=self.me.client_endpoint, repl=self.me.repl_endpoint, pid=os.getpid())
+                   client=self.me.client_endpoint, repl=self.me.repl_endpoint, metrics_port=self.me.metrics_port,
+                   pid=os.getpid())
+        # READY only now: recovery has finished and the sockets are bound.
+        self.notifier.ready(self.status_line())
         code = 0
         try:
             while not self.stopping:
@@ -177,9 +188,21 @@ class Node:
             logs.error("stopping_after_fsync_failure", reason=str(e))
             code = EXIT_FSYNC
         finally:
+            self.notifier.stopping()
             self.close(fsync=code == 0)
         logs.event("stopped", code=code)
         return code
+
+    def status_line(self) -> str:
+        end = self.writer.end if self.writer else "-"
+        return f"{self.state.role} epoch={self.state.epoch} end={end} leader={self.state.leader or '-'}"
+
+    def service_tick(self, now: float, snapshot: Any) -> None:
+        """Called by every role loop each turn: watchdog, STATUS=, metrics snapshot."""
+        self.notifier.tick(now)
+        if self.metrics.due(now):
+            self.metrics.publish(snapshot())
+            self.notifier.status(self.status_line())
 
     def close(self, fsync: bool = True) -> None:
         if self.writer is not None:

@@ -81,6 +81,7 @@ class Counters:
     bad_requests: int = 0
     dropped: int = 0
     dedup_hits: int = 0
+    acked: int = 0  # success replies to writes (retries included)
     errors: dict[str, int] = field(default_factory=dict)
 
     def error(self, code: str) -> None:
@@ -199,6 +200,7 @@ class LeaderCore:
         return []
 
     def _write_ok(self, request_id: int, placed: Placed) -> bytes:
+        self.counters.acked += 1
         return write_ok(request_id, placed.offset, placed.end, placed.epoch)
 
     def take_batch(self) -> list[bytes]:

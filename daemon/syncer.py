@@ -23,6 +23,8 @@ class SyncResult:
     error: BaseException | None = None
     fsync_s: float = 0.0
     records: int = 0
+    nbytes: int = 0
+    append_s: float = 0.0
 
 
 class Syncer:
@@ -53,7 +55,7 @@ class Syncer:
         assert not self.busy
         try:
             _, end = self.writer.append_frames(data)
-            return SyncResult(end, None, self.writer.last_fsync_s, records)
+            return SyncResult(end, None, self.writer.last_fsync_s, records, len(data), self.writer.last_append_s)
         except BaseException as e:
             return SyncResult(0, e, 0.0, records)
 
@@ -65,7 +67,8 @@ class Syncer:
             data, records = item
             try:
                 _, end = self.writer.append_frames(data)
-                self._result = SyncResult(end, None, self.writer.last_fsync_s, records)
+                self._result = SyncResult(end, None, self.writer.last_fsync_s, records, len(data),
+                                          self.writer.last_append_s)
             except BaseException as e:  # handed to the loop, which decides
                 self._result = SyncResult(0, e, 0.0, records)
             self._w.send(b"x")

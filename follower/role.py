@@ -105,7 +105,8 @@ class FollowerRole:
                     self._connect()
                 if self.dealer is None or now - self.last_heard > self.cfg.heartbeat_interval * 2:
                     self.probe.maybe_send(now, self.core.epoch)
-                wait = min(self.last_heard + self.silence_limit, self.probe.next_at if self.dealer is None else now + 1.0) - now
+                wait = min(self.last_heard + self.silence_limit, self.probe.next_at if self.dealer is None else now + 1.0,
+                           node.notifier.next_due(now)) - now
                 events = dict(p.poll(max(0.0, wait) * 1000 + 1))
                 if node.wake_fd().fileno() in events:
                     node.drain_wake()
@@ -119,11 +120,16 @@ class FollowerRole:
                     if s in events:
                         self.probe.read(s)
                 self._check_peers()
+                node.service_tick(time.monotonic(), self._snapshot)
             return self.transition
         finally:
             self.probe.close()
             if self.dealer is not None:
                 self.dealer.close(linger=0)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {"role": "follower", "epoch": self.core.epoch, "end": self.core.end, "records": self.node.kv.records,
+                "errors": dict(self.counters.errors)}
 
     def _check_peers(self) -> None:
         newer = self.probe.newer_epoch(self.core.epoch)
@@ -159,6 +165,7 @@ class FollowerRole:
                 node.save_state(st)
             try:
                 _, end = node.writer.append_frames(d.data)
+                node.metrics.batch(len(d.frames), len(d.data), node.writer.last_append_s, node.writer.last_fsync_s)
             except (WalFsyncError, WalPoisoned) as e:
                 raise FsyncFailure(str(e)) from None
             except WalWriteError as e:

@@ -89,18 +89,23 @@ class Cluster:
         i = self.names.index(name)
         return f"tcp://127.0.0.1:{self.base_port + 3 * i + 1}"
 
+    def metrics_url(self, name: str) -> str:
+        i = self.names.index(name)
+        return f"http://127.0.0.1:{self.base_port + 3 * i + 3}/metrics"
+
     def log_path(self, name: str) -> str:
         return os.path.join(self.root, name, "wal.log")
 
     def node_log(self, name: str) -> str:
         return os.path.join(self.root, "log", f"{name}.log")
 
-    def start(self, name: str, *, wait: bool = True, wrap: list[str] | None = None) -> subprocess.Popen:
+    def start(self, name: str, *, wait: bool = True, wrap: list[str] | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         assert name not in self.procs or self.procs[name].poll() is not None, f"{name} already running"
         out = open(self.node_log(name), "ab")
         cmd = [*(wrap or []), sys.executable, "-m", "daemon.cli", "node", "--config", self.config, "--name", name]
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         out.close()
         self.procs[name] = p
         if wait:

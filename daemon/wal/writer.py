@@ -127,6 +127,7 @@ class WalWriter:
         self.read_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.fsync_count = 0
         self.last_fsync_s = 0.0
+        self.last_append_s = 0.0
 
     # -- appending ---------------------------------------------------------
 
@@ -157,6 +158,7 @@ class WalWriter:
             raise WalPoisoned(f"{self.path}: log refuses writes after an fsync failure ({self.poisoned}); restart the node")
         if not data:
             return self.end, self.end
+        t0 = time.perf_counter()
         start = self.end
         try:
             write_full(self.fd, data, self._write)
@@ -169,6 +171,7 @@ class WalWriter:
             ) from None
         self._sync()
         self.end = start + len(data)
+        self.last_append_s = time.perf_counter() - t0
         return start, self.end
 
     def _sync(self) -> None:
