@@ -20,7 +20,7 @@ from .client import Client, ZwalError
 from .config import ClusterConfig
 from .promote import most_advanced, run_promote, statuses_of
 from .wal import CLEAN, iter_frames, scan_path
-from .wal.reader import LogOpenError
+from .wal.reader import LogOpenError, sha256_file
 
 
 @dataclass
@@ -244,7 +244,7 @@ class Drill:
             try:
                 r = scan_path(p)
                 logs_clean &= r.status == CLEAN
-                hashes[n] = _sha(p)
+                hashes[n] = sha256_file(p)
             except LogOpenError as e:
                 self.say(f"  cannot read {p}: {e}")
                 logs_clean = False
@@ -269,13 +269,3 @@ class Drill:
 
 class DrillError(Exception):
     pass
-
-
-def _sha(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -173,10 +173,12 @@ class FollowerRole:
                 time.sleep(0.2)  # disk full: back off, then ask again from our (unchanged) end
                 self._fetch()
                 return
+            self.core.appended(end, d.frames[-1][0].epoch, len(d.frames))
+            # Acknowledge first (the fetch carries our durable end): the leader's
+            # commit does not wait for our in-memory state.
+            self._fetch()
             for frame, rec in d.frames:
                 node.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))
-            self.core.appended(end, d.frames[-1][0].epoch, len(d.frames))
-            self._fetch()
         elif isinstance(d, Refetch):
             if d.loud:
                 self.counters.dropped += 1

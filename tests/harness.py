@@ -7,7 +7,6 @@ with the real client.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -20,6 +19,7 @@ from typing import Any, Callable
 
 from daemon.client import Client
 from daemon.cmd_cluster import render
+from daemon.wal.reader import sha256_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,12 +55,7 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = sha256_file
 
 
 class Cluster:

@@ -8,6 +8,7 @@ are never modified automatically.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import stat
@@ -234,6 +235,15 @@ def iter_frames(path: str, start: int = 0) -> Iterator[Frame]:
                 pos += frame.size
     finally:
         os.close(fd)
+
+
+def sha256_file(path: str) -> str:
+    """Digest of a whole log file: how replicas are compared byte for byte."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_chunk(fd: int, offset: int, end: int, max_bytes: int) -> bytes:
