@@ -55,6 +55,7 @@ class LeaderRole:
         self.probe = PeerProbe(node.ctx, cfg.peers(node.name), cfg.peer_probe_interval)
         self.syncer = Syncer(node.writer)
         self.transition: Transition | None = None
+        self._in_sync: set[str] = set()
 
     # -- the loop -----------------------------------------------------------------
 
@@ -91,6 +92,7 @@ class LeaderRole:
                 self._check_peers()
                 now = time.monotonic()
                 self._perform(self.core.tick(now))
+                self._log_follower_changes(now)
                 node.service_tick(now, self._snapshot)
             self._finish_in_flight()
             return self.transition
@@ -233,6 +235,18 @@ class LeaderRole:
                 node.repl_sock.send_multipart([*a.envelope, msgpack.packb(a.msg)])
             elif isinstance(a, StepDown):
                 self._step_down(a.epoch, a.leader, a.reason)
+
+    def _log_follower_changes(self, now: float) -> None:
+        """One line when a follower starts or stops fetching: what an operator greps for."""
+        for f in self.core.follower_status(now):
+            name, ok = f["name"], f["in_sync"]
+            if ok and name not in self._in_sync:
+                self._in_sync.add(name)
+                logs.event("follower_connected", follower=name, acked=f["acked"], lag_bytes=f["lag_bytes"])
+            elif not ok and name in self._in_sync:
+                self._in_sync.discard(name)
+                logs.warn("follower_disconnected", follower=name, acked=f["acked"],
+                          silent_seconds=f["seconds_since_ack"], lag_bytes=f["lag_bytes"])
 
     def _snapshot(self) -> dict[str, Any]:
         c = self.core.counters
