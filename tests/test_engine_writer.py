@@ -1,0 +1,143 @@
+"""The append path with injected faults: short writes, EINTR, EIO on fsync, ENOSPC."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from daemon.wal import (
+    CLEAN,
+    Record,
+    WalFsyncError,
+    WalLocked,
+    WalPoisoned,
+    WalWriteError,
+    encode_frame,
+    open_log,
+    scan_path,
+)
+
+
+def recs(n: int, tag: str = "k") -> list[Record]:
+    return [Record("set", f"{tag}{i}".encode(), os.urandom(40)) for i in range(n)]
+
+
+class SpyFsync:
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.calls = 0
+        self.fail_on = fail_on
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        if self.fail_on is not None and self.calls == self.fail_on:
+            raise OSError(errno.EIO, "injected EIO")
+        os.fdatasync(fd)
+
+
+def test_short_writes_and_eintr_give_identical_bytes(tmp_path):
+    state = {"n": 0}
+
+    def stingy(fd: int, view: memoryview) -> int:
+        state["n"] += 1
+        if state["n"] % 3 == 0:
+            raise InterruptedError()
+        return os.write(fd, view[: 1 + state["n"] % 3])
+
+    records = recs(20)
+    a, _ = open_log(str(tmp_path / "a.wal"), write=stingy)
+    b, _ = open_log(str(tmp_path / "b.wal"))
+    for r in records[:10]:
+        assert a.append(r, 2) == b.append(r, 2)
+    a.append_batch(records[10:], 2)
+    b.append_batch(records[10:], 2)
+    a.close()
+    b.close()
+    assert state["n"] > 100  # the loop really did many small writes
+    assert (tmp_path / "a.wal").read_bytes() == (tmp_path / "b.wal").read_bytes()
+
+
+def test_one_fsync_per_append_and_per_batch(log_path):
+    spy = SpyFsync()
+    w, _ = open_log(log_path, fsync=spy)
+    w.append(recs(1)[0])
+    assert spy.calls == 1
+    out = w.append_batch(recs(64))
+    assert spy.calls == 2
+    assert [o for o, _ in out] == sorted(o for o, _ in out) and out[0][0] == w.end - sum(s for _, s in out)
+    w.close()
+    assert spy.calls == 3  # close syncs once more
+
+
+def test_append_returns_offset_and_size(log_path):
+    w, _ = open_log(log_path)
+    r = recs(2)
+    o1, s1 = w.append(r[0], 5)
+    o2, s2 = w.append(r[1], 5)
+    w.close()
+    assert (o1, s1, o2) == (0, len(encode_frame(r[0], 5)), s1) and os.path.getsize(log_path) == s1 + s2
+
+
+def test_fsync_failure_poisons_the_writer(log_path):
+    spy = SpyFsync(fail_on=2)
+    w, _ = open_log(log_path, fsync=spy)
+    w.append(recs(1)[0])
+    with pytest.raises(WalFsyncError):
+        w.append(recs(1, "x")[0])
+    calls = spy.calls
+    for _ in range(3):
+        with pytest.raises(WalPoisoned):
+            w.append(recs(1, "y")[0])
+        with pytest.raises(WalPoisoned):
+            w.append_batch(recs(3, "z"))
+    assert spy.calls == calls, "fsync was retried after it failed"
+    w.close()
+    assert spy.calls == calls
+
+
+def test_enospc_mid_record_leaves_the_last_good_offset(log_path):
+    state = {"fail": False}
+
+    def disk_full(fd: int, view: memoryview) -> int:
+        if state["fail"]:
+            n = os.write(fd, view[: max(1, len(view) // 2)])  # part of the frame lands
+            state["fail"] = False
+            state["then"] = True
+            return n
+        if state.pop("then", False):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, view)
+
+    w, _ = open_log(log_path, write=disk_full)
+    w.append_batch(recs(5))
+    good = w.end
+    state["fail"] = True
+    with pytest.raises(WalWriteError) as e:
+        w.append_batch(recs(5, "lost"))
+    assert e.value.no_space and "nothing was appended" in str(e.value)
+    assert os.path.getsize(log_path) == good == w.end
+    assert scan_path(log_path).status == CLEAN
+    w.append(recs(1, "after")[0])  # space came back: writes go on
+    w.close()
+    r = scan_path(log_path)
+    assert r.status == CLEAN and r.records == 6
+
+
+def test_two_writers_cannot_open_one_log(log_path):
+    w, _ = open_log(log_path)
+    with pytest.raises(WalLocked, match="locked by another process"):
+        open_log(log_path)
+    w.close()
+    w2, _ = open_log(log_path)  # the lock goes with the first writer
+    w2.close()
+
+
+def test_new_file_is_created_0644(log_path):
+    old = os.umask(0)
+    try:
+        w, _ = open_log(log_path)
+        w.close()
+    finally:
+        os.umask(old)
+    assert os.stat(log_path).st_mode & 0o777 == 0o644
