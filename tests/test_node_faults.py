@@ -1,0 +1,135 @@
+"""Bad input from the network and a failing disk: clear errors, nothing changed, no lies."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import threading
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from daemon.client import Client, FsyncFailed, ZwalError
+from daemon.wal import CLEAN, iter_frames, scan_path
+from harness import wait_until
+
+
+def junk_messages(rnd: random.Random, n: int) -> list[list[bytes]]:
+    """Random bytes, msgpack of the wrong shapes, bad fields, extra frames."""
+    shapes = [
+        lambda: [rnd.randbytes(rnd.randrange(0, 200))],
+        lambda: [msgpack.packb(rnd.choice([[1, 2], 42, "str", None, 3.5, b"bin", True]))],
+        lambda: [msgpack.packb({"id": rnd.randrange(10**6), "op": rnd.choice(["set", "del", "get", "nope", 7, None])})],
+        lambda: [msgpack.packb({"id": rnd.randrange(10**6), "op": "set", "key": rnd.choice([b"", 5, [1], "k" * 5000]),
+                                "value": b"v"})],
+        lambda: [msgpack.packb({"id": rnd.randrange(10**6), "op": "set", "key": b"k",
+                                "value": rnd.choice([b"", 1, None, {"a": 1}])})],
+        lambda: [msgpack.packb({"id": rnd.randrange(10**6), "op": "set", "key": b"k", "value": b"v", "extra": 1})],
+        lambda: [msgpack.packb({"id": rnd.choice([-1, "x", 2**64 - 1, None]), "op": "set", "key": b"k", "value": b"v"})],
+        lambda: [msgpack.packb({"id": 1, "op": "del", "key": b"k", "value": b"v"})],
+        lambda: [msgpack.packb({"id": 1, "op": "set", "key": b"k", "value": b"v", "cid": b""})],
+        lambda: [msgpack.packb({"id": 1, "op": "promote", "args": rnd.choice([[1], {"epoch": "x"}, {}])})],
+        lambda: [msgpack.packb({"id": 1, "op": "set", "key": b"k", "value": b"v"})] * rnd.randrange(2, 5),
+        lambda: [b"", b"", msgpack.packb({"id": 1, "op": "ping"})],
+        lambda: [rnd.randbytes(3) for _ in range(rnd.randrange(2, 6))],
+    ]
+    return [rnd.choice(shapes)() for _ in range(n)]
+
+
+def test_fuzzing_the_client_endpoint_changes_nothing(make_cluster):
+    c = make_cluster(1, ack_replicas=0)
+    c.start("node1")
+    size_before = os.path.getsize(c.log_path("node1"))
+    rnd = random.Random(1234)
+    ctx = zmq.Context.instance()
+    replies = 0
+    for batch in range(6):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(c.endpoint("node1"))
+        msgs = junk_messages(rnd, 500)
+        for m in msgs:
+            s.send_multipart(m)
+        end = time.monotonic() + 3
+        while time.monotonic() < end and s.poll(200):
+            while True:
+                try:
+                    body = s.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                reply = msgpack.unpackb(body, raw=False)
+                assert reply["ok"] is False or reply.get("name") == "node1"  # only a ping may succeed
+                if not reply["ok"]:
+                    assert reply["error"] in {"bad_request", "unknown_op", "invalid_record"}, reply
+                replies += 1
+        s.close()
+        assert c.alive("node1") and c.ping("node1")
+    assert replies > 1000  # most junk was answered with an error, not silently eaten
+    assert os.path.getsize(c.log_path("node1")) == size_before
+    r = c.client().set("after-fuzz", "ok")
+    assert r.offset == size_before
+    st = c.status("node1")
+    assert st["counters"]["bad_requests"] > 1000
+
+
+def test_oversized_message_is_cut_off_by_zeromq_and_the_node_stays_up(make_cluster):
+    c = make_cluster(1, ack_replicas=0)
+    c.start("node1")
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(c.endpoint("node1"))
+    s.send(msgpack.packb({"id": 1, "op": "set", "key": b"k", "value": b"v" * (3 << 20)}))
+    assert not s.poll(1000)  # dropped by ZMQ_MAXMSGSIZE: no reply, nothing appended
+    s.close()
+    assert c.ping("node1") and os.path.getsize(c.log_path("node1")) == 0
+
+
+@pytest.mark.slow
+def test_fsync_eio_fails_the_batch_and_stops_the_node(make_cluster):
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (apt-get install strace)")
+    c = make_cluster(1, ack_replicas=0)
+    c.start("node1")  # create the log and state outside strace
+    cl = c.client()
+    before = [(f"pre{i}".encode(), cl.set(f"pre{i}", "v").offset) for i in range(20)]
+    c.stop("node1")
+    # Fail the 30th fdatasync of the node (the log's appends use fdatasync).
+    p = c.start("node1", wrap=[strace, "-f", "-qq", "-o", os.devnull, "-e", "trace=fdatasync",
+                               "-e", "inject=fdatasync:error=EIO:when=30"])
+    acked: list[tuple[bytes, int]] = []
+    failures: list[str] = []
+
+    def writer(i: int) -> None:
+        w = Client([c.endpoint("node1")], timeout=1.0, deadline=1.0)
+        for n in range(100):
+            try:
+                r = w.request("set", key=f"w{i}-{n}".encode(), value=b"v", endpoint=c.endpoint("node1"), deadline=1.0)
+                acked.append((f"w{i}-{n}".encode(), r["offset"]))
+            except FsyncFailed:
+                failures.append("fsync_failed")
+                return
+            except ZwalError as e:
+                failures.append(e.code)
+                return
+        w.close()
+
+    ts = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    code = p.wait(15)
+    assert code == 3, f"node exit code {code}"  # EXIT_FSYNC: the supervisor restarts it
+    assert "fsync_failed" in failures
+    log = open(c.node_log("node1")).read()
+    assert "event=fsync_failed" in log and "event=stopping_after_fsync_failure" in log
+    # Restart without strace: recovery keeps every acknowledged write.
+    c.start("node1")
+    assert scan_path(c.log_path("node1")).status == CLEAN
+    disk = {f.offset: r.key for f in iter_frames(c.log_path("node1")) for r in [f.record()]}
+    assert all(disk.get(off) == k for k, off in before + acked)
+    assert len(acked) < 400  # the failed batch and everything after it was not acknowledged
