@@ -16,7 +16,7 @@ import zmq
 
 from . import logs
 from .node import FsyncFailure, Node, Transition, decode_client
-from .nodestate import FOLLOWER, LEADER, NodeState
+from .nodestate import FOLLOWER, NodeState
 from .peers import PeerProbe
 from .protocol import ADMIN_OPS, WRITE_OPS, Err, ok_reply
 from .replication import LeaderCore, Reply, SendChunk, SendControl, StepDown

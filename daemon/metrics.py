@@ -8,7 +8,6 @@ role state.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server

@@ -299,7 +299,7 @@ class Node:
         if req.op == "follow":
             leader = args.get("leader")
             if not isinstance(leader, str) or leader not in self.cfg.names or leader == self.name:
-                return error_reply(req.id, Err.BAD_REQUEST, f"'leader' must name another node of the cluster"), None
+                return error_reply(req.id, Err.BAD_REQUEST, "'leader' must name another node of the cluster"), None
             if epoch < cur.epoch:
                 return error_reply(req.id, Err.STALE_EPOCH, f"{self.name} is already at epoch {cur.epoch}", epoch=cur.epoch), None
             if epoch == cur.epoch and cur.role == LEADER:

@@ -260,7 +260,6 @@ class LeaderCore:
             self.kv.apply(p.record, p.placed)
             if p.record.client_id is not None:
                 self.inflight.pop((p.record.client_id, p.record.request_id), None)  # type: ignore[arg-type]
-            body = None
             for env, rid in p.waiters:
                 out.append(Reply(env, self._write_ok(rid, p.placed)))
         if self.replayed_waits:

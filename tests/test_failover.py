@@ -13,7 +13,7 @@ import pytest
 
 from daemon.client import Client, NotEnoughReplicas, NotLeader, Unavailable, ZwalError
 from daemon.wal import CLEAN, iter_frames, scan_path
-from harness import free_base_port, sha256, wait_until
+from harness import free_base_port, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,6 @@ import zmq
 
 from daemon.client import Client, FsyncFailed, ZwalError
 from daemon.wal import CLEAN, iter_frames, scan_path
-from harness import wait_until
 
 
 def junk_messages(rnd: random.Random, n: int) -> list[list[bytes]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -14,6 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import ROOT
+from daemon.client import InvalidRecord
 from daemon.wal import Record, open_log
 from harness import wait_until
 
@@ -123,7 +123,7 @@ def test_metrics_move_with_writes(make_cluster):
     assert f['zwal_role{node="node2",role="follower"}'] == 1.0
     assert f['zwal_records_appended_total{node="node2"}'] >= 50
     # An invalid write is counted by its code.
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidRecord):
         cl.set("", "empty key")
     time.sleep(1.2)
     assert scrape(url).get('zwal_client_errors_total{code="invalid_record",node="node1"}', 0) >= 1
