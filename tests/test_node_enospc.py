@@ -1,0 +1,54 @@
+"""A real full disk: the node's data directory on a tiny tmpfs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from daemon.client import Client, NoSpace
+from daemon.wal import CLEAN, iter_frames, scan_path
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    mnt = tmp_path / "cluster0" / "node1"
+    mnt.mkdir(parents=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    yield str(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_enospc_fails_writes_cleanly_and_writes_resume_when_space_returns(make_cluster, tiny_fs):
+    c = make_cluster(1, ack_replicas=0)
+    assert os.path.dirname(c.log_path("node1")) == tiny_fs
+    c.start("node1")
+    ep = c.endpoint("node1")
+    cl = Client([ep], timeout=1.0, deadline=1.0)
+    cl.set("before", "full")
+    filler = os.path.join(tiny_fs, "filler")
+    with open(filler, "wb") as f:  # leave a few KiB
+        st = os.statvfs(tiny_fs)
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - 12 * 1024))
+    acked, refused = [], 0
+    for i in range(25):
+        try:
+            r = cl.request("set", key=f"k{i}".encode(), value=b"x" * 1000, endpoint=ep, deadline=0.3)
+            acked.append((f"k{i}".encode(), r["offset"]))
+        except NoSpace as e:
+            refused += 1
+            assert "No space left" in str(e) or "no_space" in str(e)
+    assert acked and refused, (len(acked), refused)
+    assert c.alive("node1") and cl.get("before") == b"full"  # still serves reads
+    assert scan_path(c.log_path("node1")).status == CLEAN  # no partial record left behind
+    assert os.path.getsize(c.log_path("node1")) == c.status("node1")["end"]
+    os.unlink(filler)
+    r = cl.request("set", key=b"after", value=b"space", endpoint=ep, deadline=5.0)  # space came back
+    assert r["ok"]
+    c.stop("node1")
+    disk = {f.offset: rec.key for f in iter_frames(c.log_path("node1")) for rec in [f.record()]}
+    assert all(disk.get(o) == k for k, o in acked) and b"after" in disk.values()
+    assert "code=no_space" in open(c.node_log("node1")).read()
