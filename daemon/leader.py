@@ -16,7 +16,6 @@ import zmq
 
 from . import logs
 from .node import FsyncFailure, Node, Transition, decode_client
-from .nodestate import FOLLOWER, NodeState
 from .peers import PeerProbe
 from .protocol import ADMIN_OPS, WRITE_OPS, Err, ok_reply
 from .replication import LeaderCore, Reply, SendChunk, SendControl, StepDown
@@ -118,7 +117,7 @@ class LeaderRole:
         self._finish_in_flight()
         self._perform(self.core.fail_all(
             Err.NOT_LEADER, f"{self.node.name} stepped down: epoch {epoch} exists ({reason})"))
-        st = NodeState(FOLLOWER, epoch, leader, list(self.node.state.history))
+        st = self.node.state.follower_of(epoch, leader)
         self.node.save_state(st)
         self.transition = Transition(st, reason, reload=True)
 

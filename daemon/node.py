@@ -81,7 +81,7 @@ class Node:
 
     def _bootstrap_state(self) -> NodeState:
         if self.name == self.cfg.bootstrap_leader:
-            st = NodeState(LEADER, 1, self.name, [(1, 0)])
+            st = NodeState(LEADER, 1, self.name, [(1, 0)], led_epoch=1)
         else:
             st = NodeState(FOLLOWER, 0, self.cfg.bootstrap_leader, [])
         nodestate.save(self.me.state_path, st)
@@ -108,7 +108,8 @@ class Node:
         self.scan = scan
         merged = nodestate.merge_history(self.state.history, scan.epoch_starts)
         if merged != self.state.history:
-            self.save_state(NodeState(self.state.role, max(self.state.epoch, scan.last_epoch), self.state.leader, merged))
+            self.save_state(NodeState(self.state.role, max(self.state.epoch, scan.last_epoch), self.state.leader, merged,
+                                      self.state.led_epoch))
         logs.event(
             "recovered", path=self.me.log_path, status=scan.status, records=scan.records,
             bytes=scan.valid_end, torn_bytes_dropped=scan.dropped, last_epoch=scan.last_epoch,
@@ -247,6 +248,7 @@ class Node:
             "leader": self.state.leader,
             "end": w.end if w else None,
             "last_epoch": self.last_log_epoch(),
+            "led_epoch": self.state.led_epoch,
             "records": self.kv.records,
             "keys": len(self.kv.data),
             "pid": os.getpid(),
@@ -293,7 +295,7 @@ class Node:
             body = ok_reply(req.id, epoch=epoch, end=self.writer.end, last_epoch=self.last_log_epoch())
             if epoch == cur.epoch and cur.role == FOLLOWER and cur.leader is None:
                 return body, None
-            st = NodeState(FOLLOWER, epoch, None, list(cur.history))
+            st = cur.follower_of(epoch, None)
             self.save_state(st)
             return body, Transition(st, f"fenced at epoch {epoch}", reload=cur.role == LEADER)
         if req.op == "follow":
@@ -304,7 +306,7 @@ class Node:
                 return error_reply(req.id, Err.STALE_EPOCH, f"{self.name} is already at epoch {cur.epoch}", epoch=cur.epoch), None
             if epoch == cur.epoch and cur.role == LEADER:
                 return error_reply(req.id, Err.REFUSED, f"{self.name} leads epoch {epoch}; a follow needs a newer epoch"), None
-            st = NodeState(FOLLOWER, epoch, leader, list(cur.history))
+            st = cur.follower_of(epoch, leader)
             self.save_state(st)
             return ok_reply(req.id, epoch=epoch), Transition(st, f"told to follow {leader} at epoch {epoch}", reload=cur.role == LEADER)
         if req.op == "promote":
@@ -316,7 +318,7 @@ class Node:
             hist = list(cur.history)
             if not hist or hist[-1][0] < epoch:
                 hist.append((epoch, self.writer.end))
-            st = NodeState(LEADER, epoch, self.name, hist)
+            st = NodeState(LEADER, epoch, self.name, hist, led_epoch=epoch)
             # Durable before anything else: a crash from here on restarts us
             # as the leader of `epoch`, never as a follower that also claims it.
             self.save_state(st)

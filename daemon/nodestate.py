@@ -31,11 +31,19 @@ class NodeState:
     # (epoch, offset where that epoch's records begin), ascending: the
     # leader-epoch checkpoint a rejoining node's divergence is computed from.
     history: list[tuple[int, int]] = field(default_factory=list)
+    # The newest epoch this node led. Writes acknowledged in an epoch sit on
+    # K followers of it, so a former leader's tail in the epoch it led never
+    # sets the bar for "most advanced" at the next promotion.
+    led_epoch: int = 0
+
+    def follower_of(self, epoch: int, leader: str | None) -> "NodeState":
+        """This node as a follower at `epoch`, keeping its history and led_epoch."""
+        return NodeState(FOLLOWER, epoch, leader, list(self.history), self.led_epoch)
 
     def to_json(self) -> bytes:
         return json.dumps(
             {"version": STATE_VERSION, "role": self.role, "epoch": self.epoch, "leader": self.leader,
-             "history": [list(h) for h in self.history]},
+             "history": [list(h) for h in self.history], "led_epoch": self.led_epoch},
             indent=1,
         ).encode() + b"\n"
 
@@ -49,11 +57,12 @@ class NodeState:
             if role not in (LEADER, FOLLOWER) or not isinstance(epoch, int) or epoch < 0:
                 raise StateError(f"{path}: invalid role or epoch")
             history = [(int(e), int(o)) for e, o in m.get("history", [])]
+            led_epoch = int(m.get("led_epoch", 0))
         except StateError:
             raise
         except Exception as e:
             raise StateError(f"{path}: unreadable node state ({e}); restore it or remove the node's data directory") from None
-        return cls(role, epoch, leader, history)
+        return cls(role, epoch, leader, history, led_epoch)
 
     def note_epoch_start(self, epoch: int, offset: int) -> bool:
         """Record that `epoch` begins at `offset`; True if the history changed."""

@@ -57,6 +57,7 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
     if me is None:
         return Decision(False, f"{name} does not answer; only a reachable node can be promoted")
     reachable = {n: s for n, s in statuses.items() if s is not None}
+    old_leaders = old_leaders | former_leaders(reachable)
     epoch = max(s["epoch"] for s in reachable.values()) + 1
     followers_total = len(statuses) - 1
     if me["role"] == "leader":
@@ -89,9 +90,25 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
     return Decision(True, f"promote {name} to epoch {epoch}", epoch, warnings)
 
 
+def former_leaders(reachable: dict[str, dict[str, Any]]) -> frozenset[str]:
+    """Followers whose last records are from the epoch they themselves led.
+
+    Whatever they hold beyond the other followers was never acknowledged by
+    K followers, so it must not make them look "most advanced".
+    """
+    return frozenset(n for n, s in reachable.items()
+                     if s["role"] == "follower" and s.get("led_epoch") and s.get("led_epoch") == s.get("last_epoch"))
+
+
 def most_advanced(statuses: dict[str, dict[str, Any] | None]) -> str | None:
-    """The reachable follower with the most advanced log (the drill's choice)."""
-    fol = [(n, s) for n, s in statuses.items() if s is not None and s["role"] == "follower"]
+    """The reachable follower with the most advanced log (the drill's choice).
+
+    Former leaders of their last epoch are chosen only when nobody else is.
+    """
+    reachable = {n: s for n, s in statuses.items() if s is not None}
+    fol = [(n, s) for n, s in reachable.items() if s["role"] == "follower"]
+    others = [(n, s) for n, s in fol if n not in former_leaders(reachable)]
+    fol = others or fol
     if not fol:
         return None
     return max(fol, key=lambda kv: position(kv[1]))[0]

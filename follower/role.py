@@ -19,7 +19,6 @@ import zmq
 
 from daemon import logs
 from daemon.node import FsyncFailure, Node, Transition, decode_client
-from daemon.nodestate import FOLLOWER, NodeState
 from daemon.peers import PeerProbe
 from daemon.protocol import WRITE_OPS, ok_reply
 from daemon.replication import Counters
@@ -74,7 +73,7 @@ class FollowerRole:
         st = self.node.state
         if epoch < st.epoch or (epoch == st.epoch and leader == st.leader):
             return
-        new = NodeState(FOLLOWER, epoch, leader or (st.leader if epoch == st.epoch else None), list(st.history))
+        new = st.follower_of(epoch, leader or (st.leader if epoch == st.epoch else None))
         self.node.save_state(new)
         self.core.epoch = epoch
         logs.event("following", epoch=epoch, leader=new.leader, reason=why)

@@ -68,3 +68,30 @@ def test_most_advanced_ignores_unreachable_and_leaders():
     sts = {"n1": st("leader", 2, 9999), "n2": st("follower", 2, 10), "n3": None, "n4": st("follower", 2, 20)}
     assert most_advanced(sts) == "n4"
     assert most_advanced({"n1": None}) is None
+
+
+def test_a_fenced_former_leader_does_not_set_the_bar():
+    # Found by the drill: the killed leader (node2) was restarted by the supervisor,
+    # fenced as a follower, and its unreplicated tail made it look most advanced.
+    def fol(end: int, led: int = 0) -> dict:
+        return {"role": "follower", "epoch": 3, "end": end, "last_epoch": 2, "led_epoch": led}
+
+    sts = {"node1": fol(975928, led=1), "node2": fol(976388, led=2), "node3": fol(961438)}
+    assert decide("node1", sts, 1, False).ok
+    assert most_advanced(sts) == "node1"
+    # Promoting the former leader itself is also safe: it holds everything.
+    assert decide("node2", sts, 1, False).ok
+    # A node behind another plain follower is still refused.
+    assert not decide("node3", sts, 1, False).ok
+
+
+def test_node_state_round_trips_led_epoch(tmp_path):
+    from daemon import nodestate
+
+    p = str(tmp_path / "node-state.json")
+    st = nodestate.NodeState("leader", 4, "n1", [(1, 0), (4, 99)], led_epoch=4)
+    nodestate.save(p, st)
+    back = nodestate.load(p)
+    assert back == st
+    f = back.follower_of(5, "n2")
+    assert (f.role, f.epoch, f.leader, f.history, f.led_epoch) == ("follower", 5, "n2", st.history, 4)
