@@ -4,17 +4,20 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup run stop demo test bench bench-engine bench-quick clean help
+.PHONY: setup run stop demo test bench bench-setup bench-engine bench-quick bench-profile clean help
 
 help:
 	@echo "make run    - set up .venv and start a local 3-node cluster under supervisord (in var/)"
 	@echo "make stop   - stop the local cluster"
 	@echo "make test   - set up .venv and run the whole test suite"
-	@echo "make bench  - load benchmark (1 and 3 nodes) beside the disk's fsync floor"
-	@echo "make bench-quick  - a shorter one (under 2 minutes)"
-	@echo "make bench-engine - engine benchmark against the disk's fsync floor"
+	@echo "make bench  - zwal (1 and 3 nodes) beside the disk's fsync floor, Redis, SQLite, etcd and pysyncobj"
+	@echo "               (installs the peers with apt-get when missing: needs root; report in bench/results/)"
+	@echo "make bench-quick   - a shorter one (under 2 minutes)"
+	@echo "make bench-profile - where a zwal leader's time goes under 64 clients (py-spy)"
+	@echo "make bench-engine  - engine benchmark against the disk's fsync floor"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,14 +59,24 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	bash bench/setup_peers.sh
+	touch $(BENCH_STAMP)
+
+bench-setup: $(BENCH_STAMP)
+
 bench-engine: setup
 	$(BIN)/python bench/engine.py
 
-bench: setup
+bench: bench-setup
 	$(BIN)/python bench/run.py
 
-bench-quick: setup
+bench-quick: bench-setup
 	$(BIN)/python bench/run.py --quick
+
+bench-profile: bench-setup
+	$(BIN)/python bench/profile_leader.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,11 +1,19 @@
-"""Shared by the benchmarks: the disk's fsync floor, percentiles, machine facts."""
+"""Shared by the benchmarks: one measurement's sample, the disk's fsync floor, machine facts."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import platform
-import statistics
+import subprocess
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Percentiles kept from every measurement: enough for a percentile plot up
+# to p99.9 and for the table, without carrying every latency around.
+GRID: list[float] = sorted({round(1 - 10 ** (-3 * i / 60), 6) for i in range(0, 61)} | {0.5, 0.99, 0.999})
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -15,33 +23,120 @@ def percentile(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(len(s) * p))]
 
 
-def fsync_floor(directory: str, seconds: float = 2.0, size: int = 120, batch: int = 1) -> dict[str, float]:
-    """write+fdatasync of `batch` ~size-byte records per call on an O_APPEND file."""
-    path = os.path.join(directory, f"floor-{os.getpid()}.bin")
+@dataclass
+class Sample:
+    """One measurement: acknowledged writes/s and the latency percentiles (seconds)."""
+
+    ops: float
+    quantiles: dict[float, float]
+    gen_cpu: float = float("nan")  # load generator CPU, in cores (nan: not separable)
+    errors: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def q(self, p: float) -> float:
+        return self.quantiles.get(p, float("nan"))
+
+
+def sample_from(latencies: list[float], elapsed: float, gen_cpu: float = float("nan"), errors: int = 0,
+                batch: int = 1) -> Sample:
+    s = sorted(latencies)
+    qs = {p: s[min(len(s) - 1, int(len(s) * p))] for p in GRID} if s else {p: float("nan") for p in GRID}
+    return Sample(len(s) * batch / elapsed if elapsed > 0 else 0.0, qs, gen_cpu, errors)
+
+
+def split(clients: int, procs: int | None = None) -> list[int]:
+    """Share `clients` over up to `procs` (default 4) load processes, so one GIL is not the limit."""
+    procs = procs or min(clients, 4)
+    return [n for n in (clients // procs + (1 if i < clients % procs else 0) for i in range(procs)) if n]
+
+
+def in_processes(target: Callable[..., None], arg_sets: list[tuple], timeout: float) -> list[dict]:
+    """Run target(*args, queue) in one spawned process per arg set; return what each put on the queue."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    ps = [ctx.Process(target=target, args=(*args, q)) for args in arg_sets]
+    for p in ps:
+        p.start()
+    try:
+        return [q.get(timeout=timeout) for _ in ps]
+    finally:
+        for p in ps:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+
+
+def floor(directory: str, seconds: float, threads: int = 1, batch: int = 1, size: int = 120) -> Sample:
+    """write+fdatasync on an O_APPEND file, with no network and no encoding.
+
+    `threads` writers each issue their own write+fdatasync (per-record: what a
+    server that syncs every request separately gets); `batch` records go in
+    one write and one fdatasync (ideal group commit: the best any log can do).
+    """
+    path = os.path.join(directory, f"floor-{os.getpid()}-{threads}-{batch}.bin")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
     buf = os.urandom(size) * batch
-    lat: list[float] = []
-    try:
-        end = time.perf_counter() + seconds
-        t0 = time.perf_counter()
+    lats: list[list[float]] = [[] for _ in range(threads)]
+    end = time.perf_counter() + seconds
+
+    def run(mine: list[float]) -> None:
         while time.perf_counter() < end:
             s = time.perf_counter()
             os.write(fd, buf)
             os.fdatasync(fd)
-            lat.append(time.perf_counter() - s)
+            mine.append(time.perf_counter() - s)
+
+    t0 = time.perf_counter()
+    try:
+        ts = [threading.Thread(target=run, args=(lat,)) for lat in lats]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
         elapsed = time.perf_counter() - t0
     finally:
         os.close(fd)
         os.unlink(path)
-    return {"ops": len(lat) * batch / elapsed, "calls": len(lat) / elapsed,
-            "p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99), "mean": statistics.fmean(lat)}
+    return sample_from([x for lat in lats for x in lat], elapsed, batch=batch)
 
 
-def machine() -> str:
-    disk = "?"
+def fsync_floor(directory: str, seconds: float = 2.0, size: int = 120, batch: int = 1) -> dict[str, float]:
+    """The floor as a plain dict (used by bench/engine.py)."""
+    s = floor(directory, seconds, 1, batch, size)
+    return {"ops": s.ops, "calls": s.ops / batch, "p50": s.q(0.5), "p99": s.q(0.99)}
+
+
+def _disk_of(path: str) -> str:
+    """The block device behind `path`, with its model and rotational flag when sysfs tells."""
     try:
-        st = os.statvfs(".")
-        disk = f"{st.f_blocks * st.f_frsize / 2**30:.0f} GiB fs"
+        out = subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "--target", path], capture_output=True,
+                             text=True, timeout=5).stdout.split()
+        src, fstype = out[0], out[1]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "disk unknown"
+    dev = os.path.basename(os.path.realpath(src)) if src.startswith("/dev/") else src
+    desc = f"{fstype} on {src}"
+    base = dev.rstrip("0123456789")
+    if base.endswith("p") and base[:-1].startswith("nvme"):
+        base = base[:-1]
+    for attr, fmt in (("device/model", "model {}"), ("queue/rotational", "rotational={}")):
+        try:
+            with open(f"/sys/block/{base}/{attr}") as f:
+                desc += ", " + fmt.format(f.read().strip())
+        except OSError:
+            pass
+    return desc
+
+
+def machine(path: str = ".") -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores, {platform.machine()}, kernel {platform.release()}, Python {platform.python_version()}, {disk}"
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.machine()}, kernel {platform.release()}, "
+            f"Python {platform.python_version()}, data on {_disk_of(os.path.abspath(path))}")

@@ -7,20 +7,19 @@ the bottleneck it measures; its own CPU time is reported beside the result.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import resource
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from daemon.pipeline import Pipeline
 
-from common import percentile
+from common import Sample, in_processes, sample_from, split
 
 
-def _worker(endpoints: list[str], window: int, seconds: float, value_size: int, q: Any, wid: int) -> None:
+def _worker(endpoints: list[str], window: int, seconds: float, value_size: int, wid: int, q: Any) -> None:
     p = Pipeline(endpoints, timeout=5.0, deadline=30.0)
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     value = os.urandom(value_size // 2).hex().encode()[:value_size]
     end_at = time.monotonic() + seconds
     seq = iter(range(10**9))
@@ -35,39 +34,22 @@ def _worker(endpoints: list[str], window: int, seconds: float, value_size: int, 
     p.close()
     ru = resource.getrusage(resource.RUSAGE_SELF)
     q.put({"lat": r.latencies, "elapsed": elapsed, "errors": r.errors, "failed": len(r.failed),
-           "cpu": ru.ru_utime + ru.ru_stime})
-
-
-@dataclass
-class LoadResult:
-    clients: int
-    ops: float
-    p50: float
-    p99: float
-    p999: float
-    errors: dict[str, int]
-    failed: int
-    gen_cpu: float  # load generator CPU seconds per wall second
+           "cpu": ru.ru_utime - ru0.ru_utime + ru.ru_stime - ru0.ru_stime})
 
 
 def run_load(endpoints: list[str], clients: int, seconds: float = 3.0, value_size: int = 100,
-             procs: int | None = None) -> LoadResult:
-    procs = procs or min(clients, 4)
-    windows = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    ps = [ctx.Process(target=_worker, args=(endpoints, w, seconds, value_size, q, i)) for i, w in enumerate(windows) if w]
-    for p in ps:
-        p.start()
-    results = [q.get(timeout=seconds + 120) for _ in ps]
-    for p in ps:
-        p.join(30)
+             procs: int | None = None) -> Sample:
+    """`clients` writes in flight, spread over up to 4 generator processes."""
+    results = in_processes(_worker, [(endpoints, w, seconds, value_size, i) for i, w in enumerate(split(clients, procs))],
+                           seconds + 120)
     lat = [x for r in results for x in r["lat"]]
     elapsed = max(r["elapsed"] for r in results)
     errors: dict[str, int] = {}
     for r in results:
         for k, v in r["errors"].items():
             errors[k] = errors.get(k, 0) + v
-    return LoadResult(clients, len(lat) / elapsed, percentile(lat, 0.5), percentile(lat, 0.99),
-                      percentile(lat, 0.999), errors, sum(r["failed"] for r in results),
-                      sum(r["cpu"] for r in results) / elapsed)
+    failed = sum(r["failed"] for r in results)
+    s = sample_from(lat, elapsed, sum(r["cpu"] for r in results) / elapsed, sum(errors.values()) + failed)
+    if errors or failed:
+        s.notes.append(f"errors {errors}, {failed} writes failed")
+    return s

@@ -1,107 +1,113 @@
-"""`make bench`: acknowledged writes/s and latency beside the disk's fsync floor.
+"""`make bench`: zwal beside the disk's fsync floor and the systems a user would pick instead.
 
-Everything is measured in one run on this machine: the floor (write +
-fdatasync per record on an O_APPEND file in the same directory as the
-nodes' data), then zwal single-node (group commit and per-record fsync) at
-1, 16 and 64 concurrent clients, then 3 nodes with ack_replicas K = 0, 1, 2
-at 1 and 64 clients. Ratios are against the floor measured in this run.
-Results go to stdout and to bench/results/<date>/report.md.
+Everything is measured in one run on this machine, so every ratio compares
+figures taken minutes apart on the same disk: the floor (write+fdatasync on
+an O_APPEND file in the same directory as the data), zwal on 1 node (group
+commit, per-record fsync) and on 3 nodes (ack_replicas K = 0, 1, 2), then
+Redis (appendfsync always, with a replica), SQLite (WAL, synchronous=FULL),
+a 3-member etcd cluster and pysyncobj (3 nodes), each at 1, 16 and 64
+concurrent clients writing ~100-byte values. Each figure is the median of
+--runs runs, with the spread. A peer that is not installed is reported as
+missing (bench/setup_peers.sh installs them; it needs root for apt).
+
+Output: a table on stdout, and bench/results/<date>/report.md with
+throughput.png, latency.png and results.json beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from common import fsync_floor, machine  # noqa: E402
-from load import run_load  # noqa: E402
-from quick import start_cluster  # noqa: E402
-
-from harness_ports import free_base_port  # noqa: E402
-
-
-def scenario(work: str, name: str, nodes: int, k: int, mode: str, clients: list[int], seconds: float) -> list[dict]:
-    base = free_base_port(3 * nodes + 3)
-    procs = start_cluster(os.path.join(work, name), nodes, k, mode, base)
-    rows = []
-    try:
-        eps = [f"tcp://127.0.0.1:{base + 3 * i + 1}" for i in range(nodes)]
-        for n in clients:
-            r = run_load(eps, n, seconds)
-            rows.append({"scenario": name, "clients": n, "ops": r.ops, "p50": r.p50, "p99": r.p99,
-                         "p999": r.p999, "errors": r.errors, "failed": r.failed, "gen_cpu": r.gen_cpu})
-            print(f"  {name:28s} {n:3d} clients: {r.ops:8.0f} writes/s  p50 {r.p50 * 1e6:7.0f} us  "
-                  f"p99 {r.p99 * 1e6:7.0f} us  (load generator {r.gen_cpu:.2f} cores)", flush=True)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(15)
-    return rows
+from common import Sample, machine  # noqa: E402
+from peers import Missing  # noqa: E402
+from report import Row, markdown, summarise  # noqa: E402
+from scenarios import all_scenarios  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=3.0, help="load per measurement (default: %(default)s)")
-    ap.add_argument("--quick", action="store_true", help="fewer scenarios, shorter runs")
+    ap.add_argument("--quick", action="store_true",
+                    help="one run of 1.5 s per figure, fewer zwal scenarios (under 2 minutes)")
+    ap.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
+    ap.add_argument("--seconds", type=float, help="load per run (default 3, quick 1.5)")
+    ap.add_argument("--clients", default="1,16,64", help="client counts (default: %(default)s)")
+    ap.add_argument("--only", help="only scenarios whose name contains one of these comma-separated texts "
+                    "(case-insensitive), e.g. --only 'floor,redis'")
+    ap.add_argument("--out", help="output directory (default: bench/results/<date>[-quick])")
     args = ap.parse_args()
+    runs = args.runs or (1 if args.quick else 3)
+    seconds = args.seconds or (1.5 if args.quick else 3.0)
+    clients = [int(c) for c in args.clients.split(",")]
     os.makedirs(os.path.join(ROOT, "var"), exist_ok=True)
     work = tempfile.mkdtemp(prefix="bench-", dir=os.path.join(ROOT, "var"))
-    print(f"machine: {machine()}")
-    fl = fsync_floor(work, 3.0)
-    flb = fsync_floor(work, 2.0, batch=64)
-    print(f"disk floor: {fl['ops']:.0f} write+fdatasync/s per record, p50 {fl['p50'] * 1e6:.0f} us; "
-          f"batched x64: {flb['ops']:.0f} records/s", flush=True)
-    rows: list[dict] = []
-    secs = 2.0 if args.quick else args.seconds
+    mach = machine(work)
+    print(f"machine: {mach}")
+    print(f"{runs} run(s) of {seconds:g} s per figure at {clients} clients; data in {os.path.relpath(work, ROOT)}",
+          flush=True)
+    scenarios = all_scenarios(args.quick)
+    if args.only:
+        wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
+        scenarios = [s for s in scenarios if any(w in s.name.lower() for w in wanted)]
+    samples: dict[tuple[str, int], list[Sample]] = {}
+    missing: dict[str, str] = {}
+    t_start = time.monotonic()
     try:
-        rows += scenario(work, "1 node, group commit", 1, 0, "group", [1, 16, 64], secs)
-        if not args.quick:
-            rows += scenario(work, "1 node, per-record fsync", 1, 0, "per-record", [1, 16, 64], secs)
-        for k in ([1] if args.quick else [0, 1, 2]):
-            rows += scenario(work, f"3 nodes, K={k}", 3, k, "group", [1, 64], secs)
+        for sc in scenarios:
+            d = os.path.join(work, sc.name.split(",")[0].replace(" ", "-"))
+            os.makedirs(d, exist_ok=True)
+            try:
+                with sc.start(d) as measure:
+                    for run in range(runs):
+                        for n in clients:
+                            s = measure(n, seconds)
+                            samples.setdefault((sc.name, n), []).append(s)
+                            cpu = "" if s.gen_cpu != s.gen_cpu else f", load CPU {s.gen_cpu:.2f}"
+                            print(f"  [{run + 1}/{runs}] {sc.name:38s} {n:3d} clients: {s.ops:9,.0f} writes/s  "
+                                  f"p50 {s.q(0.5) * 1e6:7,.0f} us  p99 {s.q(0.99) * 1e6:7,.0f} us{cpu}"
+                                  f"{'  errors ' + str(s.errors) if s.errors else ''}", flush=True)
+            except Missing as e:
+                missing[sc.name] = str(e)
+                print(f"  MISSING {sc.name}: {e}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    lines = [f"# zwal benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}", "",
-             f"Machine: {machine()}", "",
-             f"Disk floor (write+fdatasync per ~120-byte record, same filesystem): {fl['ops']:.0f}/s, "
-             f"p50 {fl['p50'] * 1e6:.0f} us, p99 {fl['p99'] * 1e6:.0f} us. Batched x64: {flb['ops']:.0f} records/s.", "",
-             "| scenario | clients | writes/s | x floor | p50 (us) | p99 (us) | p999 (us) | p50 - floor p50 (us) | load gen CPU | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['scenario']} | {r['clients']} | {r['ops']:.0f} | {r['ops'] / fl['ops']:.2f} | "
-                     f"{r['p50'] * 1e6:.0f} | {r['p99'] * 1e6:.0f} | {r['p999'] * 1e6:.0f} | "
-                     f"{(r['p50'] - fl['p50']) * 1e6:.0f} | {r['gen_cpu']:.2f} | {r['errors'] or '-'} |")
-    leader_only = {r["clients"]: r for r in rows if r["scenario"] == "1 node, group commit"}
-    k1 = {r["clients"]: r for r in rows if r["scenario"] == "3 nodes, K=1"}
-    lines += ["", "Targets (issues 3 and 4):"]
-    if 1 in leader_only:
-        lines.append(f"- 1 client p50 <= floor p50 + 150 us: {leader_only[1]['p50'] * 1e6:.0f} vs "
-                     f"{fl['p50'] * 1e6 + 150:.0f} us")
-    if 64 in leader_only:
-        lines.append(f"- 64 clients >= 8x floor: {leader_only[64]['ops'] / fl['ops']:.1f}x")
-    if 64 in k1 and 64 in leader_only:
-        lines.append(f"- K=1, 64 clients >= 0.5x leader-only: {k1[64]['ops'] / leader_only[64]['ops']:.2f}x; "
-                     f">= 10x etcd (~2,400 puts/s here): {k1[64]['ops'] / 2400:.1f}x")
-    if 1 in k1 and 1 in leader_only:
-        lines.append(f"- K=1, 1 client p50 <= 2x leader-only p50: {k1[1]['p50'] / leader_only[1]['p50']:.2f}x")
-    report = "\n".join(lines) + "\n"
-    out_dir = os.path.join(HERE, "results", datetime.date.today().isoformat())
+    rows: list[Row] = [summarise(sc.name, n, samples[(sc.name, n)]) for sc in scenarios for n in clients
+                       if (sc.name, n) in samples]
+    stamp = datetime.date.today().isoformat() + ("-quick" if args.quick else "")
+    out_dir = args.out or os.path.join(HERE, "results", stamp)
     os.makedirs(out_dir, exist_ok=True)
+    plots: list[str] = []
+    try:
+        from plots import draw
+
+        plots = draw(rows, {sc.name: sc.group for sc in scenarios}, mach, out_dir)
+    except ImportError as e:
+        print(f"no plots: {e} (pip install -e '.[bench]')")
+    settings = (f"{runs} run(s) of {seconds:g} s per figure, ~100-byte values, clients {clients}, "
+                f"taken {datetime.datetime.now().isoformat(timespec='seconds')} in {time.monotonic() - t_start:.0f} s.")
+    report = markdown("zwal benchmark" + (" (quick)" if args.quick else ""), mach, settings, rows, samples, missing,
+                      {sc.name: sc.note for sc in scenarios}, plots)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(report)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump({"machine": mach, "settings": settings, "missing": missing,
+                   "rows": [dataclasses.asdict(r) | {"curve": {str(k): v for k, v in r.curve.items()}} for r in rows]},
+                  f, indent=1)
     print()
     print(report)
-    print(f"written to {os.path.relpath(os.path.join(out_dir, 'report.md'), ROOT)}")
+    print(f"written to {os.path.relpath(out_dir, ROOT)}/ (report.md, {', '.join(plots + ['results.json'])})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""Redis with appendonly yes + appendfsync always, and a replica; load from redis-benchmark (C)."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from common import GRID, Sample
+from harness_ports import free_base_port
+
+from . import Missing
+
+NOTE = ("appendonly yes, appendfsync always (Redis fsyncs its AOF once per event-loop pass, before replying: "
+        "group commit); a replica follows asynchronously (Redis has no synchronous replication); "
+        "load from redis-benchmark, written in C")
+
+
+def _start(port: int, d: str, *extra: str) -> subprocess.Popen:
+    os.makedirs(d, exist_ok=True)
+    return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", d, "--appendonly",
+                             "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def parse(text: str) -> tuple[float, dict[float, float]]:
+    """(requests/s, percentiles in seconds) from redis-benchmark's plain output."""
+    text = text.replace("\r", "\n")
+    m = re.search(r"(\d+) requests completed in ([\d.]+) seconds", text)
+    t = re.search(r"throughput summary: ([\d.]+) requests per second", text)
+    if not m or not t:
+        raise Missing(f"redis-benchmark output not understood: {text[-300:]!r}")
+    dist = text.split("Latency by percentile distribution:")[1].split("Cumulative distribution")[0]
+    points = [(float(p) / 100, float(ms) / 1000) for p, ms in re.findall(r"([\d.]+)% <= ([\d.]+) milliseconds", dist)]
+    qs = {}
+    for q in GRID:
+        qs[q] = next((v for p, v in points if p >= q), points[-1][1] if points else float("nan"))
+    return float(t.group(1)), qs
+
+
+@contextmanager
+def running(work: str) -> Iterator:
+    if not shutil.which("redis-server") or not shutil.which("redis-benchmark"):
+        raise Missing("redis-server or redis-benchmark is not installed: run bench/setup_peers.sh (as root)")
+    base = free_base_port(4)
+    primary = _start(base + 1, os.path.join(work, "redis-primary"))
+    replica = _start(base + 2, os.path.join(work, "redis-replica"), "--replicaof", "127.0.0.1", str(base + 1))
+    rates: dict[int, float] = {}
+
+    def bench(clients: int, n: int) -> tuple[float, dict[float, float], float]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        out = subprocess.run(["redis-benchmark", "-p", str(base + 1), "-t", "set", "-c", str(clients), "-n", str(n),
+                              "-d", "100", "-r", "100000"], capture_output=True, text=True, timeout=300)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / wall
+        ops, qs = parse(out.stdout)
+        return ops, qs, cpu
+
+    def measure(clients: int, seconds: float) -> Sample:
+        if clients not in rates:  # size the run so it lasts about `seconds` (redis-benchmark counts requests)
+            rates[clients] = bench(clients, 200 * clients)[0]
+        ops, qs, cpu = bench(clients, max(500, int(rates[clients] * seconds)))
+        return Sample(ops, qs, cpu)
+
+    try:
+        for _ in range(100):
+            r = subprocess.run(["redis-cli", "-p", str(base + 2), "info", "replication"], capture_output=True, text=True)
+            if "master_link_status:up" in r.stdout:
+                break
+            time.sleep(0.1)
+        else:
+            raise Missing("the Redis replica did not connect to its primary within 10 s")
+        yield measure
+    finally:
+        for p in (replica, primary):
+            p.terminate()
+            p.wait(10)

@@ -1,0 +1,119 @@
+"""Turn the suite's samples into the report: medians, spread, ratios, targets."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from common import Sample
+
+FLOOR = "disk floor, per record"
+GROUP = "zwal 1 node, group commit"
+K1 = "zwal 3 nodes, K=1"
+REDIS = "Redis, appendfsync always + replica"
+ETCD = "etcd, 3 members"
+
+
+@dataclass
+class Row:
+    scenario: str
+    clients: int
+    ops: float  # median over runs
+    ops_min: float
+    ops_max: float
+    p50: float
+    p99: float
+    p999: float
+    gen_cpu: float
+    errors: int
+    runs: int
+    curve: dict[float, float]  # the percentiles of the run with the median throughput
+    notes: list[str]
+
+
+def summarise(name: str, clients: int, samples: list[Sample]) -> Row:
+    by_ops = sorted(samples, key=lambda s: s.ops)
+    mid = by_ops[(len(by_ops) - 1) // 2]
+    cpus = [s.gen_cpu for s in samples if not math.isnan(s.gen_cpu)]
+    notes = sorted({n for s in samples for n in s.notes})
+    return Row(name, clients, statistics.median(s.ops for s in samples), by_ops[0].ops, by_ops[-1].ops,
+               statistics.median(s.q(0.5) for s in samples), statistics.median(s.q(0.99) for s in samples),
+               statistics.median(s.q(0.999) for s in samples),
+               statistics.median(cpus) if cpus else float("nan"), sum(s.errors for s in samples), len(samples),
+               mid.quantiles, notes)
+
+
+def _us(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x * 1e6:,.0f}"
+
+
+def _ratio(a: list[Sample] | None, b: list[Sample] | None) -> str:
+    """Ratio of medians, with the range of run-by-run ratios (run i against run i)."""
+    if not a or not b:
+        return "not measured"
+    med = statistics.median(s.ops for s in a) / statistics.median(s.ops for s in b)
+    per = sorted(x.ops / y.ops for x, y in zip(a, b, strict=False) if y.ops)
+    spread = f" (runs {per[0]:.2f}-{per[-1]:.2f})" if len(per) > 1 else ""
+    return f"{med:.2f}x{spread}"
+
+
+def markdown(title: str, machine: str, settings: str, rows: list[Row], samples: dict[tuple[str, int], list[Sample]],
+             missing: dict[str, str], notes: dict[str, str], plots: list[str]) -> str:
+    out = [f"# {title}", "", f"Machine: {machine}", "", settings, ""]
+    for p in plots:
+        out += [f"![{p}]({p})", ""]
+    floor1 = samples.get((FLOOR, 1))
+    floor_ops = statistics.median(s.ops for s in floor1) if floor1 else float("nan")
+    floor_p50 = statistics.median(s.q(0.5) for s in floor1) if floor1 else float("nan")
+    out += ["Writes/s is the median over runs, with the slowest and fastest run; latency percentiles are medians "
+            "over runs; \"x floor\" is against one writer's write+fdatasync per record measured in this run; "
+            "\"load CPU\" is the load generator's CPU in cores (the machine has the cores named above, shared "
+            "with the servers).", "",
+            "| scenario | clients | writes/s | spread (min-max) | x floor | p50 (us) | p99 (us) | p99.9 (us) | load CPU | errors |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cpu = "-" if math.isnan(r.gen_cpu) else f"{r.gen_cpu:.2f}"
+        out.append(f"| {r.scenario} | {r.clients} | {r.ops:,.0f} | {r.ops_min:,.0f}-{r.ops_max:,.0f} | "
+                   f"{r.ops / floor_ops:.2f} | {_us(r.p50)} | {_us(r.p99)} | {_us(r.p999)} | {cpu} | "
+                   f"{r.errors or '-'} |")
+    out += ["", "## What each scenario is", ""]
+    for name, note in notes.items():
+        out.append(f"- **{name}**: {note}" if note else f"- **{name}**")
+    extra = sorted({(r.scenario, n) for r in rows for n in r.notes})
+    if extra:
+        out += ["", "Observed during the runs:", ""] + [f"- {s}: {n}" for s, n in extra]
+    if missing:
+        out += ["", "## Missing (not measured)", ""] + [f"- **{k}**: {v}" for k, v in missing.items()]
+
+    def get(name: str, n: int) -> list[Sample] | None:
+        return samples.get((name, n))
+
+    out += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+
+    def target(what: str, measured: str, ok: bool | None) -> None:
+        out.append(f"| {what} | {measured} | {'-' if ok is None else ('yes' if ok else 'no')} |")
+
+    def med(x: list[Sample] | None, f=lambda s: s.ops) -> float:
+        return statistics.median(f(s) for s in x) if x else float("nan")
+
+    g64, r64, k64, e64 = get(GROUP, 64), get(REDIS, 64), get(K1, 64), get(ETCD, 64)
+    target("zwal 1 node, 64 clients >= 1.0x Redis appendfsync always, 64 clients", _ratio(g64, r64),
+           None if not (g64 and r64) else med(g64) >= med(r64))
+    target("zwal K=1 (2 followers), 64 clients >= 10x etcd 3 members, 64 clients", _ratio(k64, e64),
+           None if not (k64 and e64) else med(k64) >= 10 * med(e64))
+    g1 = get(GROUP, 1)
+    if g1 and floor1:
+        gap = med(g1, lambda s: s.q(0.5)) - floor_p50
+        target("1 client: p50 within 150 us of the disk floor's p50",
+               f"{_us(med(g1, lambda s: s.q(0.5)))} us vs {_us(floor_p50)} us: +{_us(gap)} us", gap <= 150e-6)
+    if g64 and floor1:
+        target("zwal 1 node, 64 clients >= 8x the per-record floor (issue 3)", f"{med(g64) / floor_ops:.2f}x",
+               med(g64) >= 8 * floor_ops)
+    if k64 and g64:
+        target("K=1, 64 clients >= 0.5x leader-only (issue 4)", _ratio(k64, g64), med(k64) >= 0.5 * med(g64))
+    k1 = get(K1, 1)
+    if k1 and g1:
+        x = med(k1, lambda s: s.q(0.5)) / med(g1, lambda s: s.q(0.5))
+        target("K=1, 1 client p50 <= 2x leader-only p50 (issue 4)", f"{x:.2f}x", x <= 2)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,115 @@
+"""The scenarios of `make bench`: each is started once and then measured at
+several client counts, several times over.
+
+A scenario is a context manager that starts what it measures and yields a
+`measure(clients, seconds) -> Sample` function; it raises `Missing` (with the
+reason) when it cannot run here, so the suite can report it instead of
+dropping it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from common import Sample, floor
+from harness_ports import free_base_port
+from load import run_load
+from peers import Missing, etcd_peer, redis_peer, sqlite_peer, syncobj_peer
+
+from daemon.client import Client
+from daemon.cmd_cluster import render
+
+Measure = Callable[[int, float], Sample]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    group: str  # "floor", "zwal" or "peer": colours and the report's sections
+    start: Callable[[str], "contextmanager[Measure]"]
+    note: str = ""
+
+
+def start_zwal(root: str, nodes: int, k: int, mode: str) -> tuple[list[subprocess.Popen], list[str]]:
+    """Real `zwal node` processes, as `make run` starts them (without supervisord); node1 leads."""
+    base = free_base_port(3 * nodes + 3)
+    cluster, _ = render(root, nodes, base, k, "bench")
+    cluster = cluster.replace('fsync_mode = "group"', f'fsync_mode = "{mode}"')
+    os.makedirs(root, exist_ok=True)
+    cfg = os.path.join(root, "cluster.toml")
+    with open(cfg, "w") as f:
+        f.write(cluster)
+    procs = []
+    for i in range(1, nodes + 1):
+        with open(os.path.join(root, f"node{i}.log"), "wb") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "daemon.cli", "node", "--config", cfg,
+                                           "--name", f"node{i}"], stdout=log, stderr=subprocess.STDOUT))
+    eps = [f"tcp://127.0.0.1:{base + 3 * i + 1}" for i in range(nodes)]
+    c = Client(eps, timeout=0.5, deadline=20)
+    try:
+        c.set(b"warmup", b"x")
+    except Exception as e:
+        stop_zwal(procs)
+        raise Missing(f"the zwal cluster did not take a write within 20 s ({e}); logs in {root}") from e
+    finally:
+        c.close()
+    return procs, eps
+
+
+def stop_zwal(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@contextmanager
+def zwal_cluster(work: str, nodes: int, k: int, mode: str) -> Iterator[Measure]:
+    procs, eps = start_zwal(os.path.join(work, f"zwal-{nodes}n-k{k}-{mode}"), nodes, k, mode)
+    try:
+        yield lambda clients, seconds: run_load(eps, clients, seconds)
+    finally:
+        stop_zwal(procs)
+
+
+@contextmanager
+def disk_floor(work: str, per_record: bool) -> Iterator[Measure]:
+    if per_record:
+        yield lambda clients, seconds: floor(work, seconds, threads=clients)
+    else:
+        yield lambda clients, seconds: floor(work, seconds, batch=clients)
+
+
+def all_scenarios(quick: bool) -> list[Scenario]:
+    s = [
+        Scenario("disk floor, per record", "floor", lambda w: disk_floor(w, True),
+                 "N threads, each its own write+fdatasync of one record on one O_APPEND file"),
+        Scenario("disk floor, batched", "floor", lambda w: disk_floor(w, False),
+                 "N records in one write+fdatasync (ideal group commit, no network)"),
+        Scenario("zwal 1 node, group commit", "zwal", lambda w: zwal_cluster(w, 1, 0, "group"),
+                 "one `zwal node`: every ready request goes in one write + one fdatasync, replies after it; "
+                 "load from zwal's Python client library (daemon.pipeline) in 4 processes on the same cores"),
+    ]
+    if not quick:
+        s.append(Scenario("zwal 1 node, per-record fsync", "zwal", lambda w: zwal_cluster(w, 1, 0, "per-record"),
+                          "fsync_mode = \"per-record\": one write + one fdatasync per record, the lesson's way"))
+    for k in ([1] if quick else [0, 1, 2]):
+        s.append(Scenario(f"zwal 3 nodes, K={k}", "zwal", lambda w, k=k: zwal_cluster(w, 3, k, "group"),
+                          "a leader and 2 followers on this machine; a write is answered after the leader's "
+                          + ("fsync (followers copy it afterwards)" if k == 0 else
+                             f"fsync and {k} follower{'s' if k > 1 else ''}' fsync acknowledgements")))
+    s += [
+        Scenario("Redis, appendfsync always + replica", "peer", redis_peer.running, redis_peer.NOTE),
+        Scenario("SQLite WAL, synchronous=FULL", "peer", sqlite_peer.running, sqlite_peer.NOTE),
+        Scenario("etcd, 3 members", "peer", etcd_peer.running, etcd_peer.NOTE),
+        Scenario("pysyncobj, 3 nodes", "peer", syncobj_peer.running, syncobj_peer.NOTE),
+    ]
+    return s
