@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import platform
 import subprocess
 import threading
@@ -32,6 +33,7 @@ class Sample:
     gen_cpu: float = float("nan")  # load generator CPU, in cores (nan: not separable)
     errors: int = 0
     notes: list[str] = field(default_factory=list)
+    count: int = 0  # acknowledged writes behind the percentiles
 
     def q(self, p: float) -> float:
         return self.quantiles.get(p, float("nan"))
@@ -41,7 +43,7 @@ def sample_from(latencies: list[float], elapsed: float, gen_cpu: float = float("
                 batch: int = 1) -> Sample:
     s = sorted(latencies)
     qs = {p: s[min(len(s) - 1, int(len(s) * p))] for p in GRID} if s else {p: float("nan") for p in GRID}
-    return Sample(len(s) * batch / elapsed if elapsed > 0 else 0.0, qs, gen_cpu, errors)
+    return Sample(len(s) * batch / elapsed if elapsed > 0 else 0.0, qs, gen_cpu, errors, count=len(s))
 
 
 def split(clients: int, procs: int | None = None) -> list[int]:
@@ -51,19 +53,50 @@ def split(clients: int, procs: int | None = None) -> list[int]:
 
 
 def in_processes(target: Callable[..., None], arg_sets: list[tuple], timeout: float) -> list[dict]:
-    """Run target(*args, queue) in one spawned process per arg set; return what each put on the queue."""
+    """Run target(*args, barrier, queue) in one spawned process per arg set; return what each put on the queue.
+
+    Every target waits on `barrier` once it is ready and starts its clock
+    after it, so the processes measure the same window (spawning and
+    importing take a good part of a second, unevenly).
+    """
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    ps = [ctx.Process(target=target, args=(*args, q)) for args in arg_sets]
+    barrier = ctx.Barrier(len(arg_sets), timeout=60)
+    ps = [ctx.Process(target=target, args=(*args, barrier, q)) for args in arg_sets]
     for p in ps:
         p.start()
+    out: list[dict] = []
+    end = time.monotonic() + timeout
     try:
-        return [q.get(timeout=timeout) for _ in ps]
+        while len(out) < len(ps):
+            try:
+                out.append(q.get(timeout=0.5))
+            except queue.Empty:
+                dead = [p for p in ps if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a load process died (exit code {dead[0].exitcode})") from None
+                if time.monotonic() > end:
+                    raise RuntimeError(f"the load processes did not report within {timeout:.0f} s") from None
+        return out
     finally:
         for p in ps:
             p.join(30)
             if p.is_alive():
                 p.kill()
+                p.join()
+
+
+def stop_all(procs: list) -> None:
+    """SIGTERM, then SIGKILL after 15 s: a benchmark never leaves a server behind."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except Exception:
+            p.kill()
+            p.wait()
 
 
 def floor(directory: str, seconds: float, threads: int = 1, batch: int = 1, size: int = 120) -> Sample:

@@ -17,10 +17,12 @@ from daemon.pipeline import Pipeline
 from common import Sample, in_processes, sample_from, split
 
 
-def _worker(endpoints: list[str], window: int, seconds: float, value_size: int, wid: int, q: Any) -> None:
+def _worker(endpoints: list[str], window: int, seconds: float, value_size: int, wid: int, barrier: Any,
+            q: Any) -> None:
     p = Pipeline(endpoints, timeout=5.0, deadline=30.0)
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     value = os.urandom(value_size // 2).hex().encode()[:value_size]
+    barrier.wait()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     end_at = time.monotonic() + seconds
     seq = iter(range(10**9))
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -58,18 +59,22 @@ def main() -> None:
     if not os.path.exists(spy):
         sys.exit("py-spy is not installed: pip install -e '.[bench]'")
     os.makedirs(os.path.join(ROOT, "var"), exist_ok=True)
+    if args.seconds < 4:
+        sys.exit("--seconds must be at least 4 (the load starts after a second, sampling stops before it ends)")
     work = tempfile.mkdtemp(prefix="profile-", dir=os.path.join(ROOT, "var"))
-    procs, eps = start_zwal(os.path.join(work, "c"), args.nodes, 1 if args.nodes > 1 else 0, "group")
+    procs: list[subprocess.Popen] = []
     raw = os.path.join(work, "leader.txt")
     try:
+        procs, eps = start_zwal(os.path.join(work, "c"), args.nodes, 1 if args.nodes > 1 else 0, "group")
         import psutil
 
         result = {}
         t = threading.Thread(target=lambda: result.update(r=run_load(eps, args.clients, args.seconds)))
         t.start()
+        time.sleep(1.5)  # the load processes spawn and line up first
         leader = psutil.Process(procs[0].pid)
         c0, m0 = leader.cpu_times(), psutil.cpu_times()
-        rec = subprocess.run([spy, "record", "--pid", str(procs[0].pid), "--duration", str(int(args.seconds) - 2),
+        rec = subprocess.run([spy, "record", "--pid", str(procs[0].pid), "--duration", str(int(args.seconds) - 3),
                               "--rate", "250", "--idle", "--threads", "--nonblocking", "--format", "raw",
                               "--output", raw], capture_output=True, text=True)
         c1, m1 = leader.cpu_times(), psutil.cpu_times()

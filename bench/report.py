@@ -32,15 +32,21 @@ class Row:
     notes: list[str]
 
 
+def _median(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return statistics.median(xs) if xs else float("nan")
+
+
 def summarise(name: str, clients: int, samples: list[Sample]) -> Row:
     by_ops = sorted(samples, key=lambda s: s.ops)
-    mid = by_ops[(len(by_ops) - 1) // 2]
-    cpus = [s.gen_cpu for s in samples if not math.isnan(s.gen_cpu)]
+    ops = statistics.median(s.ops for s in samples)
+    mid = min(samples, key=lambda s: abs(s.ops - ops))  # the run nearest the median draws the curve
     notes = sorted({n for s in samples for n in s.notes})
-    return Row(name, clients, statistics.median(s.ops for s in samples), by_ops[0].ops, by_ops[-1].ops,
-               statistics.median(s.q(0.5) for s in samples), statistics.median(s.q(0.99) for s in samples),
-               statistics.median(s.q(0.999) for s in samples),
-               statistics.median(cpus) if cpus else float("nan"), sum(s.errors for s in samples), len(samples),
+    # A p99.9 from fewer than 1,000 writes is just the slowest one: not shown.
+    p999 = _median([s.q(0.999) for s in samples]) if min(s.count for s in samples) >= 1000 else float("nan")
+    return Row(name, clients, ops, by_ops[0].ops, by_ops[-1].ops,
+               _median([s.q(0.5) for s in samples]), _median([s.q(0.99) for s in samples]), p999,
+               _median([s.gen_cpu for s in samples]), sum(s.errors for s in samples), len(samples),
                mid.quantiles, notes)
 
 
@@ -50,7 +56,7 @@ def _us(x: float) -> str:
 
 def _ratio(a: list[Sample] | None, b: list[Sample] | None) -> str:
     """Ratio of medians, with the range of run-by-run ratios (run i against run i)."""
-    if not a or not b:
+    if not a or not b or not statistics.median(s.ops for s in b):
         return "not measured"
     med = statistics.median(s.ops for s in a) / statistics.median(s.ops for s in b)
     per = sorted(x.ops / y.ops for x, y in zip(a, b, strict=False) if y.ops)
@@ -65,11 +71,12 @@ def markdown(title: str, machine: str, settings: str, rows: list[Row], samples: 
         out += [f"![{p}]({p})", ""]
     floor1 = samples.get((FLOOR, 1))
     floor_ops = statistics.median(s.ops for s in floor1) if floor1 else float("nan")
+    floor_ops = floor_ops or float("nan")
     floor_p50 = statistics.median(s.q(0.5) for s in floor1) if floor1 else float("nan")
     out += ["Writes/s is the median over runs, with the slowest and fastest run; latency percentiles are medians "
             "over runs; \"x floor\" is against one writer's write+fdatasync per record measured in this run; "
             "\"load CPU\" is the load generator's CPU in cores (the machine has the cores named above, shared "
-            "with the servers).", "",
+            "with the servers); p99.9 is left out (-) where a run had fewer than 1,000 writes.", "",
             "| scenario | clients | writes/s | spread (min-max) | x floor | p50 (us) | p99 (us) | p99.9 (us) | load CPU | errors |",
             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -84,7 +91,7 @@ def markdown(title: str, machine: str, settings: str, rows: list[Row], samples: 
     if extra:
         out += ["", "Observed during the runs:", ""] + [f"- {s}: {n}" for s, n in extra]
     if missing:
-        out += ["", "## Missing (not measured)", ""] + [f"- **{k}**: {v}" for k, v in missing.items()]
+        out += ["", "## Missing or failed", ""] + [f"- **{k}**: {v}" for k, v in missing.items()]
 
     def get(name: str, n: int) -> list[Sample] | None:
         return samples.get((name, n))

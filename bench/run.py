@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import shutil
 import sys
@@ -35,6 +36,17 @@ from common import Sample, machine  # noqa: E402
 from peers import Missing  # noqa: E402
 from report import Row, markdown, summarise  # noqa: E402
 from scenarios import all_scenarios  # noqa: E402
+
+
+def _finite(x: object) -> object:
+    """NaN (not measured) becomes null: JSON has no NaN."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
 
 
 def main() -> None:
@@ -81,6 +93,9 @@ def main() -> None:
             except Missing as e:
                 missing[sc.name] = str(e)
                 print(f"  MISSING {sc.name}: {e}", flush=True)
+            except Exception as e:  # one broken scenario must not lose the others' figures
+                missing[sc.name] = f"failed while measuring ({type(e).__name__}: {e}); figures taken before are kept"
+                print(f"  FAILED {sc.name}: {type(e).__name__}: {e}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows: list[Row] = [summarise(sc.name, n, samples[(sc.name, n)]) for sc in scenarios for n in clients
@@ -102,9 +117,9 @@ def main() -> None:
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(report)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"machine": mach, "settings": settings, "missing": missing,
-                   "rows": [dataclasses.asdict(r) | {"curve": {str(k): v for k, v in r.curve.items()}} for r in rows]},
-                  f, indent=1)
+        json.dump(_finite({"machine": mach, "settings": settings, "missing": missing,
+                           "rows": [dataclasses.asdict(r) | {"curve": {str(k): v for k, v in r.curve.items()}}
+                                    for r in rows]}), f, indent=1)
     print()
     print(report)
     print(f"written to {os.path.relpath(out_dir, ROOT)}/ (report.md, {', '.join(plots + ['results.json'])})")

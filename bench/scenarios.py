@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from common import Sample, floor
+from common import Sample, floor, stop_all
 from harness_ports import free_base_port
 from load import run_load
 from peers import Missing, etcd_peer, redis_peer, sqlite_peer, syncobj_peer
@@ -39,6 +39,7 @@ def start_zwal(root: str, nodes: int, k: int, mode: str) -> tuple[list[subproces
     """Real `zwal node` processes, as `make run` starts them (without supervisord); node1 leads."""
     base = free_base_port(3 * nodes + 3)
     cluster, _ = render(root, nodes, base, k, "bench")
+    assert 'fsync_mode = "group"' in cluster, "the cluster template changed: set fsync_mode another way"
     cluster = cluster.replace('fsync_mode = "group"', f'fsync_mode = "{mode}"')
     os.makedirs(root, exist_ok=True)
     cfg = os.path.join(root, "cluster.toml")
@@ -62,13 +63,7 @@ def start_zwal(root: str, nodes: int, k: int, mode: str) -> tuple[list[subproces
 
 
 def stop_zwal(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_all(procs)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import Any
 from common import Sample, in_processes, sample_from, split
 
 
-def _proc(factory: str, args: tuple, threads: int, seconds: float, pid: int, q: Any) -> None:
+def _proc(factory: str, args: tuple, threads: int, seconds: float, pid: int, barrier: Any, q: Any) -> None:
     mod, fn = factory.rsplit(":", 1)
     make = getattr(importlib.import_module(mod), fn)
     ops = [make(*args, client=pid * 1000 + t) for t in range(threads)]
@@ -33,6 +33,7 @@ def _proc(factory: str, args: tuple, threads: int, seconds: float, pid: int, q: 
                 op(i)
             except Exception:
                 failed += 1
+                time.sleep(0.01)  # a failing peer must not turn its clients into busy loops
                 continue
             mine.append(time.perf_counter() - s)
             i += 1
@@ -43,6 +44,7 @@ def _proc(factory: str, args: tuple, threads: int, seconds: float, pid: int, q: 
     ts = [threading.Thread(target=run, args=(op,)) for op in ops]
     for t in ts:
         t.start()
+    barrier.wait()  # every process is ready: start the clocks together
     before = resource.getrusage(resource.RUSAGE_SELF)
     end_at = time.monotonic() + seconds
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import threadload
+from common import stop_all
 from harness_ports import free_base_port
 
 from . import Missing
@@ -27,10 +28,14 @@ def make_op(port: int, client: int):
 
     def op(i: int) -> None:
         key = base64.b64encode(f"c{client}-{i % 1000}".encode()).decode()
-        conn.request("POST", "/v3/kv/put", json.dumps({"key": key, "value": value}),
-                     {"Content-Type": "application/json"})
-        r = conn.getresponse()
-        r.read()
+        try:
+            conn.request("POST", "/v3/kv/put", json.dumps({"key": key, "value": value}),
+                         {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+        except Exception:
+            conn.close()  # the next request opens a fresh connection
+            raise
         if r.status != 200:
             raise RuntimeError(f"etcd put: HTTP {r.status}")
 
@@ -68,7 +73,4 @@ def running(work: str) -> Iterator:
             raise Missing("the etcd cluster did not take a put within 30 s")
         yield lambda clients, seconds: threadload.run("peers.etcd_peer:make_op", (port,), clients, seconds)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(15)
+        stop_all(procs)

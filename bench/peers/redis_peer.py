@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from common import GRID, Sample
+from common import GRID, Sample, stop_all
 from harness_ports import free_base_port
 
 from . import Missing
@@ -28,8 +28,8 @@ def _start(port: int, d: str, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def parse(text: str) -> tuple[float, dict[float, float]]:
-    """(requests/s, percentiles in seconds) from redis-benchmark's plain output."""
+def parse(text: str) -> tuple[float, dict[float, float], int]:
+    """(requests/s, percentiles in seconds, requests) from redis-benchmark's plain output."""
     text = text.replace("\r", "\n")
     m = re.search(r"(\d+) requests completed in ([\d.]+) seconds", text)
     t = re.search(r"throughput summary: ([\d.]+) requests per second", text)
@@ -40,7 +40,7 @@ def parse(text: str) -> tuple[float, dict[float, float]]:
     qs = {}
     for q in GRID:
         qs[q] = next((v for p, v in points if p >= q), points[-1][1] if points else float("nan"))
-    return float(t.group(1)), qs
+    return float(t.group(1)), qs, int(m.group(1))
 
 
 @contextmanager
@@ -48,37 +48,45 @@ def running(work: str) -> Iterator:
     if not shutil.which("redis-server") or not shutil.which("redis-benchmark"):
         raise Missing("redis-server or redis-benchmark is not installed: run bench/setup_peers.sh (as root)")
     base = free_base_port(4)
-    primary = _start(base + 1, os.path.join(work, "redis-primary"))
-    replica = _start(base + 2, os.path.join(work, "redis-replica"), "--replicaof", "127.0.0.1", str(base + 1))
+    procs: list[subprocess.Popen] = []
     rates: dict[int, float] = {}
 
-    def bench(clients: int, n: int) -> tuple[float, dict[float, float], float]:
+    def replica_up() -> bool:
+        r = subprocess.run(["redis-cli", "-p", str(base + 2), "info", "replication"], capture_output=True, text=True,
+                           timeout=10)
+        return "master_link_status:up" in r.stdout
+
+    def bench(clients: int, n: int) -> tuple[float, dict[float, float], float, int]:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         out = subprocess.run(["redis-benchmark", "-p", str(base + 1), "-t", "set", "-c", str(clients), "-n", str(n),
                               "-d", "100", "-r", "100000"], capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            raise RuntimeError(f"redis-benchmark exited with {out.returncode}: {out.stderr.strip()[-300:]}")
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / wall
-        ops, qs = parse(out.stdout)
-        return ops, qs, cpu
+        ops, qs, count = parse(out.stdout)
+        return ops, qs, cpu, count
 
     def measure(clients: int, seconds: float) -> Sample:
         if clients not in rates:  # size the run so it lasts about `seconds` (redis-benchmark counts requests)
             rates[clients] = bench(clients, 200 * clients)[0]
-        ops, qs, cpu = bench(clients, max(500, int(rates[clients] * seconds)))
-        return Sample(ops, qs, cpu)
+        ops, qs, cpu, count = bench(clients, max(500, int(rates[clients] * seconds)))
+        s = Sample(ops, qs, cpu, count=count)
+        if not replica_up():
+            s.notes.append(f"{clients} clients: the replica's link was down after the run")
+        return s
 
     try:
+        procs.append(_start(base + 1, os.path.join(work, "redis-primary")))
+        procs.append(_start(base + 2, os.path.join(work, "redis-replica"), "--replicaof", "127.0.0.1", str(base + 1)))
         for _ in range(100):
-            r = subprocess.run(["redis-cli", "-p", str(base + 2), "info", "replication"], capture_output=True, text=True)
-            if "master_link_status:up" in r.stdout:
+            if replica_up():
                 break
             time.sleep(0.1)
         else:
             raise Missing("the Redis replica did not connect to its primary within 10 s")
         yield measure
     finally:
-        for p in (replica, primary):
-            p.terminate()
-            p.wait(10)
+        stop_all(procs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -43,14 +44,25 @@ def running(work: str) -> Iterator:
                 procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         driver = procs[0]
         assert driver.stdin and driver.stdout
-        first = json.loads(driver.stdout.readline() or '{"error": "node 1 exited"}')
+
+        def answer(timeout: float) -> dict:
+            """Node 1's next JSON line; a wedged or dead node is an error, not a hang."""
+            ready, _, _ = select.select([driver.stdout], [], [], timeout)
+            line = driver.stdout.readline() if ready else ""
+            if not line:
+                return {"error": f"node 1 gave no answer within {timeout:.0f} s (exit code {driver.poll()})"}
+            return json.loads(line)
+
+        first = answer(60)
         if "error" in first:
             raise Missing(f"pysyncobj: {first['error']}")
 
         def measure(clients: int, seconds: float) -> Sample:
             driver.stdin.write(f"RUN {clients} {seconds}\n")
             driver.stdin.flush()
-            r = json.loads(driver.stdout.readline())
+            r = answer(seconds + 60)
+            if "error" in r:
+                raise RuntimeError(f"pysyncobj: {r['error']}")
             s = sample_from(r["lat"], r["elapsed"], errors=r["errors"])
             s.notes.append(f"{clients} clients: node 1 (server and clients together) used {r['cpu']:.2f} cores")
             return s
@@ -60,4 +72,4 @@ def running(work: str) -> Iterator:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-            p.wait(10)
+            p.wait()
