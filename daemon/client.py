@@ -133,6 +133,19 @@ def _b(x: bytes | str) -> bytes:
     return x.encode("utf-8") if isinstance(x, str) else x
 
 
+def dealer(ctx: zmq.Context, endpoint: str, hwm: int | None = None) -> zmq.Socket:
+    """A DEALER to a node: no linger (a retry goes elsewhere, never queued behind a dead peer) and
+    the protocol's message size cap, so a broken or hostile peer cannot make us allocate without bound."""
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+    if hwm is not None:
+        s.setsockopt(zmq.SNDHWM, hwm)
+        s.setsockopt(zmq.RCVHWM, hwm)
+    s.connect(endpoint)
+    return s
+
+
 class Client:
     """Blocking client. Not thread-safe: use one per thread.
 
@@ -169,11 +182,7 @@ class Client:
 
     def _connect(self, endpoint: str) -> None:
         self.close()
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        s.connect(endpoint)
-        self.sock = s
+        self.sock = dealer(self.ctx, endpoint)
         self.current = endpoint
 
     def close(self) -> None:

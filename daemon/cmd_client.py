@@ -37,24 +37,23 @@ def _fail(e: ZwalError) -> CLIError:
     return CLIError(str(e), 1)
 
 
-def cmd_set(args: argparse.Namespace) -> int:
+def _write(args: argparse.Namespace, value: bytes | None) -> int:
+    """`zwal set` and `zwal del`: one acknowledged write, printed with where it landed."""
     with _client(args) as c:
         try:
-            r = c.set(args.key.encode(), args.value.encode())
+            r = c.set(args.key.encode(), value) if value is not None else c.delete(args.key.encode())
         except ZwalError as e:
             raise _fail(e) from None
     print(f"ok offset={r.offset} end={r.end} epoch={r.epoch}")
     return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    return _write(args, args.value.encode())
 
 
 def cmd_del(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        try:
-            r = c.delete(args.key.encode())
-        except ZwalError as e:
-            raise _fail(e) from None
-    print(f"ok offset={r.offset} end={r.end} epoch={r.epoch}")
-    return 0
+    return _write(args, None)
 
 
 def cmd_get(args: argparse.Namespace) -> int:

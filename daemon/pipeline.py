@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 import msgpack
 import zmq
 
-from .protocol import MAX_MESSAGE, Err
+from .client import dealer
+from .protocol import Err
 
 RETRYABLE = Err.RETRYABLE
 SCAN = 0.005  # seconds between passes over the outstanding window
@@ -58,13 +59,7 @@ class Pipeline:
     def _connect(self, ep: str) -> None:
         if self.sock is not None:
             self.sock.close(linger=0)
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        s.setsockopt(zmq.SNDHWM, 100000)
-        s.setsockopt(zmq.RCVHWM, 100000)
-        s.connect(ep)
-        self.sock = s
+        self.sock = dealer(self.ctx, ep, hwm=100000)  # a whole window may be queued at once
         self.current = ep
 
     def close(self) -> None:
