@@ -12,7 +12,7 @@ import resource
 import time
 from typing import Any
 
-from daemon.pipeline import Pipeline
+from daemon.client.pipeline import Pipeline
 
 from common import Sample, in_processes, sample_from, split
 

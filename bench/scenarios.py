@@ -21,8 +21,8 @@ from harness_ports import free_base_port
 from load import run_load
 from peers import Missing, etcd_peer, redis_peer, sqlite_peer, syncobj_peer
 
-from daemon.client import Client
-from daemon.cmd_cluster import render
+from daemon.client.blocking import Client
+from daemon.cli.cmd_cluster import render
 
 Measure = Callable[[int, float], Sample]
 

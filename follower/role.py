@@ -17,12 +17,12 @@ from typing import Any
 import msgpack
 import zmq
 
-from daemon import logs
-from daemon.node import FsyncFailure, Node, Transition, decode_client
-from daemon.peers import PeerProbe
-from daemon.protocol import WRITE_OPS, ok_reply
-from daemon.replication import Counters
-from daemon.state import Placed
+from daemon.ops import logs
+from daemon.node.node import FsyncFailure, Node, Transition, decode_client
+from daemon.node.peers import PeerProbe
+from daemon.wire.client import WRITE_OPS, ok_reply
+from daemon.node.leader_core import Counters
+from daemon.node.kv import Placed
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 
 from .core import AdoptEpoch, Append, FollowerCore, Redirect, Refetch, Truncate

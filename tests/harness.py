@@ -17,8 +17,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from daemon.client import Client
-from daemon.cmd_cluster import render
+from daemon.client.blocking import Client
+from daemon.cli.cmd_cluster import render
 from daemon.wal.reader import sha256_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -31,7 +31,7 @@ def test_daemon_never_imports_follower():
 
 
 def test_follower_role_is_found_through_the_entry_point():
-    from daemon.node import load_role
+    from daemon.node.node import load_role
 
     assert load_role("follower").__module__ == "follower.role"
-    assert load_role("leader").__module__ == "daemon.leader"
+    assert load_role("leader").__module__ == "daemon.node.leader"

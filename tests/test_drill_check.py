@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.drill import Ack, Ledger, check_ledger
+from daemon.failover.drill import Ack, Ledger, check_ledger
 
 
 def ledger(*acks: Ack, unacked=()) -> Ledger:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from daemon.client import Client, NotEnoughReplicas, NotLeader, Unavailable, ZwalError
+from daemon.client.blocking import Client, NotEnoughReplicas, NotLeader, Unavailable, ZwalError
 from daemon.wal import CLEAN, iter_frames, scan_path
 from harness import free_base_port, wait_until
 

@@ -7,9 +7,9 @@ That record then vanished at the next failover: an acknowledged write lost.
 
 from __future__ import annotations
 
-from daemon.protocol import Request
-from daemon.replication import LeaderCore, Reply
-from daemon.state import KVState, Placed
+from daemon.wire.client import Request
+from daemon.node.leader_core import LeaderCore, Reply
+from daemon.node.kv import KVState, Placed
 from daemon.wal.format import Record, encode_frame
 
 import msgpack

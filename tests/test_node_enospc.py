@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from daemon.client import Client, NoSpace
+from daemon.client.blocking import Client, NoSpace
 from daemon.wal import CLEAN, iter_frames, scan_path
 
 

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 import zmq
 
-from daemon.client import Client, FsyncFailed, ZwalError
+from daemon.client.blocking import Client, FsyncFailed, ZwalError
 from daemon.wal import CLEAN, iter_frames, scan_path
 
 

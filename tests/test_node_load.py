@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from daemon.client import Client, ZwalError
+from daemon.client.blocking import Client, ZwalError
 from daemon.wal import CLEAN, iter_frames, scan_path
 
 

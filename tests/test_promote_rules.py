@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.promote import decide, most_advanced
+from daemon.failover.promote import decide, most_advanced
 
 
 def st(role: str, epoch: int, end: int, last_epoch: int | None = None) -> dict:
@@ -86,7 +86,7 @@ def test_a_fenced_former_leader_does_not_set_the_bar():
 
 
 def test_node_state_round_trips_led_epoch(tmp_path):
-    from daemon import nodestate
+    from daemon.node import identity as nodestate
 
     p = str(tmp_path / "node-state.json")
     st = nodestate.NodeState("leader", 4, "n1", [(1, 0), (4, 99)], led_epoch=4)

@@ -10,8 +10,8 @@ import time
 import psutil
 import pytest
 
-from daemon.client import Client, NotEnoughReplicas, NotLeader
-from daemon.pipeline import Pipeline
+from daemon.client.blocking import Client, NotEnoughReplicas, NotLeader
+from daemon.client.pipeline import Pipeline
 from daemon.wal import CLEAN, iter_frames, scan_path
 from harness import wait_until
 

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import ROOT
-from daemon.client import InvalidRecord
+from daemon.client.blocking import InvalidRecord
 from daemon.wal import Record, open_log
 from harness import wait_until
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from daemon.client import Client, ZwalError
-from daemon.protocol import Err
+from daemon.client.blocking import Client, ZwalError
+from daemon.wire.client import Err
 from daemon.wal import CLEAN, iter_frames, scan_path
 from harness import free_base_port, sha256, wait_until
 

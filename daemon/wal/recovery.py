@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from .. import logs
+from daemon.ops import logs
 from .format import Frame, Record
 from .reader import CORRUPT, TORN, ScanResult, scan_fd
 from .writer import SyncFn, WalError, WalWriter, WriteFn, fsync_dir, lock_exclusive, open_append, save_copy

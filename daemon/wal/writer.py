@@ -18,7 +18,7 @@ import os
 import time
 from typing import Callable, Sequence
 
-from .. import logs
+from daemon.ops import logs
 from .format import Record, encode_frame
 
 WriteFn = Callable[[int, memoryview], int]

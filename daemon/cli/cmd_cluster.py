@@ -7,10 +7,10 @@ import os
 import shutil
 import sys
 
-from . import config as config_mod
-from .cmd_log import CLIError
+from daemon import config as config_mod
+from daemon.cli.cmd_log import CLIError
 
-TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "templates")
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "deploy", "templates")
 
 
 def _template(name: str) -> str:
@@ -76,7 +76,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from .node import main_node
+    from daemon.node.node import main_node
 
     try:
         return main_node(args.config, args.name)

@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 import msgpack
 import zmq
 
-from .client import dealer
-from .protocol import Err
+from daemon.client.blocking import dealer
+from daemon.wire.client import Err
 
 RETRYABLE = Err.RETRYABLE
 SCAN = 0.005  # seconds between passes over the outstanding window

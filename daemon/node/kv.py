@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .wal.format import OP_SET, Frame, Record
+from daemon.wal.format import OP_SET, Frame, Record
 
 # Bounds of the retry window (documented in docs/protocol.md).
 WINDOW_PER_CLIENT = 1024

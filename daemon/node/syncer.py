@@ -14,7 +14,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from .wal import WalWriter
+from daemon.wal import WalWriter
 
 
 @dataclass

@@ -17,10 +17,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import Err, ProtocolError, Request, error_reply, validate_write, write_ok
-from .state import KVState, Placed
-from .wal.format import Record, encode_frame
-from .nodestate import epoch_end
+from daemon.wire.client import Err, ProtocolError, Request, error_reply, validate_write, write_ok
+from daemon.node.kv import KVState, Placed
+from daemon.wal.format import Record, encode_frame
+from daemon.node.identity import epoch_end
 
 Envelope = list[bytes]
 

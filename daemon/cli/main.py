@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cmd_client, cmd_cluster, cmd_failover, cmd_log, logs
-from .cmd_log import CLIError
+from daemon.cli import cmd_client, cmd_cluster, cmd_failover, cmd_log
+from daemon.ops import logs
+from daemon.cli.cmd_log import CLIError
 
 
 def build_parser() -> argparse.ArgumentParser:

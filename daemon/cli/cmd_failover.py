@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import config as config_mod
-from .cmd_log import CLIError
+from daemon import config as config_mod
+from daemon.cli.cmd_log import CLIError
 
 
 def _cfg(path: str) -> config_mod.ClusterConfig:
@@ -17,7 +17,7 @@ def _cfg(path: str) -> config_mod.ClusterConfig:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from .promote import run_promote
+    from daemon.failover.promote import run_promote
 
     cfg = _cfg(args.config)
     res = run_promote(cfg, args.name, force=args.force, timeout=args.timeout,
@@ -29,7 +29,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    from .drill import Drill, DrillError
+    from daemon.failover.drill import Drill, DrillError
 
     cfg = _cfg(args.config)
     if cfg.ack_replicas == 0:

@@ -19,15 +19,16 @@ from typing import Any, Protocol
 
 import zmq
 
-from . import config as config_mod
-from . import logs, nodestate
-from .nodestate import FOLLOWER, LEADER, NodeState
-from .protocol import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
-from .state import KVState
-from .wal import LogCorrupt, WalError, open_log
-from .metrics import Metrics
-from .sdnotify import Notifier
-from .wal.reader import ScanResult
+from daemon import config as config_mod
+from daemon.ops import logs
+from daemon.node import identity as nodestate
+from daemon.node.identity import FOLLOWER, LEADER, NodeState
+from daemon.wire.client import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
+from daemon.node.kv import KVState
+from daemon.wal import LogCorrupt, WalError, open_log
+from daemon.ops.metrics import Metrics
+from daemon.ops.sdnotify import Notifier
+from daemon.wal.reader import ScanResult
 
 EXIT_FSYNC = 3  # the supervisor restarts us; recovery runs on the next start
 EXIT_FATAL = 2

@@ -9,9 +9,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import config as config_mod
-from .client import Client, Unavailable, ZwalError
-from .cmd_log import CLIError
+from daemon import config as config_mod
+from daemon.client.blocking import Client, Unavailable, ZwalError
+from daemon.cli.cmd_log import CLIError
 
 
 def _endpoints(args: argparse.Namespace) -> list[tuple[str, str]]:

@@ -7,9 +7,9 @@ import json
 import sys
 import argparse
 
-from .wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, iter_frames, open_log, scan_path
-from .wal.format import decode_payload
-from .wal.reader import LogOpenError, ScanResult
+from daemon.wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, iter_frames, open_log, scan_path
+from daemon.wal.format import decode_payload
+from daemon.wal.reader import LogOpenError, ScanResult
 
 EXIT_OK, EXIT_TORN, EXIT_CORRUPT, EXIT_CANNOT_OPEN = 0, 1, 2, 3
 _EXIT_FOR = {CLEAN: EXIT_OK, TORN: EXIT_TORN, CORRUPT: EXIT_CORRUPT}

@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .client import Client, ZwalError
-from .config import ClusterConfig
+from daemon.client.blocking import Client, ZwalError
+from daemon.config import ClusterConfig
 
 
 @dataclass
@@ -175,6 +175,6 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
 
 
 def statuses_of(cfg: ClusterConfig, timeout: float) -> dict[str, dict[str, Any] | None]:
-    from .cmd_client import fetch_statuses
+    from daemon.cli.cmd_client import fetch_statuses
 
     return fetch_statuses([(n.name, n.client_endpoint) for n in cfg.nodes], timeout)

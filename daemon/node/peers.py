@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from .config import NodeConfig
+from daemon.config import NodeConfig
 
 
 class PeerProbe:

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .client import Client, ZwalError
-from .config import ClusterConfig
-from .promote import most_advanced, run_promote, statuses_of
-from .wal import CLEAN, iter_frames, scan_path
-from .wal.reader import LogOpenError, sha256_file
+from daemon.client.blocking import Client, ZwalError
+from daemon.config import ClusterConfig
+from daemon.failover.promote import most_advanced, run_promote, statuses_of
+from daemon.wal import CLEAN, iter_frames, scan_path
+from daemon.wal.reader import LogOpenError, sha256_file
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-from .wal.format import MAX_CLIENT_ID, MAX_KEY, MAX_VALUE, Record, RecordError
+from daemon.wal.format import MAX_CLIENT_ID, MAX_KEY, MAX_VALUE, Record, RecordError
 
 # Larger messages are cut off by ZeroMQ itself (ZMQ_MAXMSGSIZE) before they
 # reach Python: a maximal value plus a generous envelope.

@@ -14,15 +14,15 @@ from typing import Any
 import msgpack
 import zmq
 
-from . import logs
-from .node import FsyncFailure, Node, Transition, decode_client
-from .peers import PeerProbe
-from .protocol import ADMIN_OPS, WRITE_OPS, Err, ok_reply
-from .replication import LeaderCore, Reply, SendChunk, SendControl, StepDown
-from .wal import WalFsyncError, WalPoisoned, WalWriteError
-from .wal.reader import read_chunk
-from .stats import LatencyWindow
-from .syncer import SyncResult, Syncer
+from daemon.ops import logs
+from daemon.node.node import FsyncFailure, Node, Transition, decode_client
+from daemon.node.peers import PeerProbe
+from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, ok_reply
+from daemon.node.leader_core import LeaderCore, Reply, SendChunk, SendControl, StepDown
+from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
+from daemon.wal.reader import read_chunk
+from daemon.ops.stats import LatencyWindow
+from daemon.node.syncer import SyncResult, Syncer
 
 # Requests taken from the socket per turn beyond a full batch, so reads and
 # replication are served even while writes flood in.

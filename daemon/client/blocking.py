@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from .protocol import MAX_MESSAGE, Err
+from daemon.wire.client import MAX_MESSAGE, Err
 
 
 class ZwalError(Exception):
@@ -123,7 +123,7 @@ class ReadResult:
 
 
 def endpoints_from_config(path: str) -> list[str]:
-    from . import config
+    from daemon import config
 
     cfg = config.load(path)
     return [n.client_endpoint for n in cfg.nodes]

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .wal.writer import fsync_dir, write_full
+from daemon.wal.writer import fsync_dir, write_full
 
 LEADER = "leader"
 FOLLOWER = "follower"

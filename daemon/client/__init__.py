@@ -1,0 +1,30 @@
+"""The Python client: a blocking `Client` and a pipelined load generator.
+
+Each wire error code maps to one exception class (`error_from_reply`).
+"""
+
+from daemon.client.blocking import (
+    BadRequest,
+    Client,
+    FsyncFailed,
+    InvalidRecord,
+    NoSpace,
+    NotEnoughReplicas,
+    NotLeader,
+    ReadResult,
+    Refused,
+    ShuttingDown,
+    StaleEpoch,
+    Unavailable,
+    UnknownOp,
+    WriteFailed,
+    WriteResult,
+    ZwalError,
+    error_from_reply,
+)
+
+__all__ = [
+    "BadRequest", "Client", "FsyncFailed", "InvalidRecord", "NoSpace", "NotEnoughReplicas", "NotLeader",
+    "ReadResult", "Refused", "ShuttingDown", "StaleEpoch", "Unavailable", "UnknownOp", "WriteFailed",
+    "WriteResult", "ZwalError", "error_from_reply",
+]

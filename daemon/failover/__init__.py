@@ -1,0 +1,1 @@
+"""Failover: the promotion rules and steps, and the failover drill."""

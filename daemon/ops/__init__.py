@@ -1,0 +1,1 @@
+"""Operating a node: structured logs, Prometheus metrics, sd_notify, latency stats."""

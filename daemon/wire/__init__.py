@@ -1,0 +1,1 @@
+"""Wire protocols: client requests and replies, and replication messages."""
