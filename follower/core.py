@@ -10,9 +10,11 @@ loop performs the decision; tests feed the core bytes directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from daemon.node.identity import truncation_point
 from daemon.wal.format import Frame, Record, RecordError, decode_payload, parse_frame
+from daemon.wire.replication import BadMessage, Data, Fetch, FromLeader, NotLeader, Refuse
+from daemon.wire.replication import Truncate as TruncateMsg
 
 
 @dataclass(slots=True)
@@ -53,56 +55,58 @@ class Redirect:
 
 
 class FollowerCore:
-    def __init__(self, name: str, epoch: int, end: int, last_epoch: int, records: int, max_fetch: int) -> None:
+    def __init__(self, name: str, epoch: int, end: int, last_epoch: int, records: int, max_fetch: int,
+                 history: list[tuple[int, int]] | None = None) -> None:
         self.name = name
         self.epoch = epoch
         self.end = end
         self.last_epoch = last_epoch
         self.records = records
         self.max_fetch = max_fetch
+        # (epoch, start offset) of this log: where our epochs end, for truncation.
+        self.history = history if history is not None else []
         self.leader_end: int | None = None
         self.leader_commit: int | None = None
+        # The highest read round of the current leader we have been sent; our
+        # next fetch carries it, proving we still follow (ReadIndex).
+        self.round = 0
 
-    def fetch_msg(self) -> dict[str, Any]:
-        return {"t": "fetch", "name": self.name, "epoch": self.epoch, "offset": self.end,
-                "last_epoch": self.last_epoch, "records": self.records, "max": self.max_fetch}
+    def fetch_msg(self) -> Fetch:
+        return Fetch(self.name, self.epoch, self.end, self.last_epoch, self.records, self.max_fetch, self.round)
 
-    def on_message(self, hdr: Any, data: bytes | None) -> Append | Truncate | Refetch | AdoptEpoch | Redirect:
-        if not isinstance(hdr, dict) or not isinstance(hdr.get("t"), str):
-            return Refetch("malformed message from the leader", loud=True)
-        epoch = hdr.get("epoch")
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            return Refetch("message without a valid epoch", loud=True)
-        kind = hdr["t"]
-        if kind == "not_leader":
-            return Redirect(epoch, hdr.get("leader") if isinstance(hdr.get("leader"), str) else None)
+    def on_message(self, msg: FromLeader | BadMessage) -> Append | Truncate | Refetch | AdoptEpoch | Redirect:
+        if isinstance(msg, BadMessage):
+            return Refetch(f"malformed message from the leader: {msg}", loud=True)
+        epoch = msg.epoch
+        if isinstance(msg, NotLeader):
+            return Redirect(epoch, msg.leader)
         if epoch < self.epoch:
             # A stale leader. Our next fetch carries our epoch, which makes it step down.
             return Refetch(f"leader epoch {epoch} is older than ours ({self.epoch}); not taking its data", loud=True)
         if epoch > self.epoch:
-            return AdoptEpoch(epoch, hdr.get("leader") if isinstance(hdr.get("leader"), str) else None)
-        if kind == "truncate":
-            off = hdr.get("offset")
-            if not isinstance(off, int) or isinstance(off, bool) or not 0 <= off < self.end:
-                return Refetch(f"truncate to {off!r} is not below our end {self.end}", loud=True)
-            return Truncate(off, epoch)
-        if kind == "error":
-            return Refetch(f"leader refused our fetch: {hdr.get('message')}", loud=True)
-        if kind != "data":
-            return Refetch(f"unknown message type {kind!r}", loud=True)
-        if isinstance(hdr.get("end"), int):
-            self.leader_end = hdr["end"]
-        if isinstance(hdr.get("commit"), int):
-            self.leader_commit = hdr["commit"]
-        offset = hdr.get("offset")
-        if offset is None:
+            self.round = 0
+            return AdoptEpoch(epoch, getattr(msg, "leader", None))
+        if isinstance(msg, TruncateMsg):
+            # KIP-101/279: cut to the smaller of the leader's end of its epoch
+            # and our own end of that epoch; below it the logs are the same.
+            cut = truncation_point(self.history, self.end, msg.last_epoch, msg.offset)
+            if not 0 <= cut < self.end:
+                return Refetch(f"truncate to {cut} (leader: epoch {msg.last_epoch} ends at {msg.offset}) "
+                               f"is not below our end {self.end}", loud=True)
+            return Truncate(cut, epoch)
+        if isinstance(msg, Refuse):
+            return Refetch(f"leader refused our fetch: {msg.message}", loud=True)
+        assert isinstance(msg, Data)
+        self.leader_end = msg.end
+        self.leader_commit = msg.commit
+        self.round = max(self.round, msg.round)
+        if msg.offset is None:
             return Refetch("heartbeat")
-        if not isinstance(offset, int) or data is None:
-            return Refetch("data message without an offset or body", loud=True)
-        if offset != self.end:
+        if msg.offset != self.end:
             # A duplicate below our end or a gap above it: drop and ask for our end.
-            return Refetch(f"chunk at offset {offset} does not start at our end {self.end}", loud=offset > self.end)
-        return self._check_frames(data, epoch)
+            return Refetch(f"chunk at offset {msg.offset} does not start at our end {self.end}",
+                           loud=msg.offset > self.end)
+        return self._check_frames(msg.data or b"", epoch)
 
     def _check_frames(self, data: bytes, leader_epoch: int) -> Append | Refetch:
         frames: list[tuple[Frame, Record]] = []
@@ -128,7 +132,10 @@ class FollowerCore:
             return Refetch("empty chunk")
         return Append(data, frames, starts)
 
-    def appended(self, end: int, last_epoch: int, records: int) -> None:
+    def appended(self, end: int, last_epoch: int, records: int, epoch_starts: list[tuple[int, int]] = []) -> None:
         self.end = end
         self.last_epoch = last_epoch
         self.records += records
+        for e, o in epoch_starts:
+            if not self.history or self.history[-1][0] < e:
+                self.history.append((e, o))

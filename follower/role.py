@@ -14,14 +14,15 @@ import os
 import time
 from typing import Any
 
-import msgpack
 import zmq
 
 from daemon.ops import logs
 from daemon.node.node import FsyncFailure, Node, Transition, decode_client
 from daemon.node.peers import PeerProbe
 from daemon.wire.client import WRITE_OPS, ok_reply
+from daemon.node.epochs import may_follow
 from daemon.node.leader_core import Counters
+from daemon.wire.replication import BadMessage, NotLeader, decode_fetch, decode_from_leader, encode, encode_fetch
 from daemon.node.kv import Placed
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 
@@ -34,7 +35,7 @@ class FollowerRole:
         self.cfg = node.cfg
         self.core = FollowerCore(
             node.name, node.state.epoch, node.writer.end, node.last_log_epoch(), node.kv.records,
-            node.cfg.fetch_max_bytes,
+            node.cfg.fetch_max_bytes, [h for h in node.state.history if h[1] < node.writer.end],
         )
         self.counters = Counters()
         self.probe = PeerProbe(node.ctx, node.cfg.peers(node.name), node.cfg.peer_probe_interval)
@@ -66,12 +67,16 @@ class FollowerRole:
 
     def _fetch(self) -> None:
         if self.dealer is not None:
-            self.dealer.send(msgpack.packb(self.core.fetch_msg()), zmq.NOBLOCK)
+            self.dealer.send(encode_fetch(self.core.fetch_msg()), zmq.NOBLOCK)
 
     def _follow(self, epoch: int, leader: str | None, why: str) -> None:
         """Adopt a newer epoch (durably first) and, if named, a new leader."""
         st = self.node.state
         if epoch < st.epoch or (epoch == st.epoch and leader == st.leader):
+            return
+        if not may_follow(st, epoch, leader):
+            logs.error("refusing_leader", epoch=epoch, leader=leader, voted_for=st.voted_for,
+                       reason=f"{why}; this node voted for {st.voted_for} in epoch {epoch}")
             return
         new = st.follower_of(epoch, leader or (st.leader if epoch == st.epoch else None))
         self.node.save_state(new)
@@ -148,11 +153,11 @@ class FollowerRole:
                 return
             self.last_heard = time.monotonic()
             try:
-                hdr = msgpack.unpackb(frames[0], raw=False)
-            except Exception:
-                hdr = None
-            data = frames[1] if len(frames) == 2 else None
-            self._act(self.core.on_message(hdr, data))
+                msg = decode_from_leader(frames)
+            except BadMessage as e:
+                self._act(self.core.on_message(e))
+                continue
+            self._act(self.core.on_message(msg))
 
     def _act(self, d: Any) -> None:
         node = self.node
@@ -172,7 +177,7 @@ class FollowerRole:
                 time.sleep(0.2)  # disk full: back off, then ask again from our (unchanged) end
                 self._fetch()
                 return
-            self.core.appended(end, d.frames[-1][0].epoch, len(d.frames))
+            self.core.appended(end, d.frames[-1][0].epoch, len(d.frames), d.epoch_starts)
             # Acknowledge first (the fetch carries our durable end): the leader's
             # commit does not wait for our in-memory state.
             self._fetch()
@@ -249,11 +254,9 @@ class FollowerRole:
             except zmq.Again:
                 return
             try:
-                m = msgpack.unpackb(frames[-1], raw=False)
-                their_epoch = m.get("epoch") if isinstance(m, dict) else None
-            except Exception:
+                fetch = decode_fetch(frames)
+            except BadMessage:
                 continue
-            if isinstance(their_epoch, int) and their_epoch > self.core.epoch:
+            if fetch.epoch > self.core.epoch:
                 self.probe.next_at = 0.0
-            node.repl_sock.send_multipart([frames[0], msgpack.packb(
-                {"t": "not_leader", "epoch": self.core.epoch, "leader": node.state.leader})])
+            node.repl_sock.send_multipart([frames[0], *encode(NotLeader(self.core.epoch, node.state.leader))])

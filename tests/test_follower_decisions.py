@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import msgpack
+
 from daemon.wal.format import Record, encode_frame
+from daemon.wire.replication import BadMessage, decode_from_leader
 from follower.core import AdoptEpoch, Append, FollowerCore, Redirect, Refetch, Truncate
+
+
+class Decoding(FollowerCore):
+    """The core behind the wire decoder, as the role loop uses it: dicts in, decisions out."""
+
+    def on_message(self, hdr, data=None):  # type: ignore[override]
+        frames = [msgpack.packb(hdr)] + ([data] if data is not None else [])
+        try:
+            return super().on_message(decode_from_leader(frames))
+        except BadMessage as e:
+            return super().on_message(e)
 
 
 def frames(n: int, epoch: int = 2, start: int = 0) -> bytes:
@@ -11,7 +25,7 @@ def frames(n: int, epoch: int = 2, start: int = 0) -> bytes:
 
 
 def core(end: int = 0, epoch: int = 2, last_epoch: int = 2) -> FollowerCore:
-    return FollowerCore("n2", epoch, end, last_epoch, 0, 1 << 20)
+    return Decoding("n2", epoch, end, last_epoch, 0, 1 << 20, [(last_epoch, 0)] if end else [])
 
 
 def data(offset, epoch=2) -> dict:
@@ -62,15 +76,27 @@ def test_leader_epochs():
 
 def test_truncate_only_below_our_end():
     c = core(end=500)
-    t = c.on_message({"t": "truncate", "epoch": 2, "offset": 200}, None)
+    t = c.on_message({"t": "truncate", "epoch": 2, "leader": "n1", "offset": 200, "last_epoch": 2}, None)
     assert isinstance(t, Truncate) and t.offset == 200
-    assert isinstance(c.on_message({"t": "truncate", "epoch": 2, "offset": 500}, None), Refetch)
-    assert isinstance(c.on_message({"t": "truncate", "epoch": 2, "offset": -1}, None), Refetch)
+    assert isinstance(c.on_message({"t": "truncate", "epoch": 2, "leader": "n1", "offset": 500, "last_epoch": 2}, None), Refetch)
+    assert isinstance(c.on_message({"t": "truncate", "epoch": 2, "leader": "n1", "offset": -1, "last_epoch": 2}, None), Refetch)
+
+
+def test_truncation_follows_kip_279_for_an_epoch_the_leader_never_had():
+    # Our log: epoch 1 from 0, epoch 2 (a leader the new one never knew) from 79.
+    # The leader (epoch 3) answers for epoch 2 with its largest epoch <= 2,
+    # epoch 1, which ends at 120 in its log: we cut at our own end of epoch 1, 79.
+    c = Decoding("n2", 3, 150, 2, 0, 1 << 20, [(1, 0), (2, 79)])
+    t = c.on_message({"t": "truncate", "epoch": 3, "leader": "n1", "offset": 120, "last_epoch": 1}, None)
+    assert isinstance(t, Truncate) and t.offset == 79
+    # The leader's end of epoch 1 is the smaller one: cut there.
+    t = c.on_message({"t": "truncate", "epoch": 3, "leader": "n1", "offset": 60, "last_epoch": 1}, None)
+    assert isinstance(t, Truncate) and t.offset == 60
 
 
 def test_heartbeat_redirect_and_garbage():
     c = core()
-    hb = c.on_message({"t": "data", "epoch": 2, "offset": None, "end": 70, "commit": 60}, None)
+    hb = c.on_message({"t": "data", "epoch": 2, "leader": "n1", "offset": None, "end": 70, "commit": 60}, None)
     assert isinstance(hb, Refetch) and hb.reason == "heartbeat" and c.leader_end == 70
     r = c.on_message({"t": "not_leader", "epoch": 4, "leader": "n3"}, None)
     assert isinstance(r, Redirect) and (r.epoch, r.leader) == (4, "n3")
@@ -83,4 +109,4 @@ def test_fetch_message_carries_the_durable_end():
     d = c.on_message(data(0), frames(2))
     c.appended(len(d.data), 2, 2)
     m = c.fetch_msg()
-    assert (m["offset"], m["epoch"], m["last_epoch"], m["records"]) == (len(d.data), 2, 2, 2)
+    assert (m.offset, m.epoch, m.last_epoch, m.records) == (len(d.data), 2, 2, 2)

@@ -11,6 +11,7 @@ from daemon.wire.client import Request
 from daemon.node.leader_core import LeaderCore, Reply
 from daemon.node.kv import KVState, Placed
 from daemon.wal.format import Record, encode_frame
+from daemon.wire.replication import Fetch
 
 import msgpack
 
@@ -32,7 +33,7 @@ def retry(core: LeaderCore, now: float) -> list:
 
 
 def fetch(core: LeaderCore, name: str, offset: int, now: float) -> list:
-    return core.on_fetch({"t": "fetch", "name": name, "epoch": 1, "offset": offset, "last_epoch": 1}, [name.encode()], now)
+    return core.on_fetch(Fetch(name, 1, offset, 1 if offset else 0), [name.encode()], now)
 
 
 def test_retry_of_unreplicated_replayed_record_waits_for_k_acks():

@@ -34,8 +34,20 @@ def test_too_few_followers_answering_is_refused():
     sts = {"n1": None, "n2": st("follower", 1, 10), "n3": st("follower", 1, 10), "n4": None}
     d = decide("n2", sts, ack_replicas=1, force=False)
     assert not d.ok and "at least 3 must answer" in d.reason
-    # K = 2: 3 - 2 + 1 = 2 suffice.
+    # K = 2: 3 - 2 + 1 = 2 hold every acknowledged write, but 2 of 4 is no
+    # majority: a second promotion could win the other half's votes.
+    d = decide("n2", sts, ack_replicas=2, force=False)
+    assert not d.ok and "majority (3)" in d.reason
+    sts["n4"] = st("follower", 1, 10)
     assert decide("n2", sts, ack_replicas=2, force=False).ok
+
+
+def test_without_a_majority_only_force_promotes_and_it_warns():
+    sts = {"n1": None, "n2": st("follower", 1, 10)}
+    d = decide("n2", sts, 1, False)
+    assert not d.ok and "majority (2)" in d.reason
+    d = decide("n2", sts, 1, True)
+    assert d.ok and any("majority" in w for w in d.warnings)
 
 
 def test_force_overrides_with_a_warning():

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from daemon.client.blocking import Client, ZwalError
 from daemon.config import ClusterConfig
+from daemon.node.epochs import EPOCHS_LEFT_WARNING, MAX_EPOCH
 
 
 @dataclass
@@ -62,10 +63,17 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
     followers_total = len(statuses) - 1
     if me["role"] == "leader":
         return Decision(False, f"{name} already leads epoch {me['epoch']}")
+    if epoch > MAX_EPOCH:
+        return Decision(False, f"the cluster is at epoch {epoch - 1}, the largest the protocol allows ({MAX_EPOCH}); "
+                               "no further promotion is possible. Rebuild the cluster from a node's log")
+    warnings: list[str] = []
+    if MAX_EPOCH - epoch < EPOCHS_LEFT_WARNING:
+        warnings.append(f"epoch {epoch} is within {MAX_EPOCH - epoch} of the protocol's limit ({MAX_EPOCH}): "
+                        "something raised the epochs far beyond the number of promotions; find out what")
+
     # The followers whose logs may hold acknowledged writes.
     candidates = {n: s for n, s in reachable.items() if s["role"] == "follower" and n not in old_leaders}
     candidates[name] = me
-    warnings: list[str] = []
     need = followers_total - ack_replicas + 1
     answered = len(candidates)
     if ack_replicas == 0:
@@ -79,6 +87,13 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
                f"at least {need} must answer to be sure one of them holds every acknowledged write")
         if not force:
             return Decision(False, msg + " (bring more nodes back, or use --force and accept possible loss)")
+        warnings.append(msg)
+    majority = len(statuses) // 2 + 1
+    if len(reachable) < majority:
+        msg = (f"only {len(reachable)} of {len(statuses)} nodes answered; a promotion needs the votes of a "
+               f"majority ({majority}) so that two promotions can never both win")
+        if not force:
+            return Decision(False, msg + " (bring more nodes back, or use --force and run no other promotion)")
         warnings.append(msg)
     best_name, best = max(candidates.items(), key=lambda kv: position(kv[1]))
     if position(me) < position(best):
@@ -138,19 +153,33 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
         say(f"WARNING: {w}")
     epoch = d.epoch
     eps = {n.name: n.client_endpoint for n in cfg.nodes}
+    majority = len(cfg.nodes) // 2 + 1
     with Client(list(eps.values()), timeout=timeout, deadline=timeout) as c:
+        # The fence is a vote for `name` in `epoch` (one per node per epoch,
+        # like Raft's): a majority of votes makes this the only promotion of
+        # `epoch` that can win, whatever else runs at the same time.
         fenced = []
-        for n, st in sts.items():
-            if st is None:
+        for n in ([name] + [n for n in sts if n != name]):
+            if sts.get(n) is None:
                 continue
             try:
-                c.admin("fence", eps[n], deadline=timeout, epoch=epoch)
+                r = c.admin("fence", eps[n], deadline=timeout, epoch=epoch, candidate=name)
+                if r.get("voted_for") not in (None, name):
+                    say(f"{n} voted for {r.get('voted_for')} in epoch {epoch}")
+                    continue
                 fenced.append(n)
             except ZwalError as e:
                 say(f"could not fence {n}: {e}")
-        say(f"fenced {', '.join(fenced)} at epoch {epoch}")
+        say(f"fenced {', '.join(fenced)} at epoch {epoch} (votes for {name})")
         if name not in fenced:
-            return PromoteResult(False, name, epoch, f"{name} could not be fenced; nothing promoted (nodes fenced: {fenced})")
+            return PromoteResult(False, name, epoch, f"{name} could not be fenced for itself; nothing promoted "
+                                                     f"(nodes fenced: {fenced}). Another promotion may be running: "
+                                                     "check 'zwal status', then run promote again")
+        if len(fenced) < majority and not force:
+            return PromoteResult(False, name, epoch,
+                                 f"only {len(fenced)} of {len(cfg.nodes)} nodes voted for {name} in epoch {epoch} "
+                                 f"(a majority is {majority}); nothing promoted. Another promotion may be running: "
+                                 "check 'zwal status', then run promote again")
         # The ends are frozen now: check again before acting.
         sts2 = get_statuses(cfg, timeout)
         old = frozenset(n for n, s in sts.items() if s is not None and s["role"] == "leader")
@@ -163,13 +192,21 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
             r = c.admin("promote", eps[name], deadline=timeout, epoch=epoch)
         except ZwalError as e:
             return PromoteResult(False, name, epoch, f"{name} refused promotion: {e}")
+        refused = []
         for n in fenced:
             if n == name:
                 continue
             try:
                 c.admin("follow", eps[n], deadline=timeout, epoch=epoch, leader=name)
             except ZwalError as e:
+                if getattr(e, "code", None) in ("refused", "stale_epoch"):
+                    refused.append(f"{n}: {e}")
                 say(f"could not tell {n} to follow {name} ({e}); it will find the leader by itself")
+    if refused:
+        return PromoteResult(False, name, epoch,
+                             f"{name} leads epoch {epoch}, but {len(refused)} node(s) refused to follow it "
+                             f"({'; '.join(refused)}): another promotion may have run at the same time; "
+                             "check 'zwal status'", r.get("end"), d.warnings, time.monotonic() - t0)
     return PromoteResult(True, name, epoch, f"{name} leads epoch {epoch} from offset {r.get('end')}",
                          r.get("end"), d.warnings, time.monotonic() - t0)
 

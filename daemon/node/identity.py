@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import dataclasses
 from dataclasses import dataclass, field
 
 from daemon.wal.writer import fsync_dir, write_full
@@ -35,15 +36,38 @@ class NodeState:
     # K followers of it, so a former leader's tail in the epoch it led never
     # sets the bar for "most advanced" at the next promotion.
     led_epoch: int = 0
+    # The one node this node accepts as leader of `epoch` (Raft's votedFor):
+    # set by a fence for a candidate, by following a leader, or by leading.
+    # Two promotions of one epoch cannot both win a majority of these votes.
+    voted_for: str | None = None
+    # Set when this node, as leader, restarted and recovery cut bytes from
+    # its log at this offset: records it may have acknowledged could be gone
+    # here but held by followers. Until F - K + 1 followers show they hold
+    # nothing beyond its end, it takes no writes and truncates no follower
+    # (Protocol-Aware Recovery: the replicas repair the leader, never the
+    # other way round). Cleared once confirmed, or when it stops leading.
+    confirm_from: int | None = None
 
-    def follower_of(self, epoch: int, leader: str | None) -> "NodeState":
-        """This node as a follower at `epoch`, keeping its history and led_epoch."""
-        return NodeState(FOLLOWER, epoch, leader, list(self.history), self.led_epoch)
+    def follower_of(self, epoch: int, leader: str | None, voted_for: str | None = None) -> "NodeState":
+        """This node as a follower at `epoch`, keeping its history and led_epoch.
+
+        In the same epoch the vote is kept; a new epoch starts with the vote
+        given (the leader followed, or the candidate a fence was for).
+        """
+        vote = voted_for or leader
+        if epoch == self.epoch and self.voted_for is not None:
+            vote = self.voted_for
+        return NodeState(FOLLOWER, epoch, leader, list(self.history), self.led_epoch, vote)
+
+    def with_(self, **changes: object) -> "NodeState":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **{"history": list(self.history), **changes})  # type: ignore[arg-type]
 
     def to_json(self) -> bytes:
         return json.dumps(
             {"version": STATE_VERSION, "role": self.role, "epoch": self.epoch, "leader": self.leader,
-             "history": [list(h) for h in self.history], "led_epoch": self.led_epoch},
+             "history": [list(h) for h in self.history], "led_epoch": self.led_epoch,
+             "voted_for": self.voted_for, "confirm_from": self.confirm_from},
             indent=1,
         ).encode() + b"\n"
 
@@ -58,11 +82,17 @@ class NodeState:
                 raise StateError(f"{path}: invalid role or epoch")
             history = [(int(e), int(o)) for e, o in m.get("history", [])]
             led_epoch = int(m.get("led_epoch", 0))
+            voted_for = m.get("voted_for")
+            confirm_from = m.get("confirm_from")
+            if confirm_from is not None and (not isinstance(confirm_from, int) or confirm_from < 0):
+                raise StateError(f"{path}: invalid confirm_from")
+            if voted_for is not None and not isinstance(voted_for, str):
+                raise StateError(f"{path}: invalid voted_for")
         except StateError:
             raise
         except Exception as e:
             raise StateError(f"{path}: unreadable node state ({e}); restore it or remove the node's data directory") from None
-        return cls(role, epoch, leader, history, led_epoch)
+        return cls(role, epoch, leader, history, led_epoch, voted_for, confirm_from)
 
     def note_epoch_start(self, epoch: int, offset: int) -> bool:
         """Record that `epoch` begins at `offset`; True if the history changed."""
@@ -76,17 +106,34 @@ class NodeState:
         self.history = [(e, o) for e, o in self.history if o <= end or e == self.epoch]
 
 
-def epoch_end(history: list[tuple[int, int]], epoch: int, log_end: int) -> int:
-    """Where records of `epoch` (and older) end in a log with this history.
+def epoch_end(history: list[tuple[int, int]], epoch: int, log_end: int) -> tuple[int, int]:
+    """Kafka's OffsetsForLeaderEpoch answer for `epoch` in a log with this history.
 
-    The start of the first later epoch, or the log's end if none is later.
-    This is the answer a leader gives a rejoining node (Kafka's
-    OffsetsForLeaderEpoch): its bytes beyond this offset diverge.
+    Returns (E, end): E is the largest epoch of the history not above
+    `epoch` (0 if there is none), and `end` where E's records end here: the
+    start of the next epoch, or the log's end. Answering for an epoch this
+    log never had with the start of the *next* epoch would claim bytes the
+    two logs do not share (KIP-279); answering with E lets the asker cut to
+    the smaller of the two ends of E.
     """
-    for e, start in history:
+    found, end = 0, 0
+    for i, (e, start) in enumerate(history):
         if e > epoch:
-            return min(start, log_end)
-    return log_end
+            break
+        found = e
+        end = history[i + 1][1] if i + 1 < len(history) else log_end
+    return found, min(end, log_end)
+
+
+def truncation_point(own_history: list[tuple[int, int]], own_end: int, leader_epoch: int, leader_end: int) -> int:
+    """Where a follower cuts its log, given the leader's answer (E, end of E there).
+
+    The smaller of the leader's end of E and the follower's own end of E
+    (KIP-101/KIP-279): below it both logs hold the same epochs at the same
+    offsets, so they hold the same bytes (one leader per epoch).
+    """
+    _, own = epoch_end(own_history, leader_epoch, own_end)
+    return min(leader_end, own)
 
 
 def merge_history(stored: list[tuple[int, int]], from_log: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -8,6 +8,7 @@ which (client id, request id) pairs are already in the log.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -27,21 +28,40 @@ class Placed:
     epoch: int
 
 
+def content_digest(rec: Record) -> bytes:
+    """What a retry must match: op, key and value (not the ids), as 16 bytes of BLAKE2b."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(rec.op.encode())
+    h.update(len(rec.key).to_bytes(4, "big"))
+    h.update(rec.key)
+    if rec.value is not None:
+        h.update(rec.value)
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A (client id, request id) already in the log: where it landed and what it said."""
+
+    placed: Placed
+    digest: bytes
+
+
 class RetryWindow:
-    """Recent request ids per client, with where each record landed."""
+    """Recent request ids per client, with where each record landed and its content digest."""
 
     def __init__(self, per_client: int = WINDOW_PER_CLIENT, clients: int = WINDOW_CLIENTS) -> None:
         self.per_client = per_client
         self.clients = clients
-        self._by_client: OrderedDict[bytes, OrderedDict[int, Placed]] = OrderedDict()
+        self._by_client: OrderedDict[bytes, OrderedDict[int, Seen]] = OrderedDict()
 
-    def get(self, client_id: bytes, request_id: int) -> Placed | None:
+    def get(self, client_id: bytes, request_id: int) -> Seen | None:
         ids = self._by_client.get(client_id)
         if ids is None:
             return None
         return ids.get(request_id)
 
-    def put(self, client_id: bytes, request_id: int, placed: Placed) -> None:
+    def put(self, client_id: bytes, request_id: int, placed: Seen) -> None:
         ids = self._by_client.get(client_id)
         if ids is None:
             ids = self._by_client[client_id] = OrderedDict()
@@ -72,7 +92,7 @@ class KVState:
         else:
             self.data.pop(rec.key, None)
         if rec.client_id is not None:
-            self.window.put(rec.client_id, rec.request_id, placed)  # type: ignore[arg-type]
+            self.window.put(rec.client_id, rec.request_id, Seen(placed, content_digest(rec)))  # type: ignore[arg-type]
         self.records += 1
         self.end = placed.end
 

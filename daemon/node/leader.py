@@ -11,14 +11,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import msgpack
 import zmq
 
 from daemon.ops import logs
 from daemon.node.node import FsyncFailure, Node, Transition, decode_client
 from daemon.node.peers import PeerProbe
 from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, ok_reply
-from daemon.node.leader_core import LeaderCore, Reply, SendChunk, SendControl, StepDown
+from daemon.node.leader_core import (CheckPeers, Confirmed, LeaderCore, Reply, SendChunk, SendControl, ServeRead,
+                                     StepDown)
+from daemon.wire.replication import BadMessage, decode_fetch, encode
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 from daemon.wal.reader import read_chunk
 from daemon.ops.stats import LatencyWindow
@@ -48,13 +49,19 @@ class LeaderRole:
             max_uncommitted_bytes=cfg.max_uncommitted_bytes,
             batch_max_records=batch_records,
             batch_max_bytes=cfg.batch_max_bytes,
+            confirming=node.state.confirm_from is not None,
         )
+        if self.core.confirming is not None:
+            logs.warn("confirming_log", end=node.writer.end, cut_at=node.state.confirm_from,
+                      followers_needed=self.core.confirm_need,
+                      reason="recovery cut this leader's log; no writes until followers show they hold nothing it lost")
         self.fsync_lat = LatencyWindow()
         self.batch_sizes = LatencyWindow()
         self.probe = PeerProbe(node.ctx, cfg.peers(node.name), cfg.peer_probe_interval)
         self.syncer = Syncer(node.writer)
         self.transition: Transition | None = None
         self._in_sync: set[str] = set()
+        self._hint_at = 0.0
 
     # -- the loop -----------------------------------------------------------------
 
@@ -110,10 +117,11 @@ class LeaderRole:
         if self.syncer.busy:
             self._batch_done(self.syncer.wait(30.0))
 
-    def _step_down(self, epoch: int, leader: str | None, reason: str) -> None:
+    def _step_down(self, epoch: int, leader: str | None, reason: str, loud: bool = False) -> None:
         if self.transition is not None:
             return
-        logs.warn("stepping_down", epoch=self.core.epoch, new_epoch=epoch, new_leader=leader, reason=reason)
+        (logs.error if loud else logs.warn)("stepping_down", epoch=self.core.epoch, new_epoch=epoch,
+                                            new_leader=leader, reason=reason)
         self._finish_in_flight()
         self._perform(self.core.fail_all(
             Err.NOT_LEADER, f"{self.node.name} stepped down: epoch {epoch} exists ({reason})"))
@@ -125,6 +133,13 @@ class LeaderRole:
         newer = self.probe.newer_epoch(self.core.epoch)
         if newer is not None:
             self._step_down(newer[0], newer[1], f"a peer reports epoch {newer[0]}")
+            return
+        rival = self.probe.leader_at(self.core.epoch, exact=True)
+        if rival is not None:
+            # One leader per epoch is the rule every other rule rests on: stop
+            # acknowledging at once and let an operator promote at a new epoch.
+            self._step_down(self.core.epoch, None, f"{rival} also leads epoch {self.core.epoch}; "
+                            "two leaders of one epoch: run 'zwal promote' to choose one", loud=True)
 
     # -- clients --------------------------------------------------------------------
 
@@ -144,17 +159,20 @@ class LeaderRole:
                 continue
             envelope, req = decoded
             if req.op in ADMIN_OPS:
-                # Admin ops carry their own epoch and are checked by node.admin.
+                # The batch in flight lands (or fails) first, so every client
+                # is told the truth about `written` before the role changes.
+                self._finish_in_flight()
                 body, t = self.node.admin(req)
                 sock.send_multipart([*envelope, body])
                 if t is not None and self.transition is None:
                     self._perform(core.fail_all(Err.NOT_LEADER, f"{self.node.name} stopped leading: {t.reason}"))
                     self.transition = t
                 continue
-            if req.epoch > core.epoch:
-                self._step_down(req.epoch, None, f"a client has seen epoch {req.epoch}")
-                sock.send_multipart([*envelope, self.node.not_leader(req.id)])
-                return
+            if req.epoch > core.epoch and now >= self._hint_at:
+                # A client's epoch is a hint, never a command: ask the peers
+                # now; a peer that holds the epoch makes us step down.
+                self._hint_at = now + self.cfg.peer_probe_interval
+                self.probe.next_at = 0.0
             if self.transition is not None:
                 sock.send_multipart([*envelope, self.node.not_leader(req.id)])
                 continue
@@ -162,6 +180,8 @@ class LeaderRole:
                 self._perform(core.admit_write(req, envelope, now))
             elif req.op == "status":
                 sock.send_multipart([*envelope, ok_reply(req.id, status=self._status(now))])
+            elif req.op == "get":
+                self._perform(core.admit_read(req, envelope, now))
             else:
                 sock.send_multipart([*envelope, self.node.read_reply(req, stale=False)])
 
@@ -214,26 +234,36 @@ class LeaderRole:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            msg = _parse_fetch(frames)
-            if msg is None:
+            try:
+                fetch = decode_fetch(frames)
+            except BadMessage:
                 self.core.counters.dropped += 1
                 continue
-            self._perform(self.core.on_fetch(msg, frames[:1], time.monotonic()))
+            self._perform(self.core.on_fetch(fetch, frames[:1], time.monotonic()))
 
     def _perform(self, actions: list[Any]) -> None:
         node = self.node
         for a in actions:
             if isinstance(a, Reply):
                 node.client_sock.send_multipart([*a.envelope, a.body])
+            elif isinstance(a, ServeRead):
+                node.client_sock.send_multipart([*a.envelope, node.read_reply(a.request, stale=False,
+                                                                              linearizable=a.linearizable)])
             elif isinstance(a, SendChunk):
                 data = read_chunk(node.writer.read_fd, a.offset, self.core.end, self.cfg.fetch_max_bytes)
-                hdr = {"t": "data", "epoch": self.core.epoch, "leader": node.name, "offset": a.offset,
-                       "end": self.core.end, "commit": self.core.commit}
-                node.repl_sock.send_multipart([*a.envelope, msgpack.packb(hdr), data])
+                node.repl_sock.send_multipart([*a.envelope, *encode(self.core.chunk_msg(a.offset, data))])
             elif isinstance(a, SendControl):
-                node.repl_sock.send_multipart([*a.envelope, msgpack.packb(a.msg)])
+                node.repl_sock.send_multipart([*a.envelope, *encode(a.msg)])
             elif isinstance(a, StepDown):
-                self._step_down(a.epoch, a.leader, a.reason)
+                self._step_down(a.epoch, a.leader, a.reason, a.loud)
+            elif isinstance(a, CheckPeers):
+                if time.monotonic() >= self._hint_at:
+                    self._hint_at = time.monotonic() + self.cfg.peer_probe_interval
+                    logs.event("checking_peers", reason=a.reason)
+                    self.probe.next_at = 0.0
+            elif isinstance(a, Confirmed):
+                logs.event("log_confirmed", end=self.core.end, followers=",".join(a.followers))
+                node.save_state(node.state.with_(confirm_from=None))
 
     def _log_follower_changes(self, now: float) -> None:
         """One line when a follower starts or stops fetching: what an operator greps for."""
@@ -267,22 +297,3 @@ class LeaderRole:
                 "fsync_seconds": self.fsync_lat.summary(),
             },
         })
-
-
-def _parse_fetch(frames: list[bytes]) -> dict[str, Any] | None:
-    """A follower's fetch, or None if it is malformed (counted, never trusted)."""
-    if len(frames) != 2:
-        return None
-    try:
-        m = msgpack.unpackb(frames[1], raw=False)
-    except Exception:
-        return None
-    if not isinstance(m, dict) or m.get("t") != "fetch":
-        return None
-    for k in ("offset", "last_epoch", "epoch"):
-        v = m.get(k)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            return None
-    if not isinstance(m.get("name"), str):
-        return None
-    return m

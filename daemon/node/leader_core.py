@@ -5,10 +5,23 @@ follower's fetch, the clock) and returns actions (replies to send, chunks
 to ship, a step-down). The node loop performs the actions; tests drive the
 core directly with no sockets, files or sleeps.
 
-Commit rule: a write is answered with success only when the leader's own
-fsync covers it and, with ack_replicas = K >= 1, when K followers have
-fetched past it. A follower's fetch offset is its durable end (it fsyncs
-before asking for more), so a fetch doubles as its acknowledgement.
+Invariants it protects (docs/protocol.md):
+- commit: a write is answered with success only when the leader's own
+  fsync covers it and, with ack_replicas = K >= 1, when K followers have
+  fetched past it. A follower's fetch offset is its durable end (it fsyncs
+  before asking for more), so a fetch doubles as its acknowledgement, but
+  only when its position (last epoch, end) is a prefix of this log;
+- divergence: a follower whose log stops matching is told where (Kafka's
+  OffsetsForLeaderEpoch); a follower ahead of the leader in the leader's own
+  epoch is never told to truncate;
+- a restarted leader that cut bytes from its log (`confirming`) takes no
+  writes and truncates nobody until F - K + 1 followers show they hold
+  nothing it lost; if one does, it steps down (the replicas repair it);
+- reads: a fresh read is served only from committed state, after K
+  followers' fetches at this epoch prove it still leads (ReadIndex, Raft
+  thesis 6.4); reads waiting together share one round;
+- retries: see daemon/node/retry.py;
+- epochs: a higher epoch in a fetch is a hint to ask the peers, never a command.
 """
 
 from __future__ import annotations
@@ -17,10 +30,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.wire.client import Err, ProtocolError, Request, error_reply, validate_write, write_ok
-from daemon.node.kv import KVState, Placed
-from daemon.wal.format import Record, encode_frame
 from daemon.node.identity import epoch_end
+from daemon.node.kv import KVState, Placed, content_digest
+from daemon.node.retry import Conflict, Join, Known, RetryTracker, Waiters, Waiting
+from daemon.wal.format import Record, encode_frame
+from daemon.wire.client import Err, ProtocolError, Request, error_reply, validate_write, write_ok
+from daemon.wire.replication import Data, Fetch, FromLeader, Refuse, Truncate
 
 Envelope = list[bytes]
 
@@ -43,7 +58,7 @@ class SendChunk:
 @dataclass(slots=True)
 class SendControl:
     envelope: Envelope
-    msg: dict[str, Any]
+    msg: FromLeader
 
 
 @dataclass(slots=True)
@@ -51,6 +66,30 @@ class StepDown:
     epoch: int
     leader: str | None
     reason: str
+    loud: bool = False  # an anomaly an operator must see (logged as an error)
+
+
+@dataclass(slots=True)
+class CheckPeers:
+    """A message claims a newer epoch: ask the peers now; adopt it only if one holds it."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class ServeRead:
+    """Answer this read from the KV state now (committed, and leadership confirmed if K >= 1)."""
+
+    envelope: Envelope
+    request: Request
+    linearizable: bool
+
+
+@dataclass(slots=True)
+class Confirmed:
+    """A restarted leader that lost its tail has heard from enough followers: it may take writes."""
+
+    followers: list[str]
 
 
 @dataclass(slots=True)
@@ -59,7 +98,16 @@ class Pending:
 
     record: Record
     placed: Placed
-    waiters: list[tuple[Envelope, int]]  # (envelope, request id)
+    waiters: Waiters
+    deadline: float
+    digest: bytes = b""
+
+
+@dataclass(slots=True)
+class PendingRead:
+    envelope: Envelope
+    request: Request
+    round: int  # the read round whose confirmation it needs
     deadline: float
 
 
@@ -72,6 +120,7 @@ class FollowerProgress:
     parked: Envelope | None = None
     parked_at: float = 0.0
     connects: int = 0
+    round: int = 0  # the highest read round it has confirmed at our epoch
 
 
 @dataclass
@@ -81,11 +130,17 @@ class Counters:
     bad_requests: int = 0
     dropped: int = 0
     dedup_hits: int = 0
+    retry_conflicts: int = 0
+    reads: int = 0
     acked: int = 0  # success replies to writes (retries included)
     errors: dict[str, int] = field(default_factory=dict)
 
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
+
+
+class InvariantViolation(Exception):
+    """A rule of the core was broken by its caller: the node logs it and exits cleanly."""
 
 
 class LeaderCore:
@@ -104,14 +159,17 @@ class LeaderCore:
         max_uncommitted_bytes: int,
         batch_max_records: int,
         batch_max_bytes: int,
+        confirming: bool = False,
     ) -> None:
         self.name = name
         self.epoch = epoch
         self.end = end
-        # With K >= 1, nothing in the log we start with is known to be on K
-        # followers: a restarted or newly promoted leader may hold a tail it
-        # fsynced but never replicated. The commit point is learnt from the
-        # followers' fetches; until then a retry of such a record waits.
+        # Everything below start_end was in the log when this leader began
+        # (restart or promotion), and is in the KV state already. With K >= 1
+        # none of it is known to be on K followers: the commit point is
+        # learnt from the followers' fetches, a retry of such a record waits,
+        # and no read is served before the commit point reaches start_end.
+        self.start_end = end
         self.commit = end if ack_replicas == 0 else 0
         self.kv = kv
         self.history = history
@@ -122,17 +180,22 @@ class LeaderCore:
         self.batch_max_records = batch_max_records
         self.batch_max_bytes = batch_max_bytes
         self.followers = {n: FollowerProgress(n) for n in followers}
+        # Followers that showed they hold nothing this restarted leader lost;
+        # None when there is nothing to confirm.
+        self.confirming: set[str] | None = set() if confirming and ack_replicas >= 1 else None
+        self.confirm_need = len(followers) - ack_replicas + 1
         self.pending: deque[Pending] = deque()
         # Retries of records already in the log (replayed) but not yet known
         # committed: answered when the commit point passes their end.
-        self.replayed_waits: list[tuple[Placed, list[tuple[Envelope, int]], float]] = []
-        self.inflight: dict[tuple[bytes, int], Pending] = {}
+        self.replayed_waits: list[tuple[Placed, Waiters, float]] = []
+        self.retries = RetryTracker(kv.window)
         # The open batch takes new writes; the sealed one is on its way to disk.
-        self.batch: list[tuple[Record, bytes, list[tuple[Envelope, int]]]] = []
-        self.batch_index: dict[tuple[bytes, int], list[tuple[Envelope, int]]] = {}
-        self.sealed: list[tuple[Record, bytes, list[tuple[Envelope, int]]]] = []
-        self.sealed_index: dict[tuple[bytes, int], list[tuple[Envelope, int]]] = {}
+        self.batch: list[tuple[Record, bytes, Waiting]] = []
+        self.sealed: list[tuple[Record, bytes, Waiting]] = []
         self.batch_bytes = 0
+        self.reads: deque[PendingRead] = deque()
+        self.round = 0
+        self.round_wanted = False
         self.counters = Counters()
         self.stepped_down: StepDown | None = None
         self._in_sync_at = float("nan")
@@ -156,27 +219,38 @@ class LeaderCore:
         except ProtocolError as e:
             self.counters.error(e.code)
             return [Reply(envelope, error_reply(req.id, e.code, str(e)))]
+        if self.confirming is not None:
+            self.counters.error(Err.NOT_ENOUGH_REPLICAS)
+            return [Reply(envelope, error_reply(
+                req.id, Err.NOT_ENOUGH_REPLICAS,
+                f"{self.name} restarted with a damaged tail and is confirming its log with its followers "
+                f"({len(self.confirming)} of {self.confirm_need} heard); nothing was written", written=False))]
+        digest = b""
         if rec.client_id is not None:
             key = (rec.client_id, req.id)
-            p = self.inflight.get(key)
-            if p is not None:
-                # A retry of a write already in the log but not yet committed:
-                # it is answered with the original record when that commits.
-                p.waiters.append((envelope, req.id))
-                p.deadline = max(p.deadline, now + self.timeout)
+            digest = content_digest(rec)
+            found = self.retries.find(key, digest)
+            if isinstance(found, Conflict):
+                self.counters.retry_conflicts += 1
+                self.counters.error(Err.BAD_REQUEST)
+                where = f" (the record at offset {found.placed.offset})" if found.placed else ""
+                return [Reply(envelope, error_reply(
+                    req.id, Err.BAD_REQUEST,
+                    f"request id {req.id} of this client id was already used for a different record{where}; "
+                    "a retry must repeat the same op, key and value: use a new request id for a new write",
+                    written=False))]
+            if isinstance(found, Join):
+                # A retry of a record on its way: answered with the original when it commits.
+                found.entry.waiters.append((envelope, req.id))
+                if isinstance(found.entry, Pending):
+                    found.entry.deadline = max(found.entry.deadline, now + self.timeout)
                 self.counters.dedup_hits += 1
                 return []
-            waiters = self.batch_index.get(key) or self.sealed_index.get(key)
-            if waiters is not None:
-                waiters.append((envelope, req.id))
+            if isinstance(found, Known):
                 self.counters.dedup_hits += 1
-                return []
-            placed = self.kv.window.get(rec.client_id, req.id)
-            if placed is not None:
-                self.counters.dedup_hits += 1
-                if placed.end <= self.commit:
-                    return [Reply(envelope, self._write_ok(req.id, placed))]
-                self.replayed_waits.append((placed, [(envelope, req.id)], now + self.timeout))
+                if found.placed.end <= self.commit:
+                    return [Reply(envelope, self._write_ok(req.id, found.placed))]
+                self.replayed_waits.append((found.placed, [(envelope, req.id)], now + self.timeout))
                 return []
         if self.k and self.in_sync(now) < self.k:
             self.counters.error(Err.NOT_ENOUGH_REPLICAS)
@@ -192,10 +266,10 @@ class LeaderCore:
                 f"followers are {self.end - self.commit} bytes behind; nothing was written", written=False,
             ))]
         frame = encode_frame(rec, self.epoch)
-        waiters = [(envelope, req.id)]
-        self.batch.append((rec, frame, waiters))
+        entry = Waiting(digest, [(envelope, req.id)])
+        self.batch.append((rec, frame, entry))
         if rec.client_id is not None:
-            self.batch_index[(rec.client_id, req.id)] = waiters
+            self.retries.add((rec.client_id, req.id), entry)
         self.batch_bytes += len(frame)
         return []
 
@@ -205,37 +279,41 @@ class LeaderCore:
 
     def take_batch(self) -> list[bytes]:
         """Seal the open batch and return its frames, in order, for one write + fsync."""
-        assert not self.sealed, "the previous batch is still on its way to disk"
-        self.sealed, self.sealed_index = self.batch, self.batch_index
-        self.batch, self.batch_index, self.batch_bytes = [], {}, 0
+        if self.sealed:
+            raise InvariantViolation("the previous batch is still on its way to disk")
+        self.sealed, self.batch, self.batch_bytes = self.batch, [], 0
+        self.retries.seal()
         return [frame for _, frame, _ in self.sealed]
 
     def batch_failed(self, code: str, message: str) -> list[Reply]:
         """The sealed batch's write failed and was rolled back: nothing was appended."""
         out = []
-        for _, _, waiters in self.sealed:
-            for env, rid in waiters:
+        for _, _, entry in self.sealed:
+            for env, rid in entry.waiters:
                 out.append(Reply(env, error_reply(rid, code, message, written=False)))
         self.counters.error(code)
-        self.sealed, self.sealed_index = [], {}
+        self.sealed = []
+        self.retries.sealed_failed()
         return out
 
-    def batch_durable(self, new_end: int, now: float) -> list[Reply | SendChunk]:
+    def batch_durable(self, new_end: int, now: float) -> list[Reply | SendChunk | SendControl | ServeRead]:
         """The sealed batch is written and fsynced up to new_end."""
         pos = self.end
-        for rec, frame, waiters in self.sealed:
+        for rec, frame, entry in self.sealed:
             placed = Placed(pos, pos + len(frame), self.epoch)
             pos += len(frame)
-            p = Pending(rec, placed, waiters, now + self.timeout)
+            p = Pending(rec, placed, entry.waiters, now + self.timeout, entry.digest)
             self.pending.append(p)
             if rec.client_id is not None:
-                self.inflight[(rec.client_id, rec.request_id)] = p  # type: ignore[index]
-        assert pos == new_end, f"batch accounting: {pos} != {new_end}"
+                self.retries.sealed_durable((rec.client_id, rec.request_id), p)  # type: ignore[arg-type]
+        if pos != new_end:
+            raise InvariantViolation(f"batch accounting: {pos} != {new_end}")
         self.counters.appends += len(self.sealed)
         self.counters.batches += 1
-        self.sealed, self.sealed_index = [], {}
+        self.sealed = []
+        self.retries.sealed_done()
         self.end = new_end
-        out: list[Reply | SendChunk] = []
+        out: list[Reply | SendChunk | SendControl | ServeRead] = []
         out.extend(self._advance_commit())
         for f in self.followers.values():
             if f.parked is not None and f.acked < self.end:
@@ -249,17 +327,17 @@ class LeaderCore:
         acks = sorted((f.acked for f in self.followers.values()), reverse=True)
         return min(self.end, acks[self.k - 1]) if len(acks) >= self.k else self.commit
 
-    def _advance_commit(self) -> list[Reply]:
+    def _advance_commit(self) -> list[Reply | ServeRead]:
         point = self._commit_point()
         if point <= self.commit:
             return []
         self.commit = point
-        out = []
+        out: list[Reply | ServeRead] = []
         while self.pending and self.pending[0].placed.end <= point:
             p = self.pending.popleft()
             self.kv.apply(p.record, p.placed)
             if p.record.client_id is not None:
-                self.inflight.pop((p.record.client_id, p.record.request_id), None)  # type: ignore[arg-type]
+                self.retries.committed((p.record.client_id, p.record.request_id))  # type: ignore[arg-type]
             for env, rid in p.waiters:
                 out.append(Reply(env, self._write_ok(rid, p.placed)))
         if self.replayed_waits:
@@ -270,48 +348,85 @@ class LeaderCore:
                 else:
                     still.append((placed, waiters, deadline))
             self.replayed_waits = still
+        out.extend(self._serve_reads())
+        return out
+
+    # -- reads (ReadIndex) ------------------------------------------------------
+
+    def admit_read(self, req: Request, envelope: Envelope, now: float) -> list[ServeRead]:
+        """A `get`: served from committed state once K followers confirm we still lead."""
+        self.counters.reads += 1
+        if self.k == 0:
+            # Nobody can confirm: the reply says so (linearizable: false).
+            return [ServeRead(envelope, req, False)]
+        self.reads.append(PendingRead(envelope, req, self.round + 1, now + self.timeout))
+        self.round_wanted = True
+        return []
+
+    def _confirmed_round(self) -> int:
+        rounds = sorted((f.round for f in self.followers.values()), reverse=True)
+        return rounds[self.k - 1] if len(rounds) >= self.k else 0
+
+    def _serve_reads(self) -> list[ServeRead]:
+        if not self.reads or self.commit < self.start_end:
+            return []
+        confirmed = self._confirmed_round()
+        out = []
+        while self.reads and self.reads[0].round <= confirmed:
+            r = self.reads.popleft()
+            out.append(ServeRead(r.envelope, r.request, True))
         return out
 
     # -- followers ------------------------------------------------------------
 
-    def on_fetch(self, msg: dict[str, Any], envelope: Envelope, now: float) -> list[Reply | SendChunk | SendControl | StepDown]:
-        """A follower asks for bytes from its durable end (and so acknowledges it)."""
-        name = msg["name"]
-        offset = msg["offset"]
-        last_epoch = msg["last_epoch"]
-        their_epoch = msg["epoch"]
-        if their_epoch > self.epoch:
-            sd = StepDown(their_epoch, msg.get("leader"), f"follower {name} is at epoch {their_epoch}")
-            self.stepped_down = sd
-            return [sd]
+    def on_fetch(self, fetch: Fetch, envelope: Envelope, now: float) -> list[Any]:
+        """A follower asks for bytes from its durable end (and so acknowledges it, if its log matches ours)."""
+        name, offset = fetch.name, fetch.offset
+        if fetch.epoch > self.epoch:
+            return [CheckPeers(f"follower {name} says it is at epoch {fetch.epoch}")]
         f = self.followers.get(name)
         if f is None:
-            return [SendControl(envelope, {"t": "error", "epoch": self.epoch, "message": f"{name} is not a node of this cluster"})]
-        if last_epoch < self.epoch or offset > self.end:
-            diverge_at = epoch_end(self.history, last_epoch, self.end)
-            if offset > diverge_at:
-                f.last_seen = now
-                return [SendControl(envelope, {"t": "truncate", "epoch": self.epoch, "leader": self.name,
-                                               "offset": diverge_at, "last_epoch": last_epoch})]
-        if offset > self.end:
-            # Same epoch yet ahead of the leader: impossible unless a disk lost
-            # fsynced data. Refuse loudly; never ask a replica to drop it.
-            return [SendControl(envelope, {"t": "error", "epoch": self.epoch,
-                                           "message": f"follower end {offset} is beyond the leader's end {self.end} in epoch {self.epoch}"})]
+            return [SendControl(envelope, Refuse(self.epoch, f"{name} is not a node of this cluster"))]
+        if fetch.last_epoch > fetch.epoch:
+            return [SendControl(envelope, Refuse(self.epoch, f"last epoch {fetch.last_epoch} is above epoch {fetch.epoch}"))]
+        if fetch.last_epoch == self.epoch and offset > self.end:
+            # Ahead of us in our own epoch: we lost fsynced records that it holds.
+            if self.confirming is not None:
+                return [self._lost_tail(name, offset)]
+            return [SendControl(envelope, Refuse(
+                self.epoch, f"follower end {offset} is beyond the leader's end {self.end} in epoch {self.epoch}; "
+                "a disk lost fsynced records: no truncation"))]
+        matched_epoch, matched_end = epoch_end(self.history, fetch.last_epoch, self.end)
+        consistent = offset == 0 or (matched_epoch == fetch.last_epoch and offset <= matched_end)
+        if not consistent:
+            if self.confirming is not None and offset > self.end:
+                return [self._lost_tail(name, offset)]
+            # Kafka's OffsetsForLeaderEpoch: where its log stops matching ours.
+            # Its bytes beyond that were never part of this log, so never
+            # acknowledged by it; it does not count as in sync meanwhile.
+            return [SendControl(envelope, Truncate(self.epoch, self.name, matched_end, matched_epoch))]
+        out: list[Any] = []
+        if self.confirming is not None:
+            self.confirming.add(name)
+            if len(self.confirming) >= self.confirm_need:
+                out.append(Confirmed(sorted(self.confirming)))
+                self.confirming = None
         if f.last_seen == float("-inf") or now - f.last_seen > self.timeout:
             f.connects += 1
         f.last_seen = now
         self._in_sync_at = float("nan")
-        f.records = msg.get("records", f.records)
-        out: list[Reply | SendChunk | SendControl | StepDown] = []
+        f.records = fetch.records
+        if fetch.epoch == self.epoch and fetch.round > f.round:
+            f.round = min(fetch.round, self.round)
         if offset != f.acked:
             f.acked = offset
             out.extend(self._advance_commit())
+        out.extend(self._serve_reads())
         if offset < self.end:
             f.parked = None
             out.append(SendChunk(name, envelope, offset))
-        elif their_epoch < self.epoch:
-            # Tell a follower our epoch at once, so it fences older leaders now.
+        elif fetch.epoch < self.epoch or f.round < self.round:
+            # Tell it our epoch (or our read round) now rather than at the next heartbeat.
             f.parked = None
             out.append(SendControl(envelope, self.heartbeat_msg()))
         else:
@@ -319,9 +434,26 @@ class LeaderCore:
             f.parked_at = now
         return out
 
+    def _lost_tail(self, name: str, offset: int) -> StepDown:
+        sd = StepDown(self.epoch, None,
+                      f"follower {name} holds records up to offset {offset}, beyond this leader's end {self.end} "
+                      f"after its recovery cut its log: they may have been acknowledged. Not truncating anyone; "
+                      f"stepping down: run 'zwal promote {name}'", loud=True)
+        self.stepped_down = sd
+        return sd
+
     def tick(self, now: float) -> list[Reply | SendControl]:
-        """Heartbeats to parked followers; not_enough_replicas for expired writes."""
+        """Heartbeats to parked followers; a read round; errors for expired writes and reads."""
         out: list[Reply | SendControl] = []
+        if self.round_wanted:
+            # One round for every read that arrived since the last: each
+            # follower is sent the round now, and its next fetch confirms it.
+            self.round += 1
+            self.round_wanted = False
+            for f in self.followers.values():
+                if f.parked is not None:
+                    out.append(SendControl(f.parked, self.heartbeat_msg()))
+                    f.parked = None
         for f in self.followers.values():
             if f.parked is not None and now - f.parked_at >= self.heartbeat:
                 out.append(SendControl(f.parked, self.heartbeat_msg()))
@@ -335,9 +467,19 @@ class LeaderCore:
             self.replayed_waits = [w for w in self.replayed_waits if now < w[2]]
             for placed, waiters, _ in expired:
                 out.extend(self._not_acked(placed, waiters))
+        while self.reads and now >= self.reads[0].deadline:
+            r = self.reads.popleft()
+            self.counters.error(Err.NOT_ENOUGH_REPLICAS)
+            why = (f"the commit point ({self.commit}) has not reached the log's end when {self.name} began leading "
+                   f"({self.start_end})" if self.commit < self.start_end else
+                   f"fewer than {self.k} follower(s) confirmed that {self.name} still leads epoch {self.epoch}")
+            out.append(Reply(r.envelope, error_reply(
+                r.request.id, Err.NOT_ENOUGH_REPLICAS,
+                f"read not served within {self.timeout}s: {why}; retry, or read from any node with stale reads",
+                written=False)))
         return out
 
-    def _not_acked(self, placed: Placed, waiters: list[tuple[Envelope, int]]) -> list[Reply]:
+    def _not_acked(self, placed: Placed, waiters: Waiters) -> list[Reply]:
         self.counters.error(Err.NOT_ENOUGH_REPLICAS)
         return [Reply(env, error_reply(
             rid, Err.NOT_ENOUGH_REPLICAS,
@@ -347,11 +489,16 @@ class LeaderCore:
             written=True, offset=placed.offset, epoch=placed.epoch,
         )) for env, rid in waiters]
 
-    def heartbeat_msg(self) -> dict[str, Any]:
-        return {"t": "data", "epoch": self.epoch, "leader": self.name, "offset": None, "end": self.end, "commit": self.commit}
+    def heartbeat_msg(self) -> Data:
+        return Data(self.epoch, self.name, None, self.end, self.commit, self.round)
+
+    def chunk_msg(self, offset: int, data: bytes) -> Data:
+        return Data(self.epoch, self.name, offset, self.end, self.commit, self.round, data)
 
     def next_deadline(self, now: float) -> float:
         t = now + self.heartbeat
+        if self.round_wanted:
+            return now
         for f in self.followers.values():
             if f.parked is not None:
                 t = min(t, f.parked_at + self.heartbeat)
@@ -361,14 +508,23 @@ class LeaderCore:
                 break
         for _, _, deadline in self.replayed_waits:
             t = min(t, deadline)
+        if self.reads:
+            t = min(t, self.reads[0].deadline)
         return t
 
     def fail_all(self, code: str, message: str) -> list[Reply]:
-        """Stepping down or stopping: every waiting client gets an error now."""
-        out = self.batch_failed(code, message) if self.sealed else []
-        for _, _, waiters in self.batch:
-            out.extend(Reply(env, error_reply(rid, code, message, written=False)) for env, rid in waiters)
-        self.batch, self.batch_index, self.batch_bytes = [], {}, 0
+        """Stepping down or stopping: every waiting client gets an error now.
+
+        The caller first waits for the batch in flight: its clients must be
+        told whether it was written, and only its completion says.
+        """
+        if self.sealed:
+            raise InvariantViolation("fail_all with a batch in flight: wait for it first")
+        out = []
+        for _, _, entry in self.batch:
+            out.extend(Reply(env, error_reply(rid, code, message, written=False)) for env, rid in entry.waiters)
+        self.batch, self.batch_bytes = [], 0
+        self.retries.drop_open()
         for p in self.pending:
             for env, rid in p.waiters:
                 out.append(Reply(env, error_reply(rid, code, message, written=True, offset=p.placed.offset)))
@@ -376,6 +532,9 @@ class LeaderCore:
         for placed, waiters, _ in self.replayed_waits:
             out.extend(Reply(env, error_reply(rid, code, message, written=True, offset=placed.offset)) for env, rid in waiters)
         self.replayed_waits = []
+        for r in self.reads:
+            out.append(Reply(r.envelope, error_reply(r.request.id, code, message, written=False)))
+        self.reads.clear()
         return out
 
     def follower_status(self, now: float) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import zmq
 from daemon import config as config_mod
 from daemon.ops import logs
 from daemon.node import identity as nodestate
+from daemon.node import epochs
 from daemon.node.identity import FOLLOWER, LEADER, NodeState
 from daemon.wire.client import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
 from daemon.node.kv import KVState
@@ -82,7 +83,7 @@ class Node:
 
     def _bootstrap_state(self) -> NodeState:
         if self.name == self.cfg.bootstrap_leader:
-            st = NodeState(LEADER, 1, self.name, [(1, 0)], led_epoch=1)
+            st = NodeState(LEADER, 1, self.name, [(1, 0)], led_epoch=1, voted_for=self.name)
         else:
             st = NodeState(FOLLOWER, 0, self.cfg.bootstrap_leader, [])
         nodestate.save(self.me.state_path, st)
@@ -108,9 +109,16 @@ class Node:
         self.kv = kv
         self.scan = scan
         merged = nodestate.merge_history(self.state.history, scan.epoch_starts)
-        if merged != self.state.history:
-            self.save_state(NodeState(self.state.role, max(self.state.epoch, scan.last_epoch), self.state.leader, merged,
-                                      self.state.led_epoch))
+        st = self.state
+        if merged != st.history:
+            st = st.with_(epoch=max(st.epoch, scan.last_epoch), history=merged)
+        if scan.dropped and st.role == LEADER and self.cfg.ack_replicas >= 1:
+            # Recovery cut bytes this leader may have fsynced and acknowledged:
+            # until its followers show otherwise it must not lead on its own word.
+            st = st.with_(confirm_from=min(scan.valid_end, st.confirm_from if st.confirm_from is not None
+                                           else scan.valid_end))
+        if st != self.state:
+            self.save_state(st)
         logs.event(
             "recovered", path=self.me.log_path, status=scan.status, records=scan.records,
             bytes=scan.valid_end, torn_bytes_dropped=scan.dropped, last_epoch=scan.last_epoch,
@@ -189,6 +197,14 @@ class Node:
         except FsyncFailure as e:
             logs.error("stopping_after_fsync_failure", reason=str(e))
             code = EXIT_FSYNC
+        except Exception as e:
+            # A broken invariant or a bug: say exactly what, then exit non-zero
+            # (the supervisor restarts us and recovery runs), never half-running.
+            import traceback
+
+            logs.error("internal_error", error=f"{type(e).__name__}: {e}",
+                       traceback=traceback.format_exc().replace("\n", " | "))
+            code = EXIT_FATAL
         finally:
             self.notifier.stopping()
             self.close(fsync=code == 0)
@@ -269,63 +285,34 @@ class Node:
                 last = e
         return last
 
-    def read_reply(self, req: Request, stale: bool) -> bytes:
+    def read_reply(self, req: Request, stale: bool, linearizable: bool = False) -> bytes:
         if req.op == "ping":
             return ok_reply(req.id, name=self.name, role=self.state.role, epoch=self.state.epoch)
         if req.op == "get":
             v = self.kv.get(req.key)  # type: ignore[arg-type]
             return ok_reply(req.id, found=v is not None, value=v, offset=self.kv.end, stale=stale,
-                            node=self.name, epoch=self.state.epoch,
+                            linearizable=linearizable and not stale, node=self.name, epoch=self.state.epoch,
                             leader_endpoint=self.leader_endpoint() if stale else None)
         raise AssertionError(req.op)
 
     # -- admin: the only ways a node's role changes -------------------------------
 
     def admin(self, req: Request) -> tuple[bytes, Transition | None]:
-        """Carry out promote/follow/fence. The new state is saved before replying."""
-        args = req.args or {}
-        epoch = args.get("epoch")
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            return error_reply(req.id, Err.BAD_REQUEST, "admin ops need an integer 'epoch' in args"), None
-        cur = self.state
-        if req.op == "fence":
-            # Raise our epoch durably so no leader of an older epoch can get
-            # data acknowledged by us; a leader stops leading.
-            if epoch < cur.epoch:
-                return error_reply(req.id, Err.STALE_EPOCH, f"{self.name} is already at epoch {cur.epoch}", epoch=cur.epoch), None
-            body = ok_reply(req.id, epoch=epoch, end=self.writer.end, last_epoch=self.last_log_epoch())
-            if epoch == cur.epoch and cur.role == FOLLOWER and cur.leader is None:
-                return body, None
-            st = cur.follower_of(epoch, None)
-            self.save_state(st)
-            return body, Transition(st, f"fenced at epoch {epoch}", reload=cur.role == LEADER)
-        if req.op == "follow":
-            leader = args.get("leader")
-            if not isinstance(leader, str) or leader not in self.cfg.names or leader == self.name:
-                return error_reply(req.id, Err.BAD_REQUEST, "'leader' must name another node of the cluster"), None
-            if epoch < cur.epoch:
-                return error_reply(req.id, Err.STALE_EPOCH, f"{self.name} is already at epoch {cur.epoch}", epoch=cur.epoch), None
-            if epoch == cur.epoch and cur.role == LEADER:
-                return error_reply(req.id, Err.REFUSED, f"{self.name} leads epoch {epoch}; a follow needs a newer epoch"), None
-            st = cur.follower_of(epoch, leader)
-            self.save_state(st)
-            return ok_reply(req.id, epoch=epoch), Transition(st, f"told to follow {leader} at epoch {epoch}", reload=cur.role == LEADER)
-        if req.op == "promote":
-            if cur.role == LEADER:
-                return error_reply(req.id, Err.REFUSED, f"{self.name} is already the leader (epoch {cur.epoch})"), None
-            if epoch <= cur.epoch and not (epoch == cur.epoch and cur.leader is None):
-                return error_reply(req.id, Err.STALE_EPOCH,
-                                   f"promotion needs an epoch above {cur.epoch} (or equal to a fenced epoch)", epoch=cur.epoch), None
-            hist = list(cur.history)
-            if not hist or hist[-1][0] < epoch:
-                hist.append((epoch, self.writer.end))
-            st = NodeState(LEADER, epoch, self.name, hist, led_epoch=epoch)
-            # Durable before anything else: a crash from here on restarts us
-            # as the leader of `epoch`, never as a follower that also claims it.
-            self.save_state(st)
-            logs.event("promoted", epoch=epoch, start_offset=self.writer.end)
-            return ok_reply(req.id, epoch=epoch, end=self.writer.end), Transition(st, f"promoted to epoch {epoch}", reload=False)
-        raise AssertionError(req.op)
+        """Carry out promote/follow/fence by the rules of daemon/node/epochs.py.
+
+        The new state is saved before the reply: a crash after the reply
+        restarts the node in the state the reply announced.
+        """
+        d = epochs.decide(req.op, req.args or {}, self.state, self.name, frozenset(self.cfg.names),
+                          self.writer.end, self.last_log_epoch())
+        if isinstance(d, epochs.Refusal):
+            return error_reply(req.id, d.code, d.message, **d.fields), None
+        if d.state is not None:
+            self.save_state(d.state)
+            if d.state.role == LEADER:
+                logs.event("promoted", epoch=d.state.epoch, start_offset=self.writer.end)
+        t = Transition(self.state, d.transition, reload=d.reload) if d.transition else None
+        return ok_reply(req.id, **d.fields), t
 
 
 class FsyncFailure(Exception):

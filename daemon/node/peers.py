@@ -78,10 +78,10 @@ class PeerProbe:
                 best = (e, name)
         return best
 
-    def leader_at(self, epoch: int) -> str | None:
-        """A peer that says it leads `epoch` or later."""
+    def leader_at(self, epoch: int, exact: bool = False) -> str | None:
+        """A peer that says it leads `epoch` (or, unless `exact`, a later one)."""
         for name, st in self.latest.items():
-            if st["role"] == "leader" and st["epoch"] >= epoch:
+            if st["role"] == "leader" and (st["epoch"] == epoch if exact else st["epoch"] >= epoch):
                 return name
         return None
 

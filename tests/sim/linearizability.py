@@ -20,8 +20,8 @@ without branching: reads do not change the state, and one that may come next
 can be moved to the front of any successful order.
 
 Indeterminate operations (``complete is None``: timed out, client crashed,
-"may have been written") are treated as Knossos (Jepsen) treats ``:info``
-operations: an indeterminate write may take effect at any instant after its
+"may have been written") are treated as Knossos (K. Kingsbury's checker for
+Jepsen, github.com/jepsen-io/knossos) treats ``:info`` operations: an indeterminate write may take effect at any instant after its
 invoke, or never, so it never has to be placed; an indeterminate get carries no
 information and is ignored. An indeterminate write whose value no later get
 observed is dropped, since placing it can never help.
@@ -33,6 +33,7 @@ operations strictly increasing times if their order must count.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -99,16 +100,16 @@ def check_key(ops: Sequence[Op], initial: bytes | None = None, budget: int = 200
     if result == "unknown":
         return Verdict(
             ok=True, key=key, unknown=True,
-            message=f"key {key!r}: search budget of {budget} steps exhausted after "
-            f"{len(live)} ops; linearizability unknown",
+            message=f"key {key!r}: search budget of {budget} steps exhausted on its "
+            f"{len(live)} ops; linearizability unknown (not checked)",
         )
-    done = [live[i] for i in range(len(live)) if placed >> i & 1]
+    done = {id(live[i]) for i in range(len(live)) if placed >> i & 1}
     stuck = live[stuck_at]
     lines = [
         f"key {key!r} (initially {initial!r}) is not linearizable: {_fmt(stuck)} could not be placed.",
-        f"The furthest the search got placed {len(done)} op(s), leaving the register at {state!r}; "
-        f"the op above must take effect by {stuck.complete:g} and no order of the ops "
-        f"that may precede it makes it agree.",
+        f"At the furthest point the search reached, {len(done)} op(s) were placed and the register "
+        f"held {state!r}; the op above must take effect by {stuck.complete:g}, and no order of the "
+        f"ops allowed before it lets it see what it saw.",
         f"The {len(listed)} op(s) of this key, sorted by invoke:",
     ]
     for o in listed:
@@ -117,7 +118,7 @@ def check_key(ops: Sequence[Op], initial: bytes | None = None, budget: int = 200
             note = "   <-- could not be placed"
         elif o.kind == "get" and o.complete is None:
             note = "   (indeterminate get: ignored)"
-        elif any(o is d for d in done):
+        elif id(o) in done:
             note = "   (placed)"
         lines.append(f"  {_fmt(o)}{note}")
     return Verdict(ok=False, key=key, message="\n".join(lines))
@@ -138,64 +139,95 @@ def _validate(op: Op) -> None:
 
 def _relevant(listed: list[Op]) -> list[Op]:
     """Drop indeterminate gets, and indeterminate writes no get that could follow them observed."""
-    gets = [o for o in listed if o.kind == "get" and o.complete is not None]
-    out = []
-    for o in listed:
-        if o.complete is not None:
-            out.append(o)
-        elif o.kind != "get" and any(g.value == o.value and g.complete >= o.invoke for g in gets):  # type: ignore[operator]
-            out.append(o)
-    return out
+    seen_at = [(o.value, o.complete) for o in listed if o.kind == "get" and o.complete is not None]
+    return [
+        o for o in listed
+        if o.complete is not None
+        or (o.kind != "get" and any(v == o.value and c >= o.invoke for v, c in seen_at))
+    ]
 
 
 def _search(ops: list[Op], initial: bytes | None, budget: int) -> tuple[str, bytes | None, int, int]:
     """Depth-first search over (placed-ops bitmask, register value), memoized.
 
     Returns ("ok" | "bad" | "unknown", register value, bitmask, index) where, for
-    "bad", these are the state that placed the most completed ops and the op with
-    the earliest reply that it could not place next.
+    "bad", these are the state that placed the most completed ops and the get it
+    could not place. Sound prunings: a state is dead if an unplaced get observed
+    a value that is not the register's and that no unplaced write writes (checked
+    for gets that may come next, and for the value a write overwrites); an
+    indeterminate write is not tried once no unplaced get could observe its value
+    (placing it then cannot help any op that follows).
     """
     n = len(ops)
     invoke = [o.invoke for o in ops]
     deadline = [math.inf if o.complete is None else o.complete for o in ops]
     by_deadline = sorted((i for i in range(n) if ops[i].complete is not None), key=lambda i: deadline[i])
-    required = sum(1 << i for i in by_deadline)
-    stack: list[tuple[int, bytes | None]] = [(0, initial)]
+    rank = {i: r for r, i in enumerate(by_deadline)}  # bit of each completed op in the second mask
+    writers: dict[bytes | None, int] = {}  # value -> the writes (bitmask) that write it
+    getters: dict[bytes | None, int] = {}  # value -> the gets that observed it
+    for i, o in enumerate(ops):
+        table = getters if o.kind == "get" else writers
+        table[o.value] = table.get(o.value, 0) | 1 << i
+    readers = [
+        sum(1 << j for j, g in enumerate(ops) if g.kind == "get" and g.value == o.value
+            and g.complete is not None and g.complete >= o.invoke) if o.complete is None else 0
+        for o in ops
+    ]
+    all_done = (1 << len(by_deadline)) - 1
+    # (placed ops by invoke order, placed completed ops by deadline order, register value)
+    stack: list[tuple[int, int, bytes | None]] = [(0, 0, initial)]
     seen: set[tuple[int, bytes | None]] = set()
     best = (-1, initial, 0, -1)
     steps = 0
     while stack:
-        mask, state = stack.pop()
+        mask, dmask, state = stack.pop()
         if (mask, state) in seen:
             continue
         seen.add((mask, state))
         steps += 1
         if steps > budget:
             return "unknown", state, mask, -1
-        if mask & required == required:
+        if dmask == all_done:
             return "ok", state, mask, -1
-        first = next(i for i in by_deadline if not mask >> i & 1)
-        depth = (mask & required).bit_count()
-        if depth > best[0]:
-            best = (depth, state, mask, first)
-        horizon = deadline[first]
+        first = by_deadline[(~dmask & (dmask + 1)).bit_length() - 1]  # earliest reply not placed
+        cand = ~mask & ((1 << bisect.bisect_right(invoke, deadline[first])) - 1)
         writes: list[int] = []
-        read = -1
-        for i in range(n):  # ops are sorted by invoke
-            if invoke[i] > horizon:
-                break
-            if mask >> i & 1:
-                continue
-            if ops[i].kind != "get":
+        read = dead = -1
+        spent = 0  # indeterminate writes that can no longer matter: mark them placed
+        while cand:
+            low = cand & -cand
+            cand ^= low
+            i = low.bit_length() - 1
+            o = ops[i]
+            if o.kind == "get":
+                if o.value == state:
+                    read = i
+                    break
+                if not writers.get(o.value, 0) & ~mask:
+                    dead = i
+                    break
+            elif o.complete is not None or readers[i] & ~mask:
                 writes.append(i)
-            elif ops[i].value == state:
-                read = i
-                break
+            else:
+                spent |= low
+        depth = dmask.bit_count()
+        if depth > best[0]:
+            best = (depth, state, mask, dead if dead >= 0 else first)
+        if dead >= 0:
+            continue
         if read >= 0:
-            stack.append((mask | 1 << read, state))
+            stack.append((mask | spent | 1 << read, dmask | 1 << rank[read], state))
             continue
         writes.sort(key=lambda i: deadline[i], reverse=True)  # earliest deadline is popped first
-        stack.extend((mask | 1 << i, ops[i].value) for i in writes)
+        for i in writes:
+            child = (mask | spent | 1 << i, dmask | 1 << rank[i] if i in rank else dmask, ops[i].value)
+            doomed = getters.get(state, 0) & ~child[0]
+            if child[2] != state and doomed and not writers.get(state, 0) & ~child[0]:
+                # the register leaves a value that an unplaced get saw and no unplaced write restores
+                if child[1].bit_count() >= best[0]:
+                    best = (child[1].bit_count(), child[2], child[0], (doomed & -doomed).bit_length() - 1)
+                continue
+            stack.append(child)
     return "bad", best[1], best[2], best[3]
 
 

@@ -1,0 +1,144 @@
+"""The epoch rules of fence, follow and promote: pure, typed, no I/O.
+
+These are the rules that keep one leader per epoch (docs/protocol.md,
+"Fencing and promotion"). `Node.admin` asks `decide` and then performs the
+answer: it saves the new state (before replying) and changes role.
+
+Invariants:
+- a node's epoch never goes down, and never above MAX_EPOCH;
+- in one epoch a node gives one vote (`voted_for`), like Raft's term votes:
+  a fence for candidate X, following leader X, or leading as X. A second
+  candidate of the same epoch is refused, so two promotions of one epoch
+  cannot both gather a majority;
+- a node leads epoch E only if it voted for itself in E (the promote tool
+  fences it for itself first) and never led or followed another in E;
+- an epoch from a client request never reaches these rules (it is a hint);
+  only admin requests and peers move a node's epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.node.identity import FOLLOWER, LEADER, NodeState
+
+# Epochs travel as unsigned integers below 2**63 (docs/protocol.md).
+MAX_EPOCH = 2**63 - 1
+# `zwal promote` warns when fewer epochs than this are left.
+EPOCHS_LEFT_WARNING = 1000
+
+FENCE = "fence"
+FOLLOW = "follow"
+PROMOTE = "promote"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: str  # a wire error code: bad_request, stale_epoch or refused
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Carry out the op: save `state` (None = nothing changes), then reply with `fields`."""
+
+    state: NodeState | None
+    fields: dict[str, Any]
+    # Why the role loop must end (None = it goes on as it is).
+    transition: str | None = None
+    # Replay the log before the next role (a leader stepping down may hold unreplicated records).
+    reload: bool = False
+
+
+def _epoch_arg(args: dict[str, Any]) -> int | Refusal:
+    epoch = args.get("epoch")
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+        return Refusal("bad_request", f"admin ops need an integer 'epoch' in 0..{MAX_EPOCH} in args")
+    return epoch
+
+
+def decide(op: str, args: dict[str, Any], cur: NodeState, me: str, names: frozenset[str],
+           end: int, last_epoch: int) -> Accept | Refusal:
+    """The answer to an admin op `op` with `args`, for node `me` in state `cur` with log end `end`."""
+    epoch = _epoch_arg(args)
+    if isinstance(epoch, Refusal):
+        return epoch
+    if op == FENCE:
+        return _fence(epoch, args.get("candidate"), cur, me, names, end, last_epoch)
+    if op == FOLLOW:
+        return _follow(epoch, args.get("leader"), cur, me, names)
+    if op == PROMOTE:
+        return _promote(epoch, cur, me, end)
+    return Refusal("unknown_op", f"unknown admin op {op!r}")
+
+
+def _stale(epoch: int, cur: NodeState, me: str) -> Refusal:
+    return Refusal("stale_epoch", f"{me} is already at epoch {cur.epoch}", {"epoch": cur.epoch})
+
+
+def _fence(epoch: int, candidate: Any, cur: NodeState, me: str, names: frozenset[str],
+           end: int, last_epoch: int) -> Accept | Refusal:
+    """Durably take `epoch` (and vote for `candidate`): no older leader gets data or acks from us after this."""
+    if candidate is not None and (not isinstance(candidate, str) or candidate not in names):
+        return Refusal("bad_request", "'candidate' must name a node of the cluster")
+    if epoch < cur.epoch:
+        return _stale(epoch, cur, me)
+    fields = {"epoch": epoch, "end": end, "last_epoch": last_epoch, "voted_for": candidate}
+    if epoch > cur.epoch:
+        st = NodeState(FOLLOWER, epoch, None, list(cur.history), cur.led_epoch, candidate)
+        return Accept(st, fields, f"fenced at epoch {epoch}", reload=cur.role == LEADER)
+    # The same epoch: only a vote can change, and only from nobody to `candidate`.
+    if candidate is None or cur.voted_for == candidate:
+        return Accept(None, {**fields, "voted_for": cur.voted_for})
+    if cur.voted_for is not None or cur.role == LEADER:
+        return Refusal("refused", f"{me} already voted for {cur.voted_for or me} in epoch {epoch}",
+                       {"epoch": epoch, "voted_for": cur.voted_for or me})
+    st = NodeState(FOLLOWER, epoch, None, list(cur.history), cur.led_epoch, candidate)
+    return Accept(st, fields, f"fenced at epoch {epoch}" if cur.leader is not None else None)
+
+
+def _follow(epoch: int, leader: Any, cur: NodeState, me: str, names: frozenset[str]) -> Accept | Refusal:
+    if not isinstance(leader, str) or leader not in names or leader == me:
+        return Refusal("bad_request", "'leader' must name another node of the cluster")
+    if epoch < cur.epoch:
+        return _stale(epoch, cur, me)
+    if epoch == cur.epoch:
+        if cur.role == LEADER:
+            return Refusal("refused", f"{me} leads epoch {epoch}; a follow needs a newer epoch", {"epoch": epoch})
+        if cur.voted_for is not None and cur.voted_for != leader:
+            return Refusal("refused", f"{me} voted for {cur.voted_for} in epoch {epoch}, not {leader}",
+                           {"epoch": epoch, "voted_for": cur.voted_for})
+        if cur.leader == leader:
+            return Accept(None, {"epoch": epoch})
+    st = NodeState(FOLLOWER, epoch, leader, list(cur.history), cur.led_epoch, leader)
+    return Accept(st, {"epoch": epoch}, f"told to follow {leader} at epoch {epoch}", reload=cur.role == LEADER)
+
+
+def _promote(epoch: int, cur: NodeState, me: str, end: int) -> Accept | Refusal:
+    if cur.role == LEADER:
+        return Refusal("refused", f"{me} is already the leader (epoch {cur.epoch})")
+    if epoch != cur.epoch or cur.voted_for != me or cur.leader is not None:
+        return Refusal("stale_epoch" if epoch < cur.epoch else "refused",
+                       f"{me} can lead epoch {epoch} only after a fence at that epoch for itself "
+                       f"(it is at epoch {cur.epoch}, voted for {cur.voted_for or 'nobody'}"
+                       + (f", following {cur.leader}" if cur.leader else "") + ")",
+                       {"epoch": cur.epoch, "voted_for": cur.voted_for})
+    hist = list(cur.history)
+    if not hist or hist[-1][0] < epoch:
+        hist.append((epoch, end))
+    st = NodeState(LEADER, epoch, me, hist, led_epoch=epoch, voted_for=me)
+    return Accept(st, {"epoch": epoch, "end": end}, f"promoted to epoch {epoch}")
+
+
+def may_follow(cur: NodeState, epoch: int, leader: str | None) -> bool:
+    """May a follower take `leader` as the leader of `epoch` (learnt from a peer or the leader itself)?
+
+    Never an older epoch; in its own epoch only the node it voted for.
+    """
+    if epoch < cur.epoch:
+        return False
+    if epoch == cur.epoch and cur.role == LEADER:
+        return False
+    return epoch > cur.epoch or leader is None or cur.voted_for in (None, leader)

@@ -1,0 +1,181 @@
+"""The replication protocol (docs/protocol.md): typed messages, encoded and decoded here only.
+
+A follower sends `Fetch`; a leader answers with `Data` (a chunk or, with
+`offset` None, a heartbeat), `Truncate` or `Refuse`; a node that does not
+lead answers `NotLeader`. Every decoder checks every field: bytes from the
+network become a typed message or a `BadMessage` with a reason, never a
+half-trusted dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+# Epochs and offsets are unsigned and below 2**63 on the wire (docs/protocol.md).
+MAX_UINT = 2**63 - 1
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+class BadMessage(Exception):
+    """A replication message that failed a check; the text says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Follower -> leader: send me bytes from `offset`; everything below it is fsynced here.
+
+    (`last_epoch`, `offset`) is the follower's log position; the leader counts
+    the fetch as an acknowledgement only if that position is a prefix of its
+    own log. `round` is the highest read round the follower has been sent
+    (ReadIndex, docs/protocol.md).
+    """
+
+    name: str
+    epoch: int
+    offset: int
+    last_epoch: int
+    records: int = 0
+    max: int = 1 << 20
+    round: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Leader -> follower: log bytes from `offset` (a heartbeat when `offset` is None)."""
+
+    epoch: int
+    leader: str
+    offset: int | None
+    end: int
+    commit: int
+    round: int = 0
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    """Leader -> follower: your log stops matching mine after epoch `last_epoch`, which ends at `offset` here.
+
+    This is Kafka's OffsetsForLeaderEpoch answer: `last_epoch` is the largest
+    epoch of the leader's history not above the follower's last epoch, and
+    `offset` where it ends in the leader's log. The follower truncates to the
+    smaller of `offset` and its own end of `last_epoch` (KIP-101, KIP-279).
+    """
+
+    epoch: int
+    leader: str
+    offset: int
+    last_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Leader -> follower: the fetch is refused; nothing changes on either side."""
+
+    epoch: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotLeader:
+    """A node that does not lead, to whoever fetched from it."""
+
+    epoch: int
+    leader: str | None
+
+
+FromLeader = Data | Truncate | Refuse | NotLeader
+
+
+def _uint(m: dict[str, Any], k: str, *, optional: bool = False) -> Any:
+    v = m.get(k)
+    if v is None and optional:
+        return None
+    if type(v) is not int or not 0 <= v <= MAX_UINT:
+        raise BadMessage(f"field {k!r} must be an integer in 0..2**63-1, got {v!r}")
+    return v
+
+
+def _str(m: dict[str, Any], k: str, *, optional: bool = False) -> Any:
+    v = m.get(k)
+    if v is None and optional:
+        return None
+    if type(v) is not str or not 0 < len(v) <= 256:
+        raise BadMessage(f"field {k!r} must be a non-empty string, got {v!r}")
+    return v
+
+
+def _map(body: bytes) -> dict[str, Any]:
+    try:
+        m = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception:
+        raise BadMessage("not a msgpack message") from None
+    if type(m) is not dict or type(m.get("t")) is not str:
+        raise BadMessage("not a map with a string 't'")
+    return m
+
+
+# -- follower -> leader ------------------------------------------------------------
+
+
+def encode_fetch(f: Fetch) -> bytes:
+    return _pack({"t": "fetch", "name": f.name, "epoch": f.epoch, "offset": f.offset, "last_epoch": f.last_epoch,
+                  "records": f.records, "max": f.max, "round": f.round})
+
+
+def decode_fetch(frames: list[bytes]) -> Fetch:
+    """A ROUTER's [identity, body] from a follower."""
+    if len(frames) != 2:
+        raise BadMessage(f"a fetch is one frame (got {len(frames) - 1})")
+    m = _map(frames[1])
+    if m["t"] != "fetch":
+        raise BadMessage(f"expected a fetch, got {m['t']!r}")
+    return Fetch(_str(m, "name"), _uint(m, "epoch"), _uint(m, "offset"), _uint(m, "last_epoch"),
+                 _uint(m, "records", optional=True) or 0, _uint(m, "max", optional=True) or (1 << 20),
+                 _uint(m, "round", optional=True) or 0)
+
+
+# -- leader -> follower ------------------------------------------------------------
+
+
+def encode(msg: FromLeader) -> list[bytes]:
+    """The frames of one message to a follower (after the ROUTER envelope)."""
+    if isinstance(msg, Data):
+        hdr = _pack({"t": "data", "epoch": msg.epoch, "leader": msg.leader, "offset": msg.offset,
+                     "end": msg.end, "commit": msg.commit, "round": msg.round})
+        return [hdr] if msg.offset is None else [hdr, msg.data or b""]
+    if isinstance(msg, Truncate):
+        return [_pack({"t": "truncate", "epoch": msg.epoch, "leader": msg.leader, "offset": msg.offset,
+                       "last_epoch": msg.last_epoch})]
+    if isinstance(msg, Refuse):
+        return [_pack({"t": "error", "epoch": msg.epoch, "message": msg.message})]
+    return [_pack({"t": "not_leader", "epoch": msg.epoch, "leader": msg.leader})]
+
+
+def decode_from_leader(frames: list[bytes]) -> FromLeader:
+    """A DEALER's frames from the node the follower fetches from."""
+    if not 1 <= len(frames) <= 2:
+        raise BadMessage(f"a leader's message is one or two frames (got {len(frames)})")
+    m = _map(frames[0])
+    t = m["t"]
+    epoch = _uint(m, "epoch")
+    if t == "data":
+        offset = _uint(m, "offset", optional=True)
+        if (offset is None) != (len(frames) == 1):
+            raise BadMessage("a chunk has an offset and a second frame; a heartbeat has neither")
+        return Data(epoch, _str(m, "leader"), offset, _uint(m, "end"), _uint(m, "commit"),
+                    _uint(m, "round", optional=True) or 0, frames[1] if offset is not None else None)
+    if len(frames) != 1:
+        raise BadMessage(f"a {t!r} message is one frame")
+    if t == "truncate":
+        return Truncate(epoch, _str(m, "leader"), _uint(m, "offset"), _uint(m, "last_epoch"))
+    if t == "error":
+        msg = m.get("message")
+        return Refuse(epoch, msg if isinstance(msg, str) else repr(msg))
+    if t == "not_leader":
+        return NotLeader(epoch, _str(m, "leader", optional=True))
+    raise BadMessage(f"unknown message type {t!r}")

@@ -1,0 +1,66 @@
+"""The fence/follow/promote rules (daemon/node/epochs.py), pure: one leader per epoch."""
+
+from __future__ import annotations
+
+from daemon.node.epochs import MAX_EPOCH, Accept, Refusal, decide, may_follow
+from daemon.node.identity import FOLLOWER, LEADER, NodeState
+
+NAMES = frozenset({"n1", "n2", "n3"})
+
+
+def follower(epoch: int = 2, leader: str | None = "n1", voted: str | None = "n1") -> NodeState:
+    return NodeState(FOLLOWER, epoch, leader, [(1, 0)], 0, voted)
+
+
+def run(op: str, st: NodeState, me: str = "n2", **args) -> Accept | Refusal:
+    return decide(op, args, st, me, NAMES, 100, 1)
+
+
+def test_a_fence_is_a_vote_and_a_node_votes_once_per_epoch():
+    st = follower()
+    a = run("fence", st, epoch=3, candidate="n2")
+    assert isinstance(a, Accept) and a.state.voted_for == "n2" and a.state.leader is None and a.transition
+    again = run("fence", a.state, epoch=3, candidate="n2")
+    assert isinstance(again, Accept) and again.state is None
+    rival = run("fence", a.state, epoch=3, candidate="n3")
+    assert isinstance(rival, Refusal) and rival.code == "refused" and "voted for n2" in rival.message
+
+
+def test_promote_needs_the_nodes_own_vote_in_that_epoch():
+    assert isinstance(run("promote", follower(), epoch=3), Refusal)  # never fenced at 3
+    voted_other = run("fence", follower(), epoch=3, candidate="n3").state
+    r = run("promote", voted_other, epoch=3)
+    assert isinstance(r, Refusal) and "voted for n3" in r.message
+    mine = run("fence", follower(), epoch=3, candidate="n2").state
+    p = run("promote", mine, epoch=3)
+    assert isinstance(p, Accept) and p.state.role == LEADER and p.state.epoch == 3 and p.state.voted_for == "n2"
+    assert p.state.history[-1] == (3, 100)
+
+
+def test_a_leader_refuses_a_rival_candidate_of_its_own_epoch():
+    leader = NodeState(LEADER, 3, "n2", [(3, 0)], 3, "n2")
+    assert isinstance(run("fence", leader, epoch=3, candidate="n3"), Refusal)
+    assert isinstance(run("follow", leader, epoch=3, leader="n3"), Refusal)
+    assert isinstance(run("promote", leader, epoch=3), Refusal)
+    stepped = run("fence", leader, epoch=4, candidate="n3")
+    assert isinstance(stepped, Accept) and stepped.reload and stepped.state.role == FOLLOWER
+
+
+def test_follow_is_refused_for_anyone_but_the_node_voted_for():
+    st = run("fence", follower(), epoch=3, candidate="n3").state
+    assert isinstance(run("follow", st, epoch=3, leader="n1"), Refusal)
+    a = run("follow", st, epoch=3, leader="n3")
+    assert isinstance(a, Accept) and a.state.leader == "n3"
+    assert not may_follow(st, 3, "n1") and may_follow(st, 3, "n3") and may_follow(st, 4, "n1")
+
+
+def test_epochs_outside_the_protocols_range_are_bad_requests():
+    for bad in (-1, MAX_EPOCH + 1, "3", True, None):
+        r = run("fence", follower(), epoch=bad)
+        assert isinstance(r, Refusal) and r.code == "bad_request"
+    assert isinstance(run("fence", follower(), epoch=MAX_EPOCH), Accept)
+
+
+def test_older_epochs_are_stale():
+    r = run("fence", follower(epoch=5), epoch=4, candidate="n2")
+    assert isinstance(r, Refusal) and r.code == "stale_epoch" and r.fields["epoch"] == 5
