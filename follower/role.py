@@ -75,8 +75,7 @@ class FollowerRole:
         if epoch < st.epoch or (epoch == st.epoch and leader == st.leader):
             return
         if not may_follow(st, epoch, leader):
-            logs.error("refusing_leader", epoch=epoch, leader=leader, voted_for=st.voted_for,
-                       reason=f"{why}; this node voted for {st.voted_for} in epoch {epoch}")
+            logs.error("refusing_leader", epoch=epoch, leader=leader, reason=f"{why}; this node leads epoch {epoch}")
             return
         new = st.follower_of(epoch, leader or (st.leader if epoch == st.epoch else None))
         self.node.save_state(new)

@@ -46,12 +46,13 @@ def test_a_leader_refuses_a_rival_candidate_of_its_own_epoch():
     assert isinstance(stepped, Accept) and stepped.reload and stepped.state.role == FOLLOWER
 
 
-def test_follow_is_refused_for_anyone_but_the_node_voted_for():
+def test_a_node_that_voted_for_a_loser_still_follows_the_winner_and_keeps_its_vote():
     st = run("fence", follower(), epoch=3, candidate="n3").state
-    assert isinstance(run("follow", st, epoch=3, leader="n1"), Refusal)
-    a = run("follow", st, epoch=3, leader="n3")
-    assert isinstance(a, Accept) and a.state.leader == "n3"
-    assert not may_follow(st, 3, "n1") and may_follow(st, 3, "n3") and may_follow(st, 4, "n1")
+    a = run("follow", st, epoch=3, leader="n1")
+    assert isinstance(a, Accept) and a.state.leader == "n1" and a.state.voted_for == "n3"
+    assert may_follow(st, 3, "n1") and may_follow(st, 4, "n1") and not may_follow(st, 2, "n1")
+    leader = NodeState(LEADER, 3, "n2", [(3, 0)], 3, "n2")
+    assert not may_follow(leader, 3, "n1")
 
 
 def test_epochs_outside_the_protocols_range_are_bad_requests():

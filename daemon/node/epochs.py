@@ -11,7 +11,9 @@ Invariants:
   candidate of the same epoch is refused, so two promotions of one epoch
   cannot both gather a majority;
 - a node leads epoch E only if it voted for itself in E (the promote tool
-  fences it for itself first) and never led or followed another in E;
+  fences it for itself first) and follows nobody in E;
+- following is not voting: a node follows whoever leads an epoch it is in
+  (only a majority's candidate can), but never leads and follows at once;
 - an epoch from a client request never reaches these rules (it is a hint);
   only admin requests and peers move a node's epoch.
 """
@@ -107,12 +109,12 @@ def _follow(epoch: int, leader: Any, cur: NodeState, me: str, names: frozenset[s
     if epoch == cur.epoch:
         if cur.role == LEADER:
             return Refusal("refused", f"{me} leads epoch {epoch}; a follow needs a newer epoch", {"epoch": epoch})
-        if cur.voted_for is not None and cur.voted_for != leader:
-            return Refusal("refused", f"{me} voted for {cur.voted_for} in epoch {epoch}, not {leader}",
-                           {"epoch": epoch, "voted_for": cur.voted_for})
         if cur.leader == leader:
             return Accept(None, {"epoch": epoch})
-    st = NodeState(FOLLOWER, epoch, leader, list(cur.history), cur.led_epoch, leader)
+    # Following is not voting: whoever won `epoch` won it with a majority of
+    # votes, so a node that voted for a loser still follows the winner (Raft).
+    st = NodeState(FOLLOWER, epoch, leader, list(cur.history), cur.led_epoch,
+                   cur.voted_for if epoch == cur.epoch and cur.voted_for else leader)
     return Accept(st, {"epoch": epoch}, f"told to follow {leader} at epoch {epoch}", reload=cur.role == LEADER)
 
 
@@ -133,12 +135,12 @@ def _promote(epoch: int, cur: NodeState, me: str, end: int) -> Accept | Refusal:
 
 
 def may_follow(cur: NodeState, epoch: int, leader: str | None) -> bool:
-    """May a follower take `leader` as the leader of `epoch` (learnt from a peer or the leader itself)?
+    """May a node take `leader` as the leader of `epoch` (learnt from a peer or the leader itself)?
 
-    Never an older epoch; in its own epoch only the node it voted for.
+    Never an older epoch, and never its own epoch while it leads it. Votes
+    do not restrict following: only a majority's candidate can lead an
+    epoch, so a node that voted for a loser follows the winner.
     """
     if epoch < cur.epoch:
         return False
-    if epoch == cur.epoch and cur.role == LEADER:
-        return False
-    return epoch > cur.epoch or leader is None or cur.voted_for in (None, leader)
+    return not (epoch == cur.epoch and cur.role == LEADER)
