@@ -70,9 +70,11 @@ class FollowerCore:
         # The highest read round of the current leader we have been sent; our
         # next fetch carries it, proving we still follow (ReadIndex).
         self.round = 0
+        self.inc = 0  # the leader incarnation `round` belongs to
 
     def fetch_msg(self) -> Fetch:
-        return Fetch(self.name, self.epoch, self.end, self.last_epoch, self.records, self.max_fetch, self.round)
+        return Fetch(self.name, self.epoch, self.end, self.last_epoch, self.records, self.max_fetch, self.round,
+                     self.inc)
 
     def on_message(self, msg: FromLeader | BadMessage) -> Append | Truncate | Refetch | AdoptEpoch | Redirect:
         if isinstance(msg, BadMessage):
@@ -99,7 +101,10 @@ class FollowerCore:
         assert isinstance(msg, Data)
         self.leader_end = msg.end
         self.leader_commit = msg.commit
-        self.round = max(self.round, msg.round)
+        if msg.inc != self.inc:
+            self.inc, self.round = msg.inc, msg.round
+        else:
+            self.round = max(self.round, msg.round)
         if msg.offset is None:
             return Refetch("heartbeat")
         if msg.offset != self.end:

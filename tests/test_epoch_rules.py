@@ -59,7 +59,13 @@ def test_epochs_outside_the_protocols_range_are_bad_requests():
     for bad in (-1, MAX_EPOCH + 1, "3", True, None):
         r = run("fence", follower(), epoch=bad)
         assert isinstance(r, Refusal) and r.code == "bad_request"
-    assert isinstance(run("fence", follower(), epoch=MAX_EPOCH), Accept)
+    assert isinstance(run("fence", follower(epoch=MAX_EPOCH - 1), epoch=MAX_EPOCH), Accept)
+
+
+def test_one_packet_cannot_push_a_node_to_the_end_of_the_epoch_range():
+    r = run("fence", follower(), epoch=MAX_EPOCH)
+    assert isinstance(r, Refusal) and r.code == "bad_request" and "one at a time" in r.message
+    assert isinstance(run("fence", follower(), epoch=3, candidate="n2"), Accept)
 
 
 def test_older_epochs_are_stale():

@@ -163,3 +163,24 @@ def test_heartbeats_carry_the_read_round():
     out = c.tick(0.0)
     msgs = [a.msg for a in out if isinstance(a, SendControl)]
     assert msgs and all(isinstance(m, Data) and m.offset is None and m.round == 1 for m in msgs)
+
+
+def test_a_confirming_leader_serves_no_fresh_read_even_with_a_confirmed_round():
+    c = core(end=100, confirming=True)
+    c.admit_read(Request(1, "get", b"k"), [b"r"], 0.0)
+    c.tick(0.0)
+    out = c.on_fetch(fetch("n2", 100, rnd=1), [b"n2"], 0.0)  # n3, which may hold more, is unheard
+    assert c.commit == 100 and not any(isinstance(a, ServeRead) for a in out)
+
+
+def test_rounds_echoed_from_another_leader_incarnation_confirm_nothing():
+    c = LeaderCore(name="n1", epoch=5, end=0, kv=KVState(), history=[(5, 0)], followers=["n2"], ack_replicas=1,
+                   replication_timeout=1.0, heartbeat_interval=0.1, max_uncommitted_bytes=1 << 20,
+                   batch_max_records=64, batch_max_bytes=1 << 20, incarnation=42)
+    c.admit_read(Request(1, "get", b"k"), [b"r"], 0.0)
+    c.tick(0.0)
+    # A fetch sent to an earlier incarnation (round 57 there) arrives late.
+    stale = Fetch("n2", 5, 0, 0, round=57, inc=41)
+    assert not any(isinstance(a, ServeRead) for a in c.on_fetch(stale, [b"n2"], 0.0))
+    fresh = Fetch("n2", 5, 0, 0, round=1, inc=42)
+    assert any(isinstance(a, ServeRead) for a in c.on_fetch(fresh, [b"n2"], 0.0))

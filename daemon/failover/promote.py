@@ -59,7 +59,8 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
         return Decision(False, f"{name} does not answer; only a reachable node can be promoted")
     reachable = {n: s for n, s in statuses.items() if s is not None}
     old_leaders = old_leaders | former_leaders(reachable)
-    epoch = max(s["epoch"] for s in reachable.values()) + 1
+    # Never epoch 1: the bootstrap leader holds it without a vote.
+    epoch = max(max(s["epoch"] for s in reachable.values()), 1) + 1
     followers_total = len(statuses) - 1
     if me["role"] == "leader":
         return Decision(False, f"{name} already leads epoch {me['epoch']}")

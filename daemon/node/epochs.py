@@ -29,6 +29,10 @@ from daemon.node.identity import FOLLOWER, LEADER, NodeState
 MAX_EPOCH = 2**63 - 1
 # `zwal promote` warns when fewer epochs than this are left.
 EPOCHS_LEFT_WARNING = 1000
+# No admin op moves a node's epoch further than this in one step: a single
+# packet cannot push the cluster to the end of the epoch range (promote
+# moves epochs by one).
+MAX_EPOCH_STEP = 1 << 16
 
 FENCE = "fence"
 FOLLOW = "follow"
@@ -67,6 +71,9 @@ def decide(op: str, args: dict[str, Any], cur: NodeState, me: str, names: frozen
     epoch = _epoch_arg(args)
     if isinstance(epoch, Refusal):
         return epoch
+    if epoch > cur.epoch + MAX_EPOCH_STEP:
+        return Refusal("bad_request", f"epoch {epoch} is more than {MAX_EPOCH_STEP} above {me}'s epoch {cur.epoch}; "
+                                      "promotions move epochs one at a time", {"epoch": cur.epoch})
     if op == FENCE:
         return _fence(epoch, args.get("candidate"), cur, me, names, end, last_epoch)
     if op == FOLLOW:

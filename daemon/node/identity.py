@@ -102,8 +102,8 @@ class NodeState:
         return True
 
     def trim_history(self, end: int) -> None:
-        """Forget epochs that begin after `end` (their records were truncated)."""
-        self.history = [(e, o) for e, o in self.history if o <= end or e == self.epoch]
+        """Forget epochs that begin at or after `end` (their records were truncated)."""
+        self.history = [(e, o) for e, o in self.history if o < end or e == self.epoch]
 
 
 def epoch_end(history: list[tuple[int, int]], epoch: int, log_end: int) -> tuple[int, int]:

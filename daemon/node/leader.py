@@ -8,6 +8,7 @@ them all, which is what makes group commit free.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -50,6 +51,7 @@ class LeaderRole:
             batch_max_records=batch_records,
             batch_max_bytes=cfg.batch_max_bytes,
             confirming=node.state.confirm_from is not None,
+            incarnation=int.from_bytes(os.urandom(7), "big"),
         )
         if self.core.confirming is not None:
             logs.warn("confirming_log", end=node.writer.end, cut_at=node.state.confirm_from,
@@ -62,6 +64,7 @@ class LeaderRole:
         self.transition: Transition | None = None
         self._in_sync: set[str] = set()
         self._hint_at = 0.0
+        self._draining = False
 
     # -- the loop -----------------------------------------------------------------
 
@@ -114,8 +117,13 @@ class LeaderRole:
         return Transition(None, "shutdown")
 
     def _finish_in_flight(self) -> None:
-        if self.syncer.busy:
-            self._batch_done(self.syncer.wait(30.0))
+        """Wait for the batch on its way to disk, and start no other (the caller is changing course)."""
+        self._draining = True
+        try:
+            if self.syncer.busy:
+                self._batch_done(self.syncer.wait(30.0))
+        finally:
+            self._draining = False
 
     def _step_down(self, epoch: int, leader: str | None, reason: str, loud: bool = False) -> None:
         if self.transition is not None:
@@ -205,7 +213,8 @@ class LeaderRole:
             self.batch_sizes.add(r.records)
             self.node.metrics.batch(r.records, r.nbytes, r.append_s, r.fsync_s)
             self._perform(self.core.batch_durable(r.end, time.monotonic()))
-            if self.core.batch and not self.syncer.busy and self.transition is None and not self.node.stopping:
+            if (self.core.batch and not self.syncer.busy and self.transition is None and not self.node.stopping
+                    and not self._draining):
                 self._start_batch()
             return
         if isinstance(e, WalWriteError):

@@ -160,6 +160,7 @@ class LeaderCore:
         batch_max_records: int,
         batch_max_bytes: int,
         confirming: bool = False,
+        incarnation: int = 0,
     ) -> None:
         self.name = name
         self.epoch = epoch
@@ -182,8 +183,15 @@ class LeaderCore:
         self.followers = {n: FollowerProgress(n) for n in followers}
         # Followers that showed they hold nothing this restarted leader lost;
         # None when there is nothing to confirm.
-        self.confirming: set[str] | None = set() if confirming and ack_replicas >= 1 else None
-        self.confirm_need = len(followers) - ack_replicas + 1
+        # All followers must answer: once this leader writes again, it writes
+        # offsets of its epoch a second time, so no follower may hold the old
+        # bytes there (they would look like a matching prefix).
+        self.confirm_need = len(followers)
+        self.confirming: set[str] | None = set() if confirming and self.confirm_need else None
+        # Read rounds count only from fetches that echo this incarnation: a
+        # restarted leader starts its rounds again, and a fetch sent to (or
+        # before) an earlier incarnation must not confirm a read of this one.
+        self.incarnation = incarnation
         self.pending: deque[Pending] = deque()
         # Retries of records already in the log (replayed) but not yet known
         # committed: answered when the commit point passes their end.
@@ -368,7 +376,7 @@ class LeaderCore:
         return rounds[self.k - 1] if len(rounds) >= self.k else 0
 
     def _serve_reads(self) -> list[ServeRead]:
-        if not self.reads or self.commit < self.start_end:
+        if not self.reads or self.commit < self.start_end or self.confirming is not None:
             return []
         confirmed = self._confirmed_round()
         out = []
@@ -416,7 +424,7 @@ class LeaderCore:
         f.last_seen = now
         self._in_sync_at = float("nan")
         f.records = fetch.records
-        if fetch.epoch == self.epoch and fetch.round > f.round:
+        if fetch.epoch == self.epoch and fetch.inc == self.incarnation and fetch.round > f.round:
             f.round = min(fetch.round, self.round)
         if offset != f.acked:
             f.acked = offset
@@ -490,10 +498,10 @@ class LeaderCore:
         )) for env, rid in waiters]
 
     def heartbeat_msg(self) -> Data:
-        return Data(self.epoch, self.name, None, self.end, self.commit, self.round)
+        return Data(self.epoch, self.name, None, self.end, self.commit, self.round, None, self.incarnation)
 
     def chunk_msg(self, offset: int, data: bytes) -> Data:
-        return Data(self.epoch, self.name, offset, self.end, self.commit, self.round, data)
+        return Data(self.epoch, self.name, offset, self.end, self.commit, self.round, data, self.incarnation)
 
     def next_deadline(self, now: float) -> float:
         t = now + self.heartbeat

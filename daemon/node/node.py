@@ -85,7 +85,9 @@ class Node:
         if self.name == self.cfg.bootstrap_leader:
             st = NodeState(LEADER, 1, self.name, [(1, 0)], led_epoch=1, voted_for=self.name)
         else:
-            st = NodeState(FOLLOWER, 0, self.cfg.bootstrap_leader, [])
+            # Epoch 1 with the vote cast for the bootstrap leader: a promotion
+            # can never also win epoch 1 while the bootstrap leader is down.
+            st = NodeState(FOLLOWER, 1, self.cfg.bootstrap_leader, [], voted_for=self.cfg.bootstrap_leader)
         nodestate.save(self.me.state_path, st)
         logs.event("bootstrapped", role=st.role, epoch=st.epoch, leader=st.leader)
         return st
@@ -112,7 +114,11 @@ class Node:
         st = self.state
         if merged != st.history:
             st = st.with_(epoch=max(st.epoch, scan.last_epoch), history=merged)
-        if scan.dropped and st.role == LEADER and self.cfg.ack_replicas >= 1:
+        if scan.dropped:
+            # Epochs that began beyond the cut begin at the new end: an epoch's
+            # end must never be answered from bytes that are gone.
+            st = st.with_(history=[(e, min(o, scan.valid_end)) for e, o in st.history])
+        if scan.dropped and st.role == LEADER:
             # Recovery cut bytes this leader may have fsynced and acknowledged:
             # until its followers show otherwise it must not lead on its own word.
             st = st.with_(confirm_from=min(scan.valid_end, st.confirm_from if st.confirm_from is not None

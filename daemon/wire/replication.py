@@ -41,6 +41,7 @@ class Fetch:
     records: int = 0
     max: int = 1 << 20
     round: int = 0
+    inc: int = 0  # the leader incarnation that sent `round` (rounds of another incarnation prove nothing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class Data:
     commit: int
     round: int = 0
     data: bytes | None = None
+    inc: int = 0  # a random number per leader incarnation: a restarted leader's rounds start again
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,7 @@ def _map(body: bytes) -> dict[str, Any]:
 
 def encode_fetch(f: Fetch) -> bytes:
     return _pack({"t": "fetch", "name": f.name, "epoch": f.epoch, "offset": f.offset, "last_epoch": f.last_epoch,
-                  "records": f.records, "max": f.max, "round": f.round})
+                  "records": f.records, "max": f.max, "round": f.round, "inc": f.inc})
 
 
 def decode_fetch(frames: list[bytes]) -> Fetch:
@@ -136,7 +138,7 @@ def decode_fetch(frames: list[bytes]) -> Fetch:
         raise BadMessage(f"expected a fetch, got {m['t']!r}")
     return Fetch(_str(m, "name"), _uint(m, "epoch"), _uint(m, "offset"), _uint(m, "last_epoch"),
                  _uint(m, "records", optional=True) or 0, _uint(m, "max", optional=True) or (1 << 20),
-                 _uint(m, "round", optional=True) or 0)
+                 _uint(m, "round", optional=True) or 0, _uint(m, "inc", optional=True) or 0)
 
 
 # -- leader -> follower ------------------------------------------------------------
@@ -146,7 +148,7 @@ def encode(msg: FromLeader) -> list[bytes]:
     """The frames of one message to a follower (after the ROUTER envelope)."""
     if isinstance(msg, Data):
         hdr = _pack({"t": "data", "epoch": msg.epoch, "leader": msg.leader, "offset": msg.offset,
-                     "end": msg.end, "commit": msg.commit, "round": msg.round})
+                     "end": msg.end, "commit": msg.commit, "round": msg.round, "inc": msg.inc})
         return [hdr] if msg.offset is None else [hdr, msg.data or b""]
     if isinstance(msg, Truncate):
         return [_pack({"t": "truncate", "epoch": msg.epoch, "leader": msg.leader, "offset": msg.offset,
@@ -168,7 +170,8 @@ def decode_from_leader(frames: list[bytes]) -> FromLeader:
         if (offset is None) != (len(frames) == 1):
             raise BadMessage("a chunk has an offset and a second frame; a heartbeat has neither")
         return Data(epoch, _str(m, "leader"), offset, _uint(m, "end"), _uint(m, "commit"),
-                    _uint(m, "round", optional=True) or 0, frames[1] if offset is not None else None)
+                    _uint(m, "round", optional=True) or 0, frames[1] if offset is not None else None,
+                    _uint(m, "inc", optional=True) or 0)
     if len(frames) != 1:
         raise BadMessage(f"a {t!r} message is one frame")
     if t == "truncate":
