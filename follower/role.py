@@ -45,6 +45,10 @@ class FollowerRole:
         # No word from the leader for this long: reconnect and ask again (Lazy Pirate).
         self.silence_limit = max(3 * self.cfg.heartbeat_interval, 1.0)
         self.transition: Transition | None = None
+        # After a refused or malformed message, ask again later and later (up
+        # to heartbeat_interval): a standing refusal must not become a busy loop.
+        self._loud_streak = 0
+        self._refetch_at: float | None = None
         self.poller = zmq.Poller()
 
     # -- connection to the leader -------------------------------------------------
@@ -108,8 +112,12 @@ class FollowerRole:
                     self._connect()
                 if self.dealer is None or now - self.last_heard > self.cfg.heartbeat_interval * 2:
                     self.probe.maybe_send(now, self.core.epoch)
+                if self._refetch_at is not None and now >= self._refetch_at:
+                    self._refetch_at = None
+                    self._fetch()
                 wait = min(self.last_heard + self.silence_limit, self.probe.next_at if self.dealer is None else now + 1.0,
-                           node.notifier.next_due(now)) - now
+                           node.notifier.next_due(now),
+                           self._refetch_at if self._refetch_at is not None else now + 1.0) - now
                 events = dict(p.poll(max(0.0, wait) * 1000 + 1))
                 if node.wake_fd().fileno() in events:
                     node.drain_wake()
@@ -177,16 +185,26 @@ class FollowerRole:
                 self._fetch()
                 return
             self.core.appended(end, d.frames[-1][0].epoch, len(d.frames), d.epoch_starts)
+            self._loud_streak = 0
             # Acknowledge first (the fetch carries our durable end): the leader's
             # commit does not wait for our in-memory state.
             self._fetch()
             for frame, rec in d.frames:
                 node.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))
         elif isinstance(d, Refetch):
-            if d.loud:
-                self.counters.dropped += 1
-                logs.warn("refetch", reason=d.reason, offset=self.core.end, leader=self.leader)
-            self._fetch()
+            if not d.loud:
+                self._loud_streak = 0
+                self._fetch()
+                return
+            self.counters.dropped += 1
+            self._loud_streak += 1
+            if self._loud_streak <= 3 or self._loud_streak % 100 == 0:
+                logs.warn("refetch", reason=d.reason, offset=self.core.end, leader=self.leader, times=self._loud_streak)
+            if self._loud_streak <= 1:
+                self._fetch()
+            else:
+                delay = min(self.cfg.heartbeat_interval, 0.01 * 2 ** min(self._loud_streak, 10))
+                self._refetch_at = time.monotonic() + delay
         elif isinstance(d, AdoptEpoch):
             self._follow(d.epoch, d.leader or self.leader, f"leader {d.leader} is at epoch {d.epoch}")
             self._fetch()
