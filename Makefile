@@ -7,17 +7,19 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup run stop demo test bench bench-setup bench-engine bench-quick bench-profile clean help
+.PHONY: setup run stop demo test simulate bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
 
 help:
 	@echo "make run    - set up .venv and start a local 3-node cluster under supervisord (in var/)"
 	@echo "make stop   - stop the local cluster"
 	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make simulate [SEEDS=1000] - the deterministic cluster simulator over SEEDS random seeds (tests/sim/)"
 	@echo "make bench  - zwal (1 and 3 nodes) beside the disk's fsync floor, Redis, SQLite, etcd and pysyncobj"
 	@echo "               (installs the peers with apt-get when missing: needs root; report in bench/results/)"
 	@echo "make bench-quick   - a shorter one (under 2 minutes)"
 	@echo "make bench-profile - where a zwal leader's time goes under 64 clients (py-spy)"
 	@echo "make bench-engine  - engine benchmark against the disk's fsync floor"
+	@echo "make bench-reads   - what a ReadIndex get costs: 3 nodes, K=1 vs K=0, at 1 and 64 clients"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +61,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Deterministic simulation (tests/sim/): a failing seed prints its trace; replay it with
+# cd tests && ../.venv/bin/python -m sim.run --seed N --trace
+SEEDS ?= 1000
+simulate: setup
+	cd tests && ../$(BIN)/python -m sim.run --seeds $(SEEDS)
+
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	bash bench/setup_peers.sh
@@ -68,6 +76,9 @@ bench-setup: $(BENCH_STAMP)
 
 bench-engine: setup
 	$(BIN)/python bench/engine.py
+
+bench-reads: setup
+	$(BIN)/python bench/reads.py
 
 bench: bench-setup
 	$(BIN)/python bench/run.py

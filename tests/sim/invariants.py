@@ -1,0 +1,201 @@
+"""The invariants the simulator checks, after every step and at the end of a run.
+
+1. acknowledged writes: when a leader sends `ok` for a write, the frame at
+   [offset, end) is durable (byte-identical) on at least K+1 nodes; two acks
+   never name different frames at one offset; every leader of the acknowledging
+   leader's epoch or a later one (once it takes writes) holds it; a follower truncation never
+   removes a byte-identical copy of it;
+2. logs agree: every byte a leader counted as acknowledged by a follower
+   (its fetch offset) equals the leader's own bytes, while that follower is
+   still in the leader's epoch;
+3. one leader per epoch: every node that leads epoch E, or sends an `ok`
+   for a write of epoch E, is the same node;
+4. linearizability of each key's ok reads and writes (tests/sim/linearizability.py),
+   and a linearizable read is served only from committed state;
+5. a retry with other content than the original never gets `ok`;
+6. a write all of whose attempts were answered `written: false` is never in a log's committed prefix;
+7. no node's epoch is above the highest epoch an operator fenced or promoted at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from daemon.wal.format import decode_payload, iter_frames_in, parse_frame
+
+from .linearizability import Op, check
+from .world import Violation
+
+if TYPE_CHECKING:
+    from daemon.node.leader_core import LeaderCore
+
+    from .cluster import Sim
+    from .node import SimNode
+
+
+@dataclass(frozen=True)
+class Ack:
+    offset: int
+    end: int
+    epoch: int
+    frame: bytes
+    node: str
+    at: float
+    lead: int  # the epoch of the leader that gave the ack (a retry of an older record is acked later)
+
+
+def pristine(node: "SimNode", a: int, b: int, cache: bool = False) -> bytes:
+    """Durable (or cached) bytes [a, b) of a node with injected flips undone."""
+    d = node.disk
+    out = bytes((d.cache if cache else d.durable)[a:b])
+    if d.flips and any(a <= p < b for p in d.flips):
+        buf = bytearray(out)
+        for p, m in d.flips.items():
+            if a <= p < b and p - a < len(buf):
+                buf[p - a] ^= m
+        out = bytes(buf)
+    return out
+
+
+class Invariants:
+    def __init__(self, sim: "Sim") -> None:
+        self.sim = sim
+        self.acks: dict[int, Ack] = {}  # offset -> the acknowledged frame there
+        self.ack_list: list[Ack] = []
+        self.epoch_owner: dict[int, str] = {}
+        self.max_admin_epoch = 1
+        self.history: list[Op] = []
+        self.definite_fail: dict[tuple[bytes, int], str] = {}
+        self._leader_seen: dict[int, tuple[int, int]] = {}  # id(role) -> (disk version, acks checked)
+        self._agree_seen: dict[tuple[int, str], tuple[int, int, int]] = {}
+
+    def fail(self, invariant: str, message: str) -> None:
+        raise Violation(invariant, message)
+
+    # -- hooks called by the glue ------------------------------------------------------
+
+    def note_leader(self, epoch: int, name: str) -> None:
+        owner = self.epoch_owner.setdefault(epoch, name)
+        if owner != name:
+            self.fail("one-leader-per-epoch", f"{name} leads epoch {epoch}, which {owner} led before")
+
+    def on_write_ack(self, node: "SimNode", m: dict[str, Any]) -> None:
+        off, end, epoch = m["offset"], m["end"], m["epoch"]
+        # `epoch` is the record's; a retry of an older record is answered by a later leader.
+        lead = node.role.core.epoch if node.state.role == "leader" else None  # type: ignore[union-attr]
+        if lead is None or epoch > lead:
+            self.fail("one-leader-per-epoch", f"{node.name} ({node.state.role}, epoch {node.state.epoch}) "
+                                              f"acknowledged a write of epoch {epoch}")
+        self.note_leader(lead, node.name)
+        frame = pristine(node, off, end, cache=True)
+        status, f = parse_frame(frame, 0)
+        if f is None or f.size != len(frame) or f.epoch != epoch:
+            self.fail("acked-write", f"{node.name} acknowledged [{off},{end}) epoch {epoch} but its log holds "
+                                     f"no such frame there ({status})")
+        prev = self.acks.get(off)
+        if prev is not None:
+            if prev.frame != frame:
+                self.fail("acked-write", f"offset {off} acknowledged twice with different records: epoch "
+                                         f"{prev.epoch} by {prev.node} at {prev.at:.4f}, epoch {epoch} by {node.name}")
+            return
+        k = self.sim.cfg.ack_replicas
+        holders = [n.name for n in self.sim.nodes.values() if pristine(n, off, end) == frame]
+        if len(holders) < k + 1:
+            self.fail("acked-write", f"{node.name} acknowledged [{off},{end}) epoch {epoch} while only "
+                                     f"{holders} hold it durably (K+1 = {k + 1} needed)")
+        a = Ack(off, end, epoch, frame, node.name, self.sim.world.now, lead)
+        self.acks[off] = a
+        self.ack_list.append(a)
+
+    def on_truncate(self, node: "SimNode", offset: int) -> None:
+        for a in self.ack_list:
+            if a.end > offset and pristine(node, a.offset, a.end) == a.frame:
+                self.fail("acked-write", f"{node.name} truncates its log to {offset}, removing its copy of the "
+                                         f"acknowledged record [{a.offset},{a.end}) of epoch {a.epoch}")
+
+    def on_cut(self, node: "SimNode", offset: int) -> None:
+        """Recovery cut a torn tail: only bytes that fail their checks may go."""
+        for a in self.ack_list:
+            if a.end > offset and bytes(node.disk.durable[a.offset:a.end]) == a.frame:
+                self.fail("acked-write", f"{node.name}'s recovery cut an intact acknowledged record "
+                                         f"[{a.offset},{a.end})")
+
+    def on_fresh_read(self, node: "SimNode", core: "LeaderCore") -> None:
+        if node.kv.end > core.commit:
+            self.fail("linearizable-read", f"{node.name} serves a linearizable read from state at {node.kv.end} "
+                                           f"beyond its commit point {core.commit}")
+
+    def on_reply(self, sent: dict[str, Any], reply: dict[str, Any], original: dict[str, Any] | None) -> None:
+        if original is None or not reply.get("ok"):
+            return
+        same = all(sent.get(k) == original.get(k) for k in ("op", "key", "value"))
+        if not same:
+            self.fail("retry-content", f"a retry of (cid={sent.get('cid')!r}, id={sent.get('id')}) with other "
+                                       f"content {sent.get('op')} {sent.get('key')!r}={sent.get('value')!r} "
+                                       f"got ok: {reply}")
+
+    # -- after every step -------------------------------------------------------------
+
+    def check_step(self) -> None:
+        sim = self.sim
+        for n in sim.nodes.values():
+            if n.state.epoch > self.max_admin_epoch or n.stored.epoch > self.max_admin_epoch:
+                self.fail("epoch-hint", f"{n.name} is at epoch {n.state.epoch}, above any epoch an operator set "
+                                        f"({self.max_admin_epoch})")
+            if not n.up or n.role is None or n.state.role != "leader":
+                continue
+            core = n.role.core  # type: ignore[union-attr]
+            self.note_leader(core.epoch, n.name)
+            if core.confirming is not None:
+                continue
+            self._leader_holds_acks(n, core)
+            self._followers_agree(n, core)
+
+    def _leader_holds_acks(self, n: "SimNode", core: "LeaderCore") -> None:
+        key = id(n.role)
+        version, done = self._leader_seen.get(key, (-1, 0))
+        if version != n.disk.version:
+            done = 0
+        for a in self.ack_list[done:]:
+            if a.lead <= core.epoch and pristine(n, a.offset, a.end) != a.frame:
+                self.fail("acked-write", f"{n.name} leads epoch {core.epoch} without the record acknowledged by "
+                                         f"{a.node} at {a.at:.4f}: [{a.offset},{a.end}) epoch {a.epoch}")
+        self._leader_seen[key] = (n.disk.version, len(self.ack_list))
+
+    def _followers_agree(self, n: "SimNode", core: "LeaderCore") -> None:
+        for f in core.followers.values():
+            if f.acked == 0:
+                continue
+            m = self.sim.nodes[f.name]
+            if m.stored.epoch != core.epoch:
+                continue
+            key = (id(n.role), f.name)
+            sig = (n.disk.version, m.disk.version, f.acked)
+            if self._agree_seen.get(key) == sig:
+                continue
+            self._agree_seen[key] = sig
+            upto = min(f.acked, len(m.disk.durable))
+            if pristine(m, 0, upto) != pristine(n, 0, upto):
+                a, b = pristine(m, 0, upto), pristine(n, 0, upto)
+                i = next(i for i in range(upto) if a[i] != b[i])
+                self.fail("logs-agree", f"{f.name} acknowledged up to {f.acked} to {n.name} (epoch {core.epoch}) "
+                                        f"but their logs differ at byte {i}")
+
+    # -- at the end ---------------------------------------------------------------------
+
+    def check_end(self) -> None:
+        v = check(self.history)
+        if not v.ok:
+            self.fail("linearizable", v.message)
+        sim = self.sim
+        for n in sim.nodes.values():
+            if not (n.up and n.role is not None and n.state.role == "leader"):
+                continue
+            core = n.role.core  # type: ignore[union-attr]
+            for f in iter_frames_in(bytes(n.disk.cache[:core.commit])):
+                rec = decode_payload(f.payload)
+                why = self.definite_fail.get((rec.client_id, rec.request_id))  # type: ignore[arg-type]
+                if why is not None:
+                    self.fail("written-false", f"({rec.client_id!r}, {rec.request_id}) is committed at {f.offset} "
+                                               f"on {n.name}, but every attempt was told written: false ({why})")

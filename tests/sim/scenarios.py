@@ -1,0 +1,311 @@
+"""Named scenarios: explicit fault schedules (no random faults) on the simulated cluster.
+
+Each function runs one story end to end; every invariant of invariants.py is
+checked after every step, and the linearizability check runs at the end.
+Each returns the Sim so a test can look further. Run one with its trace:
+`python -c "from sim.scenarios import *; s = kip279(); print('\\n'.join(s.world.trace()))"`.
+"""
+
+from __future__ import annotations
+
+from daemon.wal.format import decode_payload, iter_frames_in
+
+from .cluster import MAX_EPOCH, Sim
+from .workload import Call, Gen
+
+
+def _sim(nodes: int = 3, k: int = 1, seed: int = 0) -> Sim:
+    sim = Sim(seed, nodes=nodes, ack_replicas=k, full_trace=True)
+    sim.start()
+    sim.run_for(0.3)
+    return sim
+
+
+def _records(sim: Sim, name: str) -> dict[tuple[bytes, int], int]:
+    """(cid, id) -> offset of every record in a node's log."""
+    out = {}
+    for f in iter_frames_in(bytes(sim.nodes[name].disk.cache)):
+        r = decode_payload(f.payload)
+        if r.client_id is not None:
+            out[(r.client_id, r.request_id)] = f.offset
+    return out
+
+
+def _leader(sim: Sim) -> str:
+    ld = sim.leader()
+    assert ld is not None, "no leader"
+    return ld.name
+
+
+def _promote(sim: Sim, name: str | None, settle: float = 1.0) -> str:
+    a = sim.promote(name)
+    sim.run_for(settle)
+    assert a.done, "promote did not finish"
+    return str(a.result) if a.result else sim.world.trace()[-1]
+
+
+def bitflip_leader_tail(seed: int = 0) -> Sim:
+    """(a) A bit flips in the leader's last record after it was acknowledged; the leader restarts."""
+    sim = _sim(seed=seed)
+    c = sim.client("c1")
+    w = sim.write(c, b"k", b"v1", target="n1")
+    sim.run_for(0.5)
+    assert w.result and w.result["ok"], w.result
+    acked = w.result
+    assert sim.flip(sim.nodes["n1"], own_epoch=1)
+    sim.crash("n1")
+    sim.restart("n1")
+    assert sim.nodes["n1"].state.confirm_from is not None, "recovery cut the leader's tail: it must confirm"
+    sim.run_for(1.5)
+    # n1 saw a follower ahead of its cut log and stepped down; nobody was truncated.
+    assert sim.nodes["n1"].state.role == "follower"
+    for n in ("n2", "n3"):
+        assert _records(sim, n).get((b"c1", 1)) == acked["offset"]
+    sim.promote(None)
+    sim.run_for(2.0)
+    r = sim.read(c, b"k", target=_leader(sim))
+    sim.run_for(1.0)
+    assert r.result and r.result["value"] == b"v1", r.result
+    assert _records(sim, "n1").get((b"c1", 1)) == acked["offset"], "n1 catches up from the replicas"
+    sim.inv.check_end()
+    return sim
+
+
+def kip279(seed: int = 0) -> Sim:
+    """(b) KIP-279: divergent epochs at the same offset, a rejoining node must be truncated, not counted."""
+    sim = _sim(seed=seed)
+    c1, c2 = sim.client("c1"), sim.client("c2")
+    base = sim.write(c1, b"k", b"v0", target="n1")
+    sim.run_for(0.5)
+    assert base.result["ok"]
+    # R1 lands on n1 only (epoch 1, not acknowledged).
+    cut1 = sim.isolate("n1")
+    c1.deadline = 0.8
+    r1 = sim.write(c1, b"k", b"r1-aaaa", target="n1")
+    sim.run_for(1.5)
+    assert not (r1.result or {}).get("ok")
+    assert (b"c1", 2) in _records(sim, "n1")
+    sim.crash("n1")
+    sim.world.net.heal(cut1)
+    assert "n2 leads epoch 2" in _promote(sim, "n2")
+    # R2 (same size as R1) lands on n2 only (epoch 2).
+    cut2 = sim.isolate("n2")
+    c2.deadline = 0.8
+    r2 = sim.write(c2, b"k", b"r2-bbbb", target="n2")
+    sim.run_for(1.5)
+    assert not (r2.result or {}).get("ok")
+    x = _records(sim, "n2")[(b"c2", 1)]
+    assert _records(sim, "n1")[(b"c1", 2)] == x, "R1 and R2 sit at the same offset"
+    sim.crash("n2")
+    sim.world.net.heal(cut2)
+    sim.restart("n1")
+    sim.run_for(1.0)
+    # n3 cannot reach n1 (the operator reaches both): only n2's fetch could
+    # acknowledge R1 now, and it must not, from its R2.
+    cut3 = sim.world.net.cut({"n1"}, {"n3"})
+    assert "n1 leads epoch 3" in _promote(sim, "n1")
+    c1.deadline = 6.0
+    retry = sim.write(c1, b"k", b"r1-aaaa", rid=2, target="n1")
+    sim.run_for(0.3)
+    assert retry.result is None, "R1 is not acknowledged before a follower holds it"
+    sim.restart("n2")
+    sim.run_for(3.0)
+    assert retry.result and retry.result["ok"] and retry.result["offset"] == x, retry.result
+    assert _records(sim, "n2").get((b"c1", 2)) == x, "n2 was truncated to where epoch 1 ends and caught up"
+    assert (b"c2", 1) not in _records(sim, "n2")
+    assert any("truncating divergent suffix at" in line and " n2 " in line for line in sim.world.trace())
+    # Promoting n2 now must keep R1.
+    sim.crash("n1")
+    sim.world.net.heal(cut3)
+    sim.run_for(1.0)
+    assert "n2 leads epoch" in _promote(sim, "n2")
+    r = sim.read(c2, b"k", target="n2")
+    sim.run_for(1.0)
+    assert r.result and r.result.get("value") == b"r1-aaaa", r.result
+    sim.inv.check_end()
+    return sim
+
+
+def unconfirmed_tail_read(seed: int = 0) -> Sim:
+    """(c) A record appended while both followers are down; the leader restarts; no fresh read of it before commit."""
+    sim = _sim(seed=seed)
+    c = sim.client("c1")
+    w = sim.write(c, b"k", b"old", target="n1")
+    sim.run_for(0.5)
+    assert w.result["ok"]
+    sim.crash("n2")
+    sim.crash("n3")
+    c.deadline, c.timeout = 0.4, 1.0  # one attempt
+    w2 = sim.write(c, b"k", b"new", target="n1")
+    sim.run_for(1.0)
+    assert w2.result is not None and not w2.result["ok"] and w2.result.get("written") is True, w2.result
+    sim.crash("n1")
+    sim.restart("n1")
+    reader = sim.client("r1")
+    r = sim.read(reader, b"k", target="n1")
+    sim.run_for(3.0)
+    assert not (r.result or {}).get("linearizable"), f"fresh read before commit: {r.result}"
+    sim.restart("n2")
+    sim.run_for(1.0)
+    r = sim.read(reader, b"k", target="n1")
+    sim.run_for(1.0)
+    assert r.result and r.result.get("linearizable") and r.result["value"] == b"new", r.result
+    sim.inv.check_end()
+    return sim
+
+
+def deposed_leader_read(seed: int = 0, pause: bool = False) -> Sim:
+    """(d) A deposed leader (paused or partitioned) serves no linearizable read after a newer commit."""
+    sim = _sim(seed=seed)
+    c = sim.client("c1")
+    w = sim.write(c, b"k", b"old", target="n1")
+    sim.run_for(0.5)
+    assert w.result["ok"]
+    if pause:
+        sim.nodes["n1"].pause()
+    else:
+        cut = sim.isolate("n1")
+    sim.run_for(0.6)
+    assert "n2 leads epoch 2" in _promote(sim, "n2")
+    w2 = sim.write(c, b"k", b"new", target="n2")
+    sim.run_for(0.5)
+    assert w2.result["ok"] and w2.result["epoch"] == 2
+    reader = sim.client("r1")
+    reader.target = "n1"
+    r = sim.spawn("r1", _read_once(reader, b"k"))
+    if pause:
+        sim.nodes["n1"].resume()
+    sim.run_for(1.5)
+    res = r.result
+    assert not (res and res.get("ok") and res.get("linearizable") and res.get("value") == b"old"), res
+    if not pause:
+        sim.world.net.heal(cut)
+    sim.run_for(1.0)
+    sim.inv.check_end()
+    return sim
+
+
+def _read_once(c, key: bytes) -> Gen:
+    from .linearizability import Op
+
+    w = c.sim.world
+    t0 = w.now
+    r = yield Call(c.target, {"id": 1000, "op": "get", "key": key}, 1.0)
+    if r and r.get("ok") and r.get("linearizable"):
+        c.sim.inv.history.append(Op(key, "get", r.get("value"), t0, w.now, c.name))
+    return r
+
+
+def conflicting_retry(seed: int = 0) -> Sim:
+    """(e) A retry with the same (cid, id) but other content gets bad_request: committed, and on its way."""
+    sim = _sim(seed=seed)
+    c = sim.client("c1")
+    w = sim.write(c, b"k", b"v1", target="n1")
+    sim.run_for(0.5)
+    assert w.result["ok"]
+    bad = sim.spawn("c1", c.conflicting_retry())
+    sim.run_for(0.5)
+    assert bad.result and bad.result.get("error") == "bad_request", bad.result
+    # Now while the original waits for its acknowledgement (followers down).
+    sim.crash("n2")
+    sim.crash("n3")
+    c2 = sim.client("c2")
+    c2.deadline = 1.0
+    sim.write(c2, b"k", b"v2", target="n1")
+    sim.run_for(0.05)
+    c2.last_ok = {"id": 1, "op": "set", "key": b"k", "value": b"v2", "cid": b"c2"}
+    bad2 = sim.spawn("c2x", c2.conflicting_retry())
+    sim.run_for(0.3)
+    assert bad2.result and bad2.result.get("error") == "bad_request", bad2.result
+    sim.restart("n2")
+    sim.restart("n3")
+    sim.run_for(1.5)
+    sim.inv.check_end()
+    return sim
+
+
+def huge_client_epoch(seed: int = 0) -> Sim:
+    """(f) A client request carrying epoch 2**63-1 changes no node's epoch."""
+    sim = _sim(seed=seed)
+    before = {n: (s.state.epoch, s.state.role) for n, s in sim.nodes.items()}
+    for i, n in enumerate(sim.names):
+        for op in ("get", "set", "ping", "status", "del"):
+            msg = {"id": 100 + i, "op": op, "epoch": MAX_EPOCH}
+            if op in ("get", "set", "del"):
+                msg["key"] = b"k"
+            if op == "set":
+                msg["value"] = b"x"
+            sim.spawn("x", _one(msg, n))
+    sim.run_for(2.0)
+    after = {n: (s.state.epoch, s.state.role) for n, s in sim.nodes.items()}
+    assert after == before, (before, after)
+    assert all(s.stored.epoch <= 1 for s in sim.nodes.values())
+    return sim
+
+
+def _one(msg: dict, node: str) -> Gen:
+    r = yield Call(node, msg, 0.5)
+    return r
+
+
+def concurrent_promotes(seed: int = 0, nodes: int = 3) -> Sim:
+    """(g) Two promotes of different nodes at once: never two leaders of one epoch."""
+    sim = _sim(nodes=nodes, k=1, seed=seed)
+    c = sim.client("c1")
+    sim.write(c, b"k", b"v1", target="n1")
+    sim.run_for(0.5)
+    sim.crash("n1")
+    a, b = sim.promote("n2"), sim.promote("n3", delay=sim.world.rng.uniform(0, 0.01))
+    sim.run_for(2.0)
+    sim.restart("n1")
+    sim.run_for(1.5)
+    leaders = [(n.state.epoch, n.name) for n in sim.nodes.values() if n.up and n.state.role == "leader"]
+    assert len({e for e, _ in leaders}) == len(leaders), leaders
+    sim.world.log("sim", f"promotes: {a.result!r} / {b.result!r}; leaders {leaders}")
+    return sim
+
+
+def fence_during_batch(seed: int = 0, open_records: int = 1) -> Sim:
+    """(h) An admin fence arrives while a batch is in flight: its clients learn the truth about `written`.
+
+    `open_records` writes arrive after the batch was sealed (they sit in the open batch).
+    """
+    sim = _sim(seed=seed)
+    sim.disk_latency = 0.2
+    clients = [sim.client(f"c{i}") for i in range(3 + open_records)]
+    for c in clients:
+        c.deadline = 0.5  # one attempt: its answer is the one checked
+    acts = [sim.write(c, b"k", f"v{i}".encode(), target="n1") for i, c in enumerate(clients[:3])]
+    sim.run_for(0.01)
+    batch1 = sim.nodes["n1"].role.busy  # type: ignore[union-attr]
+    # The first write went alone (inline); the others form a multi-record batch.
+    sim.run_for(0.2)
+    acts += [sim.write(c, b"k", f"w{i}".encode(), target="n1") for i, c in enumerate(clients[3:])]
+    sim.run_for(0.005)
+    assert sim.nodes["n1"].role.busy is not None and sim.nodes["n1"].role.busy != batch1  # type: ignore[union-attr]
+    sim.spawn("x", _one({"id": 7, "op": "fence", "args": {"epoch": 2, "candidate": "n2"}}, "n1"))
+    sim.inv.max_admin_epoch = 2
+    sim.run_for(1.0)
+    logs = _records(sim, "n1")
+    for a, c in zip(acts, clients):
+        r = a.result
+        if r is None:
+            continue
+        if r.get("ok") or r.get("written") is True:
+            assert (c.cid, 1) in logs, f"{c.name} was told written: true but n1's log lacks it: {r}"
+        elif r.get("written") is False:
+            assert (c.cid, 1) not in logs, f"{c.name} was told written: false but n1's log has it: {r}"
+    return sim
+
+
+ALL = {
+    "a_bitflip_leader_tail": bitflip_leader_tail,
+    "b_kip279": kip279,
+    "c_unconfirmed_tail_read": unconfirmed_tail_read,
+    "d_deposed_leader_read_partitioned": deposed_leader_read,
+    "d_deposed_leader_read_paused": lambda seed=0: deposed_leader_read(seed, pause=True),
+    "e_conflicting_retry": conflicting_retry,
+    "f_huge_client_epoch": huge_client_epoch,
+    "g_concurrent_promotes": concurrent_promotes,
+    "h_fence_during_batch": fence_during_batch,
+}
