@@ -107,3 +107,18 @@ def test_node_state_round_trips_led_epoch(tmp_path):
     assert back == st
     f = back.follower_of(5, "n2")
     assert (f.role, f.epoch, f.leader, f.history, f.led_epoch) == ("follower", 5, "n2", st.history, 4)
+
+
+def test_a_deposed_leader_that_wrote_nothing_in_its_epoch_keeps_its_rank():
+    from daemon.failover.promote import deposed_leaders
+
+    # n3 led epoch 3 but holds only epoch-2 records, one more than anyone (acknowledged
+    # in epoch 2 by n2, whose copy was later cut). It must not be ranked out.
+    before = {"n1": st("follower", 3, 1435, last_epoch=2), "n2": st("follower", 3, 1497, last_epoch=2),
+              "n3": {**st("leader", 3, 1559, last_epoch=2)}}
+    assert deposed_leaders(before) == frozenset()
+    after = {n: {**s, "role": "follower", "epoch": 4} for n, s in before.items()}
+    assert not decide("n2", after, 1, False, deposed_leaders(before)).ok
+    # A leader whose tail is of its own epoch is ranked out, as before.
+    before["n3"] = st("leader", 3, 1600, last_epoch=3)
+    assert deposed_leaders(before) == frozenset({"n3"})

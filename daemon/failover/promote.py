@@ -116,6 +116,19 @@ def former_leaders(reachable: dict[str, dict[str, Any]]) -> frozenset[str]:
                      if s["role"] == "follower" and s.get("led_epoch") and s.get("led_epoch") == s.get("last_epoch"))
 
 
+def deposed_leaders(before_fence: dict[str, dict[str, Any] | None]) -> frozenset[str]:
+    """Nodes that led before the fence and whose last records are of the epoch they led.
+
+    Only a tail written in a node's own epoch can hold records no K followers
+    acknowledged. A leader whose last records are from an older epoch wrote
+    nothing yet: its log is as good as any follower's and may be the only
+    complete copy of records acknowledged in that older epoch (for instance
+    when the previous leader lost its tail), so it keeps its rank.
+    """
+    return frozenset(n for n, s in before_fence.items()
+                     if s is not None and s["role"] == "leader" and s.get("last_epoch") == s.get("epoch"))
+
+
 def most_advanced(statuses: dict[str, dict[str, Any] | None]) -> str | None:
     """The reachable follower with the most advanced log (the drill's choice).
 
@@ -183,7 +196,7 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
                                  "check 'zwal status', then run promote again")
         # The ends are frozen now: check again before acting.
         sts2 = get_statuses(cfg, timeout)
-        old = frozenset(n for n, s in sts.items() if s is not None and s["role"] == "leader")
+        old = deposed_leaders(sts)
         d2 = decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, cfg.ack_replicas, force, old)
         if not d2.ok and not force:
             return PromoteResult(False, name, epoch,

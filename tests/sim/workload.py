@@ -297,7 +297,7 @@ def promote(sim: "Sim", name: str | None = None, timeout: float = 0.3) -> Gen:
     if len(fenced) < majority:
         return f"only {fenced} voted for {name} in epoch {epoch}"
     sts2 = yield from statuses(sim, timeout)
-    old = frozenset(n for n, s in sts.items() if s is not None and s["role"] == "leader")
+    old = promote_mod.deposed_leaders(sts)
     d2 = promote_mod.decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, k, False, old)
     if not d2.ok:
         return f"after fencing at {epoch}: {d2.reason}"
