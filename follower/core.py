@@ -32,10 +32,16 @@ class Truncate:
 
 @dataclass(slots=True)
 class Refetch:
-    """Ignore the message and ask again from our end; `reason` is logged if loud."""
+    """Ignore the message and ask again from our end, after `delay` seconds; `reason` is logged if loud.
+
+    `times` counts loud refetches in a row: a standing refusal is asked
+    again later and later (up to the core's `max_backoff`), never in a busy loop.
+    """
 
     reason: str
     loud: bool = False
+    delay: float = 0.0
+    times: int = 0
 
 
 @dataclass(slots=True)
@@ -56,7 +62,7 @@ class Redirect:
 
 class FollowerCore:
     def __init__(self, name: str, epoch: int, end: int, last_epoch: int, records: int, max_fetch: int,
-                 history: list[tuple[int, int]] | None = None) -> None:
+                 history: list[tuple[int, int]] | None = None, max_backoff: float = 0.2) -> None:
         self.name = name
         self.epoch = epoch
         self.end = end
@@ -71,12 +77,23 @@ class FollowerCore:
         # next fetch carries it, proving we still follow (ReadIndex).
         self.round = 0
         self.inc = 0  # the leader incarnation `round` belongs to
+        self.max_backoff = max_backoff
+        self.refused = 0  # loud refetches since the last append
+
+    def on_message(self, msg: FromLeader | BadMessage) -> Append | Truncate | Refetch | AdoptEpoch | Redirect:
+        d = self._decide(msg)
+        if isinstance(d, Refetch):
+            self.refused = self.refused + 1 if d.loud else 0
+            d.times = self.refused
+            if self.refused > 1:
+                d.delay = min(self.max_backoff, 0.01 * 2 ** min(self.refused, 10))
+        return d
 
     def fetch_msg(self) -> Fetch:
         return Fetch(self.name, self.epoch, self.end, self.last_epoch, self.records, self.max_fetch, self.round,
                      self.inc)
 
-    def on_message(self, msg: FromLeader | BadMessage) -> Append | Truncate | Refetch | AdoptEpoch | Redirect:
+    def _decide(self, msg: FromLeader | BadMessage) -> Append | Truncate | Refetch | AdoptEpoch | Redirect:
         if isinstance(msg, BadMessage):
             return Refetch(f"malformed message from the leader: {msg}", loud=True)
         epoch = msg.epoch
@@ -138,6 +155,7 @@ class FollowerCore:
         return Append(data, frames, starts)
 
     def appended(self, end: int, last_epoch: int, records: int, epoch_starts: list[tuple[int, int]] = []) -> None:
+        self.refused = 0
         self.end = end
         self.last_epoch = last_epoch
         self.records += records

@@ -36,6 +36,7 @@ class FollowerRole:
         self.core = FollowerCore(
             node.name, node.state.epoch, node.writer.end, node.last_log_epoch(), node.kv.records,
             node.cfg.fetch_max_bytes, [h for h in node.state.history if h[1] < node.writer.end],
+            max_backoff=node.cfg.heartbeat_interval,
         )
         self.counters = Counters()
         self.probe = PeerProbe(node.ctx, node.cfg.peers(node.name), node.cfg.peer_probe_interval)
@@ -45,10 +46,7 @@ class FollowerRole:
         # No word from the leader for this long: reconnect and ask again (Lazy Pirate).
         self.silence_limit = max(3 * self.cfg.heartbeat_interval, 1.0)
         self.transition: Transition | None = None
-        # After a refused or malformed message, ask again later and later (up
-        # to heartbeat_interval): a standing refusal must not become a busy loop.
-        self._loud_streak = 0
-        self._refetch_at: float | None = None
+        self._refetch_at: float | None = None  # a paced fetch after a refusal (FollowerCore decides the delay)
         self.poller = zmq.Poller()
 
     # -- connection to the leader -------------------------------------------------
@@ -169,17 +167,8 @@ class FollowerRole:
     def _act(self, d: Any) -> None:
         node = self.node
         if isinstance(d, Append):
-            st = node.state
-            stale = [h for h in st.history if h[1] >= self.core.end]
-            if d.epoch_starts or stale:
-                # Epoch starts at or beyond our end (an epoch this node began
-                # as leader but never wrote, or one cut by a truncation) do not
-                # describe these bytes: left in place they would answer "where
-                # does that epoch end" wrongly and cut a replica's acknowledged
-                # records (found by the simulator, seed 1605).
-                st.history = [h for h in st.history if h[1] < self.core.end]
-                for e, o in d.epoch_starts:
-                    st.note_epoch_start(e, o)
+            st = node.state.before_append(self.core.end, d.epoch_starts)
+            if st is not None:
                 node.save_state(st)
             try:
                 _, end = node.writer.append_frames(d.data)
@@ -192,26 +181,20 @@ class FollowerRole:
                 self._fetch()
                 return
             self.core.appended(end, d.frames[-1][0].epoch, len(d.frames), d.epoch_starts)
-            self._loud_streak = 0
             # Acknowledge first (the fetch carries our durable end): the leader's
             # commit does not wait for our in-memory state.
             self._fetch()
             for frame, rec in d.frames:
                 node.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))
         elif isinstance(d, Refetch):
-            if not d.loud:
-                self._loud_streak = 0
-                self._fetch()
-                return
-            self.counters.dropped += 1
-            self._loud_streak += 1
-            if self._loud_streak <= 3 or self._loud_streak % 100 == 0:
-                logs.warn("refetch", reason=d.reason, offset=self.core.end, leader=self.leader, times=self._loud_streak)
-            if self._loud_streak <= 1:
-                self._fetch()
+            if d.loud:
+                self.counters.dropped += 1
+                if d.times <= 3 or d.times % 100 == 0:
+                    logs.warn("refetch", reason=d.reason, offset=self.core.end, leader=self.leader, times=d.times)
+            if d.delay:
+                self._refetch_at = time.monotonic() + d.delay
             else:
-                delay = min(self.cfg.heartbeat_interval, 0.01 * 2 ** min(self._loud_streak, 10))
-                self._refetch_at = time.monotonic() + delay
+                self._fetch()
         elif isinstance(d, AdoptEpoch):
             self._follow(d.epoch, d.leader or self.leader, f"leader {d.leader} is at epoch {d.epoch}")
             self._fetch()

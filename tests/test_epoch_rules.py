@@ -71,3 +71,12 @@ def test_one_packet_cannot_push_a_node_to_the_end_of_the_epoch_range():
 def test_older_epochs_are_stale():
     r = run("fence", follower(epoch=5), epoch=4, candidate="n2")
     assert isinstance(r, Refusal) and r.code == "stale_epoch" and r.fields["epoch"] == 5
+
+
+def test_recovery_that_cut_a_leaders_log_makes_it_confirm_and_moves_later_epoch_starts_to_the_cut():
+    leader = NodeState(LEADER, 5, "n2", [(4, 100), (5, 200)], 5, "n2")
+    st = leader.recovered([(4, 100)], 4, 150, dropped=60)
+    assert st.confirm_from == 150 and st.history == [(4, 100), (5, 150)]
+    assert leader.recovered([(4, 100), (5, 200)], 5, 260, dropped=0) == leader  # nothing cut: nothing to confirm
+    fol = follower(epoch=5, leader="n2", voted="n2").recovered([(1, 0)], 1, 90, dropped=10)
+    assert fol.confirm_from is None

@@ -110,3 +110,22 @@ def test_fetch_message_carries_the_durable_end():
     c.appended(len(d.data), 2, 2)
     m = c.fetch_msg()
     assert (m.offset, m.epoch, m.last_epoch, m.records) == (len(d.data), 2, 2, 2)
+
+
+def test_a_standing_refusal_is_asked_again_later_and_later_not_in_a_busy_loop():
+    c = core(end=100)
+    refuse = {"t": "error", "epoch": 2, "message": "no"}
+    delays = [c.on_message(refuse).delay for _ in range(12)]
+    assert delays[0] == 0.0 and all(0 < d <= 0.2 for d in delays[1:])
+    assert delays == sorted(delays) and delays[-1] == 0.2
+    c.appended(161, 2, 1)  # progress resets the pace
+    assert c.on_message(refuse).delay == 0.0
+
+
+def test_the_state_before_an_append_drops_epoch_starts_at_or_beyond_the_append():
+    from daemon.node.identity import FOLLOWER, NodeState
+
+    st = NodeState(FOLLOWER, 5, "n1", [(1, 0), (2, 720), (3, 1661)])
+    new = st.before_append(1661, [(2, 1661)])
+    assert new.history == [(1, 0), (2, 720)]  # epoch 2 continues: no new start, and epoch 3's is gone
+    assert st.before_append(1700, []) is None

@@ -101,6 +101,44 @@ class NodeState:
         self.history.append((epoch, offset))
         return True
 
+    def before_append(self, end: int, epoch_starts: list[tuple[int, int]]) -> "NodeState | None":
+        """The state to save before appending at `end` frames that begin `epoch_starts`; None if unchanged.
+
+        Epoch starts at or beyond `end` (an epoch this node began as leader
+        but never wrote, or one cut by a truncation) do not describe the bytes
+        about to land there: left in place they would answer "where does that
+        epoch end" wrongly and cut a replica's acknowledged records (found by
+        the simulator, seed 1605).
+        """
+        if not epoch_starts and all(o < end for _, o in self.history):
+            return None
+        st = self.with_(history=[h for h in self.history if h[1] < end])
+        for e, o in epoch_starts:
+            st.note_epoch_start(e, o)
+        return st
+
+    def recovered(self, epoch_starts: list[tuple[int, int]], last_epoch: int, valid_end: int,
+                  dropped: int) -> "NodeState":
+        """This state after recovery found a log with these epochs, ending at `valid_end` after cutting `dropped` bytes.
+
+        - the log's own epochs join the history (the log is the ground truth);
+        - epochs that began beyond a cut begin at the new end: an epoch's end
+          must never be answered from bytes that are gone;
+        - a leader whose recovery cut bytes may have lost records it fsynced
+          and acknowledged: `confirm_from` makes it confirm its log with its
+          followers before it leads on its own word (docs/protocol.md).
+        """
+        st = self
+        merged = merge_history(st.history, epoch_starts)
+        if merged != st.history:
+            st = st.with_(epoch=max(st.epoch, last_epoch), history=merged)
+        if dropped:
+            st = st.with_(history=[(e, min(o, valid_end)) for e, o in st.history])
+            if st.role == LEADER:
+                st = st.with_(confirm_from=min(valid_end, st.confirm_from if st.confirm_from is not None
+                                               else valid_end))
+        return st
+
     def trim_history(self, end: int) -> None:
         """Forget epochs that begin at or after `end` (their records were truncated)."""
         self.history = [(e, o) for e, o in self.history if o < end or e == self.epoch]

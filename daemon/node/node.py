@@ -110,19 +110,7 @@ class Node:
         self.writer, scan = open_log(self.me.log_path, on_frame=kv.apply_frame, progress=progress)
         self.kv = kv
         self.scan = scan
-        merged = nodestate.merge_history(self.state.history, scan.epoch_starts)
-        st = self.state
-        if merged != st.history:
-            st = st.with_(epoch=max(st.epoch, scan.last_epoch), history=merged)
-        if scan.dropped:
-            # Epochs that began beyond the cut begin at the new end: an epoch's
-            # end must never be answered from bytes that are gone.
-            st = st.with_(history=[(e, min(o, scan.valid_end)) for e, o in st.history])
-        if scan.dropped and st.role == LEADER:
-            # Recovery cut bytes this leader may have fsynced and acknowledged:
-            # until its followers show otherwise it must not lead on its own word.
-            st = st.with_(confirm_from=min(scan.valid_end, st.confirm_from if st.confirm_from is not None
-                                           else scan.valid_end))
+        st = self.state.recovered(scan.epoch_starts, scan.last_epoch, scan.valid_end, scan.dropped)
         if st != self.state:
             self.save_state(st)
         logs.event(

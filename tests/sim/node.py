@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import msgpack
 
 from daemon.node import epochs
-from daemon.node.identity import FOLLOWER, LEADER, NodeState, merge_history
+from daemon.node.identity import FOLLOWER, LEADER, NodeState
 from daemon.node.kv import KVState, Placed
 from daemon.node.leader_core import (CheckPeers, Confirmed, InvariantViolation, LeaderCore, Reply, SendChunk,
                                      SendControl, ServeRead, StepDown)
@@ -348,15 +348,7 @@ class SimNode:
             self.sim.inv.on_cut(self, scan.valid_end)
         self.kv = kv
         self.end = scan.valid_end
-        merged = merge_history(self.state.history, scan.epoch_starts)
-        st = self.state
-        if merged != st.history:
-            st = st.with_(epoch=max(st.epoch, scan.last_epoch), history=merged)
-        if scan.dropped:
-            st = st.with_(history=[(e, min(o, scan.valid_end)) for e, o in st.history])
-        if scan.dropped and st.role == LEADER:
-            st = st.with_(confirm_from=min(scan.valid_end, st.confirm_from if st.confirm_from is not None
-                                           else scan.valid_end))
+        st = self.state.recovered(scan.epoch_starts, scan.last_epoch, scan.valid_end, scan.dropped)
         if st != self.state:
             self.save_state(st)
 
@@ -627,7 +619,8 @@ class SimFollower:
         self.node = node
         st = node.state
         self.core = FollowerCore(node.name, st.epoch, node.end, node.last_log_epoch(), node.kv.records,
-                                 node.cfg.fetch_max_bytes, [h for h in st.history if h[1] < node.end])
+                                 node.cfg.fetch_max_bytes, [h for h in st.history if h[1] < node.end],
+                                 max_backoff=node.cfg.heartbeat_interval)
         self.probe = SimProbe(node)
         self.leader = st.leader
         self.conn: bytes | None = None
@@ -635,7 +628,6 @@ class SimFollower:
         self.silence = max(3 * node.cfg.heartbeat_interval, 1.0)
         self.transition: Transition | None = None
         self.tick_at = float("inf")
-        self._loud_streak = 0  # refused or malformed messages in a row: back off
         self._refetch_at: float | None = None
         self._connect()
 
@@ -730,28 +722,18 @@ class SimFollower:
     def _act(self, d: Any) -> None:
         node = self.node
         if isinstance(d, Append):
-            st = node.state
-            stale = [h for h in st.history if h[1] >= self.core.end]
-            if d.epoch_starts or stale:  # as FollowerRole._act: drop epoch starts at or beyond our end
-                st.history = [h for h in st.history if h[1] < self.core.end]
-                for e, o in d.epoch_starts:
-                    st.note_epoch_start(e, o)
+            st = node.state.before_append(self.core.end, d.epoch_starts)
+            if st is not None:
                 node.save_state(st)
             end = node.disk.write(d.data)
             node.blocked = True  # WalWriter.append_frames: write + fdatasync in the loop
             lat = node.w.rng.uniform(0.0005, 0.004)
             node.timer(lat, self._appended, d, end, system=True)
         elif isinstance(d, Refetch):
-            if not d.loud:
-                self._loud_streak = 0
-                self._fetch()
-                return
-            self._loud_streak += 1
-            if self._loud_streak <= 1:
-                self._fetch()
+            if d.delay:
+                self._refetch_at = node.w.now + d.delay
             else:
-                delay = min(node.cfg.heartbeat_interval, 0.01 * 2 ** min(self._loud_streak, 10))
-                self._refetch_at = node.w.now + delay
+                self._fetch()
         elif isinstance(d, AdoptEpoch):
             self._follow(d.epoch, d.leader or self.leader, f"leader {d.leader} is at epoch {d.epoch}")
             self._fetch()
@@ -775,7 +757,6 @@ class SimFollower:
         node.disk.fsync()
         node.end = end
         self.core.appended(end, d.frames[-1][0].epoch, len(d.frames), d.epoch_starts)
-        self._loud_streak = 0
         self._fetch()
         for frame, rec in d.frames:
             node.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))
