@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from daemon.node.epochs import MAX_EPOCH, Accept, Refusal, decide, may_follow
 from daemon.node.identity import FOLLOWER, LEADER, NodeState
+from daemon.wal.reader import CLEAN, TORN, ScanResult
 
 NAMES = frozenset({"n1", "n2", "n3"})
 
@@ -73,10 +74,32 @@ def test_older_epochs_are_stale():
     assert isinstance(r, Refusal) and r.code == "stale_epoch" and r.fields["epoch"] == 5
 
 
+def scan(status: str, valid_end: int, size: int, starts, last: int, reason: str = "") -> ScanResult:
+    return ScanResult(status, valid_end, size, 3, last, starts, valid_end if status != CLEAN else None, reason)
+
+
 def test_recovery_that_cut_a_leaders_log_makes_it_confirm_and_moves_later_epoch_starts_to_the_cut():
     leader = NodeState(LEADER, 5, "n2", [(4, 100), (5, 200)], 5, "n2")
-    st = leader.recovered([(4, 100)], 4, 150, dropped=60)
-    assert st.confirm_from == 150 and st.history == [(4, 100), (5, 150)]
-    assert leader.recovered([(4, 100), (5, 200)], 5, 260, dropped=0) == leader  # nothing cut: nothing to confirm
-    fol = follower(epoch=5, leader="n2", voted="n2").recovered([(1, 0)], 1, 90, dropped=10)
-    assert fol.confirm_from is None
+    st = leader.recovered(scan(TORN, 150, 210, [(4, 100)], 4, "incomplete last record"))
+    assert st.confirm_from == 150 and st.history == [(4, 100), (5, 150)] and st.damaged_end == 210
+    assert leader.recovered(scan(CLEAN, 260, 260, [(4, 100), (5, 200)], 5)) == leader  # nothing cut
+    fol = follower(epoch=5, leader="n2", voted="n2").recovered(scan(TORN, 90, 100, [(1, 0)], 1, "incomplete last record"))
+    assert fol.confirm_from is None and fol.damaged_end == 100
+
+
+def test_a_cut_marks_the_node_damaged_until_it_catches_up_past_its_old_end():
+    fol = follower(epoch=5, leader="n2", voted="n2")
+    # A flipped length field makes a damaged record look unfinished: every cut counts.
+    st = fol.recovered(scan(TORN, 366, 427, [(1, 0)], 1, "incomplete last record"))
+    assert st.damaged_end == 427
+    fenced = run("fence", st, epoch=6, candidate="n3").state
+    assert fenced.damaged_end == 427  # a change of epoch or role keeps the mark
+    assert fenced.after_append(400) is None
+    assert fenced.after_append(427).damaged_end is None
+
+
+def test_promote_is_refused_when_the_log_shrank_below_what_the_promotion_checked():
+    mine = run("fence", follower(), epoch=3, candidate="n2").state  # decide() sees end = 100
+    r = run("promote", mine, epoch=3, end=160)
+    assert isinstance(r, Refusal) and r.code == "refused" and "lost records" in r.message
+    assert isinstance(run("promote", mine, epoch=3, end=100), Accept)

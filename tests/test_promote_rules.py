@@ -122,3 +122,20 @@ def test_a_deposed_leader_that_wrote_nothing_in_its_epoch_keeps_its_rank():
     # A leader whose tail is of its own epoch is ranked out, as before.
     before["n3"] = st("leader", 3, 1600, last_epoch=3)
     assert deposed_leaders(before) == frozenset({"n3"})
+
+
+def test_a_damaged_follower_is_no_copy_and_former_leaders_count_again():
+    # n2 lost a record it acknowledged (its recovery cut it, damaged_end 427); the
+    # former leader n1 holds it; n3 is down. Neither may be trusted alone: refuse.
+    sts = {"n1": {**st("follower", 3, 427, last_epoch=1), "led_epoch": 1},
+           "n2": {**st("follower", 3, 366, last_epoch=1), "damaged_end": 427}, "n3": None}
+    d = decide("n2", sts, 1, False)
+    assert not d.ok and "lost records at recovery" in d.reason
+    # With n3 back (intact, behind n1), n1's tail sets the bar: n2 and n3 are behind it.
+    sts["n3"] = st("follower", 3, 300, last_epoch=1)
+    assert not decide("n2", sts, 1, False).ok and not decide("n3", sts, 1, False).ok
+    assert "behind n1" in decide("n3", sts, 1, False).reason
+    assert decide("n1", sts, 1, False).ok
+    # Once n2 has caught up past its old end it is a copy again.
+    sts["n2"]["end"] = 427
+    assert decide("n2", sts, 1, False).ok

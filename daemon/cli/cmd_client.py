@@ -6,11 +6,10 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from daemon import config as config_mod
-from daemon.client.blocking import Client, Unavailable, ZwalError
+from daemon.client.blocking import Client, Unavailable, ZwalError, fetch_statuses
 from daemon.cli.cmd_log import CLIError
 
 
@@ -67,21 +66,6 @@ def cmd_get(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.buffer.write(r.value + b"\n")
     return 0
-
-
-def fetch_statuses(targets: list[tuple[str, str]], timeout: float) -> dict[str, dict[str, Any] | None]:
-    """Ask every node for its status at once; None for those that do not answer."""
-
-    def one(ep: str) -> dict[str, Any] | None:
-        with Client([ep], timeout=timeout, deadline=timeout) as c:
-            try:
-                return c.status(endpoint=ep, deadline=timeout)
-            except ZwalError:
-                return None
-
-    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as ex:
-        results = list(ex.map(lambda t: one(t[1]), targets))
-    return {name: r for (name, _), r in zip(targets, results)}
 
 
 def _fmt_bytes(n: int | None) -> str:

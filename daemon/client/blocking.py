@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,3 +296,18 @@ class Client:
 
     def admin(self, op: str, endpoint: str, deadline: float = 3.0, **args: Any) -> dict[str, Any]:
         return self.request(op, endpoint=endpoint, deadline=deadline, args=args)
+
+
+def fetch_statuses(targets: list[tuple[str, str]], timeout: float) -> dict[str, dict[str, Any] | None]:
+    """Ask every node for its status at once; None for those that do not answer."""
+
+    def one(ep: str) -> dict[str, Any] | None:
+        with Client([ep], timeout=timeout, deadline=timeout) as c:
+            try:
+                return c.status(endpoint=ep, deadline=timeout)
+            except ZwalError:
+                return None
+
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as ex:
+        results = list(ex.map(lambda t: one(t[1]), targets))
+    return {name: r for (name, _), r in zip(targets, results)}

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from daemon.client.blocking import Client, ZwalError
+from daemon.client.blocking import Client, ZwalError, fetch_statuses
 from daemon.config import ClusterConfig
 from daemon.node.epochs import EPOCHS_LEFT_WARNING, MAX_EPOCH
 
@@ -48,9 +48,10 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
            old_leaders: frozenset[str] = frozenset()) -> Decision:
     """The promotion rules, free of I/O. `statuses` maps node -> status or None.
 
-    `old_leaders` are nodes that led before fencing: they are followers now,
-    but their extra records were never acknowledged by K followers, so they
-    neither count towards the quorum nor set the bar for "most advanced".
+    `old_leaders` are nodes that led before fencing with records of their own
+    epoch at the end of their logs (`deposed_leaders`): they are followers
+    now, but their extra records were never acknowledged by K followers, so
+    they neither count towards the quorum nor set the bar for "most advanced".
     """
     me = statuses.get(name)
     if name not in statuses:
@@ -72,11 +73,24 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
         warnings.append(f"epoch {epoch} is within {MAX_EPOCH - epoch} of the protocol's limit ({MAX_EPOCH}): "
                         "something raised the epochs far beyond the number of promotions; find out what")
 
-    # The followers whose logs may hold acknowledged writes.
+    # The followers whose logs may hold acknowledged writes. A damaged node
+    # (its recovery cut bytes from its log, and it has not caught up since)
+    # may miss some: it is no copy to count on.
     candidates = {n: s for n, s in reachable.items() if s["role"] == "follower" and n not in old_leaders}
     candidates[name] = me
     need = followers_total - ack_replicas + 1
-    answered = len(candidates)
+    damaged = {n for n, s in reachable.items() if is_damaged(s)}
+    answered = len(set(candidates) - damaged)
+    if answered < need and damaged:
+        # The former leaders' tails may now hold the only copies of records
+        # the damaged nodes lost: they count and they set the bar. (Any
+        # N - K of the N nodes include one of the K + 1 that hold each
+        # acknowledged write, and N - K = F - K + 1.)
+        candidates = {n: s for n, s in reachable.items() if s["role"] == "follower"}
+        candidates[name] = me
+        answered = len(set(candidates) - damaged)
+        warnings.append(f"{', '.join(sorted(damaged))} cut bytes from its log at recovery and may miss "
+                        "acknowledged writes: former leaders count as copies")
     if ack_replicas == 0:
         msg = ("ack_replicas = 0: writes were acknowledged before any follower had them, so no follower "
                "is guaranteed to hold every acknowledged write")
@@ -84,8 +98,10 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
             return Decision(False, msg + "; use --force to promote anyway (acknowledged writes may be lost)")
         warnings.append(msg)
     elif answered < need:
-        msg = (f"only {answered} of {followers_total} follower(s) answered; with ack_replicas = {ack_replicas} "
-               f"at least {need} must answer to be sure one of them holds every acknowledged write")
+        msg = (f"only {answered} of {followers_total} follower(s) answered"
+               + (f" with an intact log ({', '.join(sorted(damaged))} lost records at recovery)" if damaged else "")
+               + f"; with ack_replicas = {ack_replicas} at least {need} must answer to be sure one of them holds "
+               "every acknowledged write")
         if not force:
             return Decision(False, msg + " (bring more nodes back, or use --force and accept possible loss)")
         warnings.append(msg)
@@ -104,6 +120,12 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
             return Decision(False, msg)
         warnings.append(msg + "; records beyond it will be truncated on the others")
     return Decision(True, f"promote {name} to epoch {epoch}", epoch, warnings)
+
+
+def is_damaged(st: dict[str, Any]) -> bool:
+    """The node's recovery cut bytes from its log and it has not caught up past its old end since."""
+    d = st.get("damaged_end")
+    return isinstance(d, int) and (st.get("end") or 0) < d
 
 
 def former_leaders(reachable: dict[str, dict[str, Any]]) -> frozenset[str]:
@@ -203,7 +225,9 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
                                  f"after fencing: {d2.reason}. The cluster is fenced at epoch {epoch} with no leader; "
                                  f"run 'zwal promote' again")
         try:
-            r = c.admin("promote", eps[name], deadline=timeout, epoch=epoch)
+            # `end`: the node refuses if its log has since shrunk below what was
+            # checked (a recovery cut a damaged tail between the check and now).
+            r = c.admin("promote", eps[name], deadline=timeout, epoch=epoch, end=(sts2.get(name) or {}).get("end", 0))
         except ZwalError as e:
             return PromoteResult(False, name, epoch, f"{name} refused promotion: {e}")
         refused = []
@@ -226,6 +250,4 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
 
 
 def statuses_of(cfg: ClusterConfig, timeout: float) -> dict[str, dict[str, Any] | None]:
-    from daemon.cli.cmd_client import fetch_statuses
-
     return fetch_statuses([(n.name, n.client_endpoint) for n in cfg.nodes], timeout)

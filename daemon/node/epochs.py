@@ -79,8 +79,16 @@ def decide(op: str, args: dict[str, Any], cur: NodeState, me: str, names: frozen
     if op == FOLLOW:
         return _follow(epoch, args.get("leader"), cur, me, names)
     if op == PROMOTE:
-        return _promote(epoch, cur, me, end)
+        checked = args.get("end", 0)
+        if type(checked) is not int or checked < 0:
+            return Refusal("bad_request", "'end' must be a non-negative integer")
+        return _promote(epoch, cur, me, end, checked)
     return Refusal("unknown_op", f"unknown admin op {op!r}")
+
+
+def _as(cur: NodeState, role: str, epoch: int, leader: str | None, vote: str | None) -> NodeState:
+    """`cur` in a new role and epoch: the history, led epoch and damage mark are kept, confirm_from is not."""
+    return cur.with_(role=role, epoch=epoch, leader=leader, voted_for=vote, confirm_from=None)
 
 
 def _stale(epoch: int, cur: NodeState, me: str) -> Refusal:
@@ -96,7 +104,7 @@ def _fence(epoch: int, candidate: Any, cur: NodeState, me: str, names: frozenset
         return _stale(epoch, cur, me)
     fields = {"epoch": epoch, "end": end, "last_epoch": last_epoch, "voted_for": candidate}
     if epoch > cur.epoch:
-        st = NodeState(FOLLOWER, epoch, None, list(cur.history), cur.led_epoch, candidate)
+        st = _as(cur, FOLLOWER, epoch, None, candidate)
         return Accept(st, fields, f"fenced at epoch {epoch}", reload=cur.role == LEADER)
     # The same epoch: only a vote can change, and only from nobody to `candidate`.
     if candidate is None or cur.voted_for == candidate:
@@ -104,7 +112,7 @@ def _fence(epoch: int, candidate: Any, cur: NodeState, me: str, names: frozenset
     if cur.voted_for is not None or cur.role == LEADER:
         return Refusal("refused", f"{me} already voted for {cur.voted_for or me} in epoch {epoch}",
                        {"epoch": epoch, "voted_for": cur.voted_for or me})
-    st = NodeState(FOLLOWER, epoch, None, list(cur.history), cur.led_epoch, candidate)
+    st = _as(cur, FOLLOWER, epoch, None, candidate)
     return Accept(st, fields, f"fenced at epoch {epoch}" if cur.leader is not None else None)
 
 
@@ -120,14 +128,17 @@ def _follow(epoch: int, leader: Any, cur: NodeState, me: str, names: frozenset[s
             return Accept(None, {"epoch": epoch})
     # Following is not voting: whoever won `epoch` won it with a majority of
     # votes, so a node that voted for a loser still follows the winner (Raft).
-    st = NodeState(FOLLOWER, epoch, leader, list(cur.history), cur.led_epoch,
-                   cur.voted_for if epoch == cur.epoch and cur.voted_for else leader)
+    st = _as(cur, FOLLOWER, epoch, leader, cur.voted_for if epoch == cur.epoch and cur.voted_for else leader)
     return Accept(st, {"epoch": epoch}, f"told to follow {leader} at epoch {epoch}", reload=cur.role == LEADER)
 
 
-def _promote(epoch: int, cur: NodeState, me: str, end: int) -> Accept | Refusal:
+def _promote(epoch: int, cur: NodeState, me: str, end: int, checked: int) -> Accept | Refusal:
     if cur.role == LEADER:
         return Refusal("refused", f"{me} is already the leader (epoch {cur.epoch})")
+    if end < checked:
+        return Refusal("refused", f"{me}'s log ends at {end}, below the end {checked} the promotion checked: it lost "
+                                  "records since (a recovery cut its tail); nothing promoted, run promote again",
+                       {"end": end})
     if epoch != cur.epoch or cur.voted_for != me or cur.leader is not None:
         return Refusal("stale_epoch" if epoch < cur.epoch else "refused",
                        f"{me} can lead epoch {epoch} only after a fence at that epoch for itself "
@@ -137,7 +148,7 @@ def _promote(epoch: int, cur: NodeState, me: str, end: int) -> Accept | Refusal:
     hist = list(cur.history)
     if not hist or hist[-1][0] < epoch:
         hist.append((epoch, end))
-    st = NodeState(LEADER, epoch, me, hist, led_epoch=epoch, voted_for=me)
+    st = _as(cur, LEADER, epoch, me, me).with_(history=hist, led_epoch=epoch)
     return Accept(st, {"epoch": epoch, "end": end}, f"promoted to epoch {epoch}")
 
 

@@ -13,6 +13,7 @@ import os
 import dataclasses
 from dataclasses import dataclass, field
 
+from daemon.wal.reader import ScanResult
 from daemon.wal.writer import fsync_dir, write_full
 
 LEADER = "leader"
@@ -47,6 +48,13 @@ class NodeState:
     # (Protocol-Aware Recovery: the replicas repair the leader, never the
     # other way round). Cleared once confirmed, or when it stops leading.
     confirm_from: int | None = None
+    # Set when recovery cut bytes from the log: the log's end before the
+    # cut. Those bytes may have been a record that was fsynced, acknowledged
+    # and then damaged (a flipped length field even makes such a record look
+    # unfinished, so no cut can be told harmless). Until this node's log
+    # reaches that end again by replication it may miss acknowledged
+    # records, so promotion does not count it as a copy (docs/protocol.md).
+    damaged_end: int | None = None
 
     def follower_of(self, epoch: int, leader: str | None, voted_for: str | None = None) -> "NodeState":
         """This node as a follower at `epoch`, keeping its history and led_epoch.
@@ -57,7 +65,8 @@ class NodeState:
         vote = voted_for or leader
         if epoch == self.epoch and self.voted_for is not None:
             vote = self.voted_for
-        return NodeState(FOLLOWER, epoch, leader, list(self.history), self.led_epoch, vote)
+        return NodeState(FOLLOWER, epoch, leader, list(self.history), self.led_epoch, vote,
+                         damaged_end=self.damaged_end)
 
     def with_(self, **changes: object) -> "NodeState":
         """A copy with some fields changed."""
@@ -67,7 +76,7 @@ class NodeState:
         return json.dumps(
             {"version": STATE_VERSION, "role": self.role, "epoch": self.epoch, "leader": self.leader,
              "history": [list(h) for h in self.history], "led_epoch": self.led_epoch,
-             "voted_for": self.voted_for, "confirm_from": self.confirm_from},
+             "voted_for": self.voted_for, "confirm_from": self.confirm_from, "damaged_end": self.damaged_end},
             indent=1,
         ).encode() + b"\n"
 
@@ -84,15 +93,17 @@ class NodeState:
             led_epoch = int(m.get("led_epoch", 0))
             voted_for = m.get("voted_for")
             confirm_from = m.get("confirm_from")
-            if confirm_from is not None and (not isinstance(confirm_from, int) or confirm_from < 0):
-                raise StateError(f"{path}: invalid confirm_from")
+            damaged_end = m.get("damaged_end")
+            for v in (confirm_from, damaged_end):
+                if v is not None and (not isinstance(v, int) or v < 0):
+                    raise StateError(f"{path}: invalid confirm_from or damaged_end")
             if voted_for is not None and not isinstance(voted_for, str):
                 raise StateError(f"{path}: invalid voted_for")
         except StateError:
             raise
         except Exception as e:
             raise StateError(f"{path}: unreadable node state ({e}); restore it or remove the node's data directory") from None
-        return cls(role, epoch, leader, history, led_epoch, voted_for, confirm_from)
+        return cls(role, epoch, leader, history, led_epoch, voted_for, confirm_from, damaged_end)
 
     def note_epoch_start(self, epoch: int, offset: int) -> bool:
         """Record that `epoch` begins at `offset`; True if the history changed."""
@@ -117,26 +128,38 @@ class NodeState:
             st.note_epoch_start(e, o)
         return st
 
-    def recovered(self, epoch_starts: list[tuple[int, int]], last_epoch: int, valid_end: int,
-                  dropped: int) -> "NodeState":
-        """This state after recovery found a log with these epochs, ending at `valid_end` after cutting `dropped` bytes.
+    def after_append(self, end: int) -> "NodeState | None":
+        """The state to save once the log has grown to `end`; None if unchanged.
+
+        A damaged node whose log reached its old end again holds its leader's
+        bytes up to there: it is a full copy again.
+        """
+        if self.damaged_end is not None and end >= self.damaged_end:
+            return self.with_(damaged_end=None)
+        return None
+
+    def recovered(self, scan: ScanResult) -> "NodeState":
+        """This state after recovery scanned the log (and cut a torn tail, if any).
 
         - the log's own epochs join the history (the log is the ground truth);
         - epochs that began beyond a cut begin at the new end: an epoch's end
           must never be answered from bytes that are gone;
         - a leader whose recovery cut bytes may have lost records it fsynced
           and acknowledged: `confirm_from` makes it confirm its log with its
-          followers before it leads on its own word (docs/protocol.md).
+          followers before it leads on its own word (docs/protocol.md);
+        - any cut marks the node damaged up to the old end (`damaged_end`),
+          on any role.
         """
         st = self
-        merged = merge_history(st.history, epoch_starts)
+        merged = merge_history(st.history, scan.epoch_starts)
         if merged != st.history:
-            st = st.with_(epoch=max(st.epoch, last_epoch), history=merged)
-        if dropped:
-            st = st.with_(history=[(e, min(o, valid_end)) for e, o in st.history])
+            st = st.with_(epoch=max(st.epoch, scan.last_epoch), history=merged)
+        if scan.dropped:
+            end = scan.valid_end
+            st = st.with_(history=[(e, min(o, end)) for e, o in st.history])
             if st.role == LEADER:
-                st = st.with_(confirm_from=min(valid_end, st.confirm_from if st.confirm_from is not None
-                                               else valid_end))
+                st = st.with_(confirm_from=min(end, st.confirm_from if st.confirm_from is not None else end))
+            st = st.with_(damaged_end=max(scan.file_size, st.damaged_end or 0))
         return st
 
     def trim_history(self, end: int) -> None:

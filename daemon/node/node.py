@@ -110,7 +110,7 @@ class Node:
         self.writer, scan = open_log(self.me.log_path, on_frame=kv.apply_frame, progress=progress)
         self.kv = kv
         self.scan = scan
-        st = self.state.recovered(scan.epoch_starts, scan.last_epoch, scan.valid_end, scan.dropped)
+        st = self.state.recovered(scan)
         if st != self.state:
             self.save_state(st)
         logs.event(
@@ -260,6 +260,7 @@ class Node:
             "end": w.end if w else None,
             "last_epoch": self.last_log_epoch(),
             "led_epoch": self.state.led_epoch,
+            "damaged_end": self.state.damaged_end,
             "records": self.kv.records,
             "keys": len(self.kv.data),
             "pid": os.getpid(),

@@ -29,7 +29,7 @@ class SimConfig:
 
 class Sim:
     def __init__(self, seed: int, nodes: int | None = None, ack_replicas: int | None = None,
-                 keep: int = 200, full_trace: bool = False, all_flips: bool = False) -> None:
+                 keep: int = 200, full_trace: bool = False, all_flips: bool = True) -> None:
         self.world = World(seed, keep, full_trace)
         rng = self.world.rng
         n = nodes or rng.randint(3, 5)

@@ -348,7 +348,7 @@ class SimNode:
             self.sim.inv.on_cut(self, scan.valid_end)
         self.kv = kv
         self.end = scan.valid_end
-        st = self.state.recovered(scan.epoch_starts, scan.last_epoch, scan.valid_end, scan.dropped)
+        st = self.state.recovered(scan)
         if st != self.state:
             self.save_state(st)
 
@@ -375,7 +375,7 @@ class SimNode:
     def status(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         st: dict[str, Any] = {
             "name": self.name, "role": self.state.role, "epoch": self.state.epoch, "leader": self.state.leader,
-            "end": self.end, "last_epoch": self.last_log_epoch(), "led_epoch": self.state.led_epoch,
+            "end": self.end, "last_epoch": self.last_log_epoch(), "led_epoch": self.state.led_epoch, "damaged_end": self.state.damaged_end,
             "records": self.kv.records, "keys": len(self.kv.data), "pid": self.inc, "uptime": 0.0,
             "history": [list(h) for h in self.state.history],
         }
@@ -757,6 +757,9 @@ class SimFollower:
         node.disk.fsync()
         node.end = end
         self.core.appended(end, d.frames[-1][0].epoch, len(d.frames), d.epoch_starts)
+        st = node.state.after_append(end)
+        if st is not None:
+            node.save_state(st)
         self._fetch()
         for frame, rec in d.frames:
             node.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))

@@ -301,7 +301,8 @@ def promote(sim: "Sim", name: str | None = None, timeout: float = 0.3) -> Gen:
     d2 = promote_mod.decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, k, False, old)
     if not d2.ok:
         return f"after fencing at {epoch}: {d2.reason}"
-    r = yield Call(name, {"id": w.next_id(), "op": "promote", "args": {"epoch": epoch}}, timeout)
+    r = yield Call(name, {"id": w.next_id(), "op": "promote",
+                          "args": {"epoch": epoch, "end": (sts2.get(name) or {}).get("end", 0)}}, timeout)
     if r is None or not r.get("ok"):
         return f"{name} refused promotion to {epoch}: {r}"
     for n in fenced:
