@@ -181,6 +181,10 @@ class FollowerRole:
                 self._fetch()
                 return
             self.core.appended(end, d.frames[-1][0].epoch, len(d.frames), d.epoch_starts)
+            st = node.state.after_append(end)
+            if st is not None:
+                logs.event("damage_repaired", end=end, reason="the log reached its end before recovery cut it again")
+                node.save_state(st)
             # Acknowledge first (the fetch carries our durable end): the leader's
             # commit does not wait for our in-memory state.
             self._fetch()
