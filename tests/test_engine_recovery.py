@@ -99,3 +99,21 @@ def test_kill_minus_9_at_random_moments_loses_no_reported_record(tmp_path):
         assert off in on_disk, f"record {i} reported at {off} is gone"
         got_size, rec = on_disk[off]
         assert got_size == size and rec.key == f"k{i}".encode()
+
+
+def test_the_caller_is_told_of_a_cut_before_the_bytes_are_removed(log_path):
+    from daemon.wal import encode_frame, open_log
+    from daemon.wal.format import Record
+
+    with open(log_path, "wb") as f:
+        f.write(encode_frame(Record("set", b"k", b"v"), 1))
+        f.write(encode_frame(Record("set", b"k2", b"v2"), 1)[:-3])  # a torn last record
+    seen = []
+
+    def before_cut(scan):
+        seen.append((scan.valid_end, os.path.getsize(log_path)))
+
+    w, scan = open_log(log_path, before_cut=before_cut)
+    w.close()
+    assert seen == [(scan.valid_end, scan.file_size)]  # the file still held the torn bytes
+    assert os.path.getsize(log_path) == scan.valid_end

@@ -107,7 +107,13 @@ class Node:
         def progress(pos: int, size: int) -> None:
             logs.event("recovery_progress", offset=pos, size=size, pct=round(100 * pos / max(size, 1), 1))
 
-        self.writer, scan = open_log(self.me.log_path, on_frame=kv.apply_frame, progress=progress)
+        def before_cut(scan: ScanResult) -> None:
+            # The damage marks are durable before the bytes go: a crash
+            # between the cut and the save must not forget the cut.
+            self.save_state(self.state.recovered(scan))
+
+        self.writer, scan = open_log(self.me.log_path, on_frame=kv.apply_frame, progress=progress,
+                                     before_cut=before_cut)
         self.kv = kv
         self.scan = scan
         st = self.state.recovered(scan)

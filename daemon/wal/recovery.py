@@ -36,10 +36,15 @@ def open_log(
     *,
     on_frame: Callable[[Frame, Record], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    before_cut: Callable[[ScanResult], None] | None = None,
     write: WriteFn = os.write,
     fsync: SyncFn = os.fdatasync,
 ) -> tuple[WalWriter, ScanResult]:
     """Open `path` for appending after recovery; `on_frame` sees every valid frame.
+
+    `before_cut` is called with the scan before a torn tail is cut, so the
+    caller can durably note the cut first: a crash between the cut and that
+    note would otherwise forget that bytes were removed.
 
     The exclusive lock is taken before the scan, so no other process can
     append between the scan and the first write.
@@ -65,6 +70,8 @@ def open_log(
             if result.status == CORRUPT:
                 raise LogCorrupt(path, result)
             if result.status == TORN:
+                if before_cut is not None:
+                    before_cut(result)
                 saved = f"{path}.torn-{result.valid_end}"
                 if os.path.exists(saved):
                     saved = f"{saved}-{os.getpid()}"

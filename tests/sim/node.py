@@ -344,6 +344,7 @@ class SimNode:
             raise Refused(scan.describe())
         if scan.status == TORN:
             self.log(f"recovery: {scan.describe()}; cut")
+            self.save_state(self.state.recovered(scan))  # as Node.open_log's before_cut: the marks first
             self.disk.truncate(scan.valid_end)
             self.sim.inv.on_cut(self, scan.valid_end)
         self.kv = kv
