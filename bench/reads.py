@@ -78,31 +78,52 @@ def measure(endpoint: str, clients: int, seconds: float) -> dict[str, Any]:
             "p99_us": round(smp.quantiles[0.99] * 1e6), "errors": errs}
 
 
+def measure_reads(work: str, seconds: float, clients: tuple[int, ...] = (1, 64)) -> dict[str, Any]:
+    """`get` on a 3-node cluster with K = 0 and K = 1, at each client count: {"K=k clients=n": figures}."""
+    from daemon.client.blocking import Client
+
+    out: dict[str, Any] = {}
+    for k in (0, 1):
+        procs, eps = start_zwal(os.path.join(work, f"reads-k{k}"), 3, k, "group")
+        try:
+            with Client(eps[:1], timeout=2, deadline=20) as c:
+                for i in range(1000):
+                    c.set(f"k{i}".encode(), b"v" * 100)
+            for n in clients:
+                r = measure(eps[0], n, seconds)
+                out[f"K={k} clients={n}"] = r
+                print(f"  get, 3 nodes, K={k}, {n:>2} client(s): {r['reads_per_s']:>7} reads/s  "
+                      f"p50 {r['p50_us']:>6} us  p99 {r['p99_us']:>6} us  errors {r['errors'] or 0}", flush=True)
+        finally:
+            stop_zwal(procs)
+    return out
+
+
+def markdown(out: dict[str, Any], clients: tuple[int, ...] = (1, 64)) -> str:
+    """The report's section on reads: each figure beside its unconfirmed twin."""
+    lines = ["## Reads (`get` on the leader, 3 nodes)", "",
+             "K = 1: ReadIndex (committed state, leadership confirmed by a follower's fetch after the read "
+             "arrived; `linearizable: true`). K = 0: answered at once (`linearizable: false`).", "",
+             "| clients | K=0 reads/s | K=0 p50 (us) | K=1 reads/s | K=1 p50 (us) | K=1 p99 (us) | ReadIndex p50 cost | "
+             "K=1 / K=0 throughput |", "|---|---|---|---|---|---|---|---|"]
+    for n in clients:
+        a, b = out.get(f"K=0 clients={n}"), out.get(f"K=1 clients={n}")
+        if a is None or b is None:
+            continue
+        lines.append(f"| {n} | {a['reads_per_s']:,} | {a['p50_us']:,} | {b['reads_per_s']:,} | {b['p50_us']:,} | "
+                     f"{b['p99_us']:,} | +{b['p50_us'] - a['p50_us']:,} us | "
+                     f"{b['reads_per_s'] / max(a['reads_per_s'], 1):.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each measurement (default 3)")
     args = ap.parse_args()
-    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="zwal-reads-") as work:
-        for k in (0, 1):
-            procs, eps = start_zwal(os.path.join(work, f"k{k}"), 3, k, "group")
-            try:
-                from daemon.client.blocking import Client
-
-                with Client(eps[:1], timeout=2, deadline=20) as c:
-                    for i in range(1000):
-                        c.set(f"k{i}".encode(), b"v" * 100)
-                for clients in (1, 64):
-                    r = measure(eps[0], clients, args.seconds)
-                    out[f"K={k} clients={clients}"] = r
-                    print(f"get, 3 nodes, K={k}, {clients:>2} client(s): {r['reads_per_s']:>7} reads/s  "
-                          f"p50 {r['p50_us']:>6} us  p99 {r['p99_us']:>6} us  errors {r['errors'] or 0}", flush=True)
-            finally:
-                stop_zwal(procs)
-    for clients in (1, 64):
-        a, b = out[f"K=0 clients={clients}"], out[f"K=1 clients={clients}"]
-        print(f"ReadIndex cost at {clients} client(s): p50 +{b['p50_us'] - a['p50_us']} us, "
-              f"throughput {b['reads_per_s'] / max(a['reads_per_s'], 1):.2f}x of unconfirmed reads")
+        out = measure_reads(work, args.seconds)
+    print()
+    print(markdown(out))
     print(json.dumps(out))
     return 0
 

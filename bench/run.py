@@ -35,6 +35,7 @@ sys.path.insert(0, HERE)
 from common import Sample, machine  # noqa: E402
 from peers import Missing  # noqa: E402
 from report import Row, markdown, summarise  # noqa: E402
+from reads import markdown as reads_markdown, measure_reads  # noqa: E402
 from scenarios import all_scenarios  # noqa: E402
 
 
@@ -70,6 +71,7 @@ def main() -> None:
     print(f"{runs} run(s) of {seconds:g} s per figure at {clients} clients; data in {os.path.relpath(work, ROOT)}",
           flush=True)
     scenarios = all_scenarios(args.quick)
+    wanted: list[str] = []
     if args.only:
         wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
         scenarios = [s for s in scenarios if any(w in s.name.lower() for w in wanted)]
@@ -96,6 +98,13 @@ def main() -> None:
             except Exception as e:  # one broken scenario must not lose the others' figures
                 missing[sc.name] = f"failed while measuring ({type(e).__name__}: {e}); figures taken before are kept"
                 print(f"  FAILED {sc.name}: {type(e).__name__}: {e}", flush=True)
+        reads: dict = {}
+        if not args.only or any(w in "reads get" for w in wanted):
+            try:
+                reads = measure_reads(work, seconds)
+            except Exception as e:
+                missing["zwal reads"] = f"failed while measuring ({type(e).__name__}: {e})"
+                print(f"  FAILED zwal reads: {type(e).__name__}: {e}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows: list[Row] = [summarise(sc.name, n, samples[(sc.name, n)]) for sc in scenarios for n in clients
@@ -107,17 +116,20 @@ def main() -> None:
     try:
         from plots import draw
 
-        plots = draw(rows, {sc.name: sc.group for sc in scenarios}, mach, out_dir)
+        if rows:  # (--only reads measures no writes)
+            plots = draw(rows, {sc.name: sc.group for sc in scenarios}, mach, out_dir)
     except ImportError as e:
         print(f"no plots: {e} (pip install -e '.[bench]')")
     settings = (f"{runs} run(s) of {seconds:g} s per figure, ~100-byte values, clients {clients}, "
                 f"taken {datetime.datetime.now().isoformat(timespec='seconds')} in {time.monotonic() - t_start:.0f} s.")
     report = markdown("zwal benchmark" + (" (quick)" if args.quick else ""), mach, settings, rows, samples, missing,
                       {sc.name: sc.note for sc in scenarios}, plots)
+    if reads:
+        report += "\n" + reads_markdown(reads)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(report)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(_finite({"machine": mach, "settings": settings, "missing": missing,
+        json.dump(_finite({"machine": mach, "settings": settings, "missing": missing, "reads": reads,
                            "rows": [dataclasses.asdict(r) | {"curve": {str(k): v for k, v in r.curve.items()}}
                                     for r in rows]}), f, indent=1)
     print()

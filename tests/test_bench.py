@@ -80,3 +80,16 @@ def test_bench_run_writes_report_plots_and_names_missing_peers(tmp_path) -> None
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
         assert f"]({png})" in report
+
+
+def test_bench_reports_get_at_1_and_64_clients_with_and_without_readindex(tmp_path) -> None:
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--only", "reads", "--runs", "1",
+                        "--seconds", "0.5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    reads = json.loads((out / "results.json").read_text())["reads"]
+    assert set(reads) == {f"K={k} clients={n}" for k in (0, 1) for n in (1, 64)}
+    for fig in reads.values():
+        assert fig["reads_per_s"] > 0 and 0 < fig["p50_us"] <= fig["p99_us"] and not fig["errors"]
+    report = (out / "report.md").read_text()
+    assert "## Reads" in report and "| 64 |" in report and "ReadIndex" in report
