@@ -100,7 +100,12 @@ class Invariants:
                                          f"{prev.epoch} by {prev.node} at {prev.at:.4f}, epoch {epoch} by {node.name}")
             return
         k = self.sim.cfg.ack_replicas
-        holders = [n.name for n in self.sim.nodes.values() if pristine(n, off, end) == frame]
+        # A holder is a node with the frame durable now, or one that had it
+        # durable until an injected bit flip destroyed it (a fault after its
+        # acknowledgement, which no protocol can undo: it only costs a copy).
+        holders = [n.name for n in self.sim.nodes.values()
+                   if pristine(n, off, end) == frame or any(
+                       o <= off and data[off - o:end - o] == frame for o, data in n.disk.destroyed)]
         if len(holders) < k + 1:
             self.fail("acked-write", f"{node.name} acknowledged [{off},{end}) epoch {epoch} while only "
                                      f"{holders} hold it durably (K+1 = {k + 1} needed)")

@@ -148,6 +148,10 @@ class Disk:
         self.cache = bytearray()
         self.durable = bytearray()
         self.flips: dict[int, int] = {}
+        # Durable bytes that a truncation removed after an injected flip had
+        # damaged them: (offset, the bytes as the node had fsynced them). The
+        # node held them when it acknowledged them; the fault took them.
+        self.destroyed: list[tuple[int, bytes]] = []
         self.version = 0
 
     def write(self, data: bytes) -> int:
@@ -161,6 +165,8 @@ class Disk:
             self.version += 1
 
     def truncate(self, n: int) -> None:
+        if any(p >= n for p in self.flips):
+            self.destroyed.append((n, self.pristine()[n:]))
         del self.cache[n:]
         del self.durable[n:]
         self.flips = {p: m for p, m in self.flips.items() if p < n}
