@@ -71,3 +71,13 @@ def test_missing_cluster_file_is_explained(tmp_path):
     assert r.returncode == 2 and "zwal cluster init" in r.stderr and "Traceback" not in r.stderr
     r = run("set", "k", "v")
     assert r.returncode == 2 and "--config" in r.stderr
+
+
+def test_status_warns_about_a_node_that_cut_its_log_until_it_caught_up():
+    from daemon.cli.cmd_client import render_status
+
+    st = {"name": "node2", "role": "follower", "epoch": 3, "end": 366, "records": 6, "leader": "node1",
+          "damaged_end": 427}
+    out = render_status([("node2", "tcp://x")], {"node2": st})
+    assert "WARNING: node2 cut bytes from its log at recovery (its end was 427, now 366)" in out
+    assert "WARNING" not in render_status([("node2", "tcp://x")], {"node2": {**st, "end": 427}})

@@ -112,6 +112,11 @@ def render_status(targets: list[tuple[str, str]], sts: dict[str, dict[str, Any] 
                 )
             if c.get("errors"):
                 lines.append(f"  errors: {', '.join(f'{k}={v}' for k, v in sorted(c['errors'].items()))}")
+    for st in sts.values():
+        d = st.get("damaged_end") if st else None
+        if isinstance(d, int) and (st.get("end") or 0) < d:  # type: ignore[union-attr]
+            lines.append(f"WARNING: {st['name']} cut bytes from its log at recovery (its end was {d}, now "  # type: ignore[index]
+                         f"{st['end']}): until it has caught up from a leader it counts as no copy for promotion")  # type: ignore[index]
     return "\n".join(lines)
 
 

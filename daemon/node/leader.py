@@ -301,7 +301,8 @@ class LeaderRole:
             "followers": self.core.follower_status(now),
             "counters": {
                 "appends": c.appends, "batches": c.batches, "bad_requests": c.bad_requests,
-                "dedup_hits": c.dedup_hits, "errors": dict(c.errors),
+                "dedup_hits": c.dedup_hits, "retry_conflicts": c.retry_conflicts, "reads": c.reads,
+                "read_rounds": self.core.round, "errors": dict(c.errors),
                 "batch_size": self.batch_sizes.summary(),
                 "fsync_seconds": self.fsync_lat.summary(),
             },

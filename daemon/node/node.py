@@ -307,6 +307,7 @@ class Node:
         d = epochs.decide(req.op, req.args or {}, self.state, self.name, frozenset(self.cfg.names),
                           self.writer.end, self.last_log_epoch())
         if isinstance(d, epochs.Refusal):
+            logs.warn("admin_refused", op=req.op, epoch=(req.args or {}).get("epoch"), code=d.code, reason=d.message)
             return error_reply(req.id, d.code, d.message, **d.fields), None
         if d.state is not None:
             self.save_state(d.state)
