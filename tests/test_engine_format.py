@@ -118,11 +118,35 @@ def test_middle_corruption_is_named_with_its_offset():
     assert f"valid frame at offset {placed[3][0]}" in r.reason
 
 
-def test_zero_filled_tail_is_torn_and_impossible_length_is_corrupt():
+def test_zero_filled_tail_is_torn_and_impossible_length_is_torn_only_at_the_end():
     buf, _ = log_of(3)
     r = scan_buffer(buf + bytes(4096))
     assert r.status == TORN and r.valid_end == len(buf)
     bogus = bytearray(encode_frame(Record("set", b"k", b"v"), 1))
     bogus[4:8] = (2**31).to_bytes(4, "little")
     r = scan_buffer(buf + bytes(bogus))
-    assert r.status == CORRUPT and "impossible record length" in r.reason
+    assert r.status == TORN and r.valid_end == len(buf) and "impossible record length" in r.reason
+    later = encode_frame(Record("set", b"k2", b"v2"), 1)
+    r = scan_buffer(buf + bytes(bogus) + later)
+    assert r.status == CORRUPT and r.bad_offset == len(buf)
+
+
+def test_garbage_tail_with_a_bad_magic_is_torn():
+    """Stale blocks after a crash (ext4 data=writeback): a whole header's
+    worth of garbage with no valid frame after it cannot hide a record."""
+    buf, _ = log_of(3)
+    garbage = bytes(range(1, 256)) * 16  # non-zero, no zwal marker in it
+    r = scan_buffer(buf + garbage)
+    assert r.status == TORN and r.valid_end == len(buf) and "garbage tail" in r.reason
+    bad_magic = bytearray(encode_frame(Record("set", b"k", b"v"), 1))
+    bad_magic[16] ^= 0xFF
+    r = scan_buffer(buf + bytes(bad_magic))
+    assert r.status == TORN and r.valid_end == len(buf)
+
+
+def test_garbage_followed_by_a_valid_frame_stays_corrupt():
+    buf, _ = log_of(3)
+    garbage = bytes(range(1, 256)) * 4
+    later = encode_frame(Record("set", b"k2", b"v2"), 1)
+    r = scan_buffer(buf + garbage + later)
+    assert r.status == CORRUPT and r.bad_offset == len(buf) and "followed by a valid frame" in r.reason

@@ -151,10 +151,14 @@ def classify_tail(buf: bytes | mmap.mmap, pos: int, status: str) -> tuple[str, s
     if later is not None:
         return CORRUPT, f"bad frame ({status}) followed by a valid frame at offset {later}"
     if status == FrameStatus.BAD_HEADER and size - pos >= HEADER_SIZE:
+        # Nothing valid follows, so these bytes cannot hide a record: stale
+        # blocks a crash left at the end of the file (ext4 data=writeback,
+        # a reused block) or the damaged header of the last record. Recovery
+        # cuts them, saves them aside and notes the cut (damaged_end).
         length = int.from_bytes(buf[pos + 4 : pos + 8], "little")
         if length > MAX_PAYLOAD or length == 0:
-            return CORRUPT, f"impossible record length {length} (maximum {MAX_PAYLOAD})"
-        return CORRUPT, "header with a wrong magic, version or flags before the end of the log"
+            return TORN, f"garbage tail: impossible record length {length} and no valid record after it"
+        return TORN, "garbage tail: header with a wrong magic, version or flags and no valid record after it"
     if status == FrameStatus.SHORT:
         return TORN, "incomplete last record"
     return TORN, "last record fails its checksum"
