@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from daemon.wal import (
     CLEAN,
     Record,
+    WalError,
     WalFsyncError,
     WalLocked,
     WalPoisoned,
@@ -18,6 +20,7 @@ from daemon.wal import (
     open_log,
     scan_path,
 )
+from daemon.wal.writer import unsynced_note_path
 
 
 def recs(n: int, tag: str = "k") -> list[Record]:
@@ -61,13 +64,15 @@ def test_short_writes_and_eintr_give_identical_bytes(tmp_path):
 def test_one_fsync_per_append_and_per_batch(log_path):
     spy = SpyFsync()
     w, _ = open_log(log_path, fsync=spy)
+    base = spy.calls  # recovery fsyncs once before it drops the cache
+    assert base == 1
     w.append(recs(1)[0])
-    assert spy.calls == 1
+    assert spy.calls == base + 1
     out = w.append_batch(recs(64))
-    assert spy.calls == 2
+    assert spy.calls == base + 2
     assert [o for o, _ in out] == sorted(o for o, _ in out) and out[0][0] == w.end - sum(s for _, s in out)
     w.close()
-    assert spy.calls == 3  # close syncs once more
+    assert spy.calls == base + 3  # close syncs once more
 
 
 def test_append_returns_offset_and_size(log_path):
@@ -80,7 +85,7 @@ def test_append_returns_offset_and_size(log_path):
 
 
 def test_fsync_failure_poisons_the_writer(log_path):
-    spy = SpyFsync(fail_on=2)
+    spy = SpyFsync(fail_on=3)  # 1: recovery, 2: first append, 3: second append
     w, _ = open_log(log_path, fsync=spy)
     w.append(recs(1)[0])
     with pytest.raises(WalFsyncError):
@@ -141,3 +146,65 @@ def test_new_file_is_created_0644(log_path):
     finally:
         os.umask(old)
     assert os.stat(log_path).st_mode & 0o777 == 0o644
+
+
+def test_fsync_failure_cuts_the_unsynced_bytes_and_notes_the_durable_end(log_path):
+    """fsyncgate: what this process wrote after its last good fsync is not kept."""
+    spy = SpyFsync(fail_on=3)
+    w, _ = open_log(log_path, fsync=spy)
+    w.append(recs(1)[0])
+    durable = w.end
+    with pytest.raises(WalFsyncError):
+        w.append_batch(recs(5, "lost"))
+    assert os.path.getsize(log_path) == durable  # cut back at once
+    note = json.loads(open(unsynced_note_path(log_path)).read())
+    assert note["durable_end"] == durable
+    w.close()
+    w2, scan = open_log(log_path)  # recovery applies the note: nothing left to cut, note removed
+    assert scan.status == CLEAN and w2.end == durable and scan.records == 1
+    assert not os.path.exists(unsynced_note_path(log_path))
+    w2.close()
+
+
+def test_recovery_cuts_at_the_noted_end_when_the_writer_could_not(log_path, monkeypatch):
+    """The cut after a failed fsync failed too (EROFS, EIO): the durable note
+    makes recovery cut there, save the bytes aside, then forget the note."""
+    spy = SpyFsync(fail_on=3)
+    w, _ = open_log(log_path, fsync=spy)
+    w.append(recs(1)[0])
+    durable = w.end
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EROFS, "injected EROFS")
+
+    monkeypatch.setattr(os, "ftruncate", no_truncate)
+    with pytest.raises(WalFsyncError):
+        w.append_batch(recs(5, "lost"))
+    monkeypatch.undo()
+    size = os.path.getsize(log_path)
+    assert size > durable  # still there: the page cache says these frames are fine
+    assert scan_path(log_path).status == CLEAN
+    w.close()
+    w2, scan = open_log(log_path)
+    assert scan.status == CLEAN and w2.end == durable and scan.records == 1
+    saved = f"{log_path}.unsynced-{durable}"
+    assert os.path.getsize(saved) == size - durable
+    assert not os.path.exists(unsynced_note_path(log_path))
+    w2.append(recs(1, "after")[0])  # appends go on; a second open does not cut them
+    end = w2.end
+    w2.close()
+    w3, scan = open_log(log_path)
+    assert w3.end == end and scan.records == 2
+    w3.close()
+
+
+def test_an_unreadable_note_refuses_to_open_and_changes_nothing(log_path):
+    w, _ = open_log(log_path)
+    w.append(recs(1)[0])
+    w.close()
+    before = open(log_path, "rb").read()
+    with open(unsynced_note_path(log_path), "w") as f:
+        f.write("{not json")
+    with pytest.raises(WalError, match="unreadable note"):
+        open_log(log_path)
+    assert open(log_path, "rb").read() == before

@@ -5,17 +5,26 @@ valid frame that cannot hide a later record). Those bytes are copied to
 `<log>.torn-<offset>` first, then cut, then the cut is fsynced. Anything that
 looks like damage in the middle of the log is refused with its offset and
 the file is left untouched: the operator decides, not the daemon.
+
+Recovery reads the disk, not the page cache (PostgreSQL's fsyncgate rule):
+after a failed fsync the kernel may keep serving pages it never wrote. So
+it first fsyncs what is still dirty, then drops the file's cached pages
+(POSIX_FADV_DONTNEED), then applies a `<log>.unsynced` note left by a
+writer whose fsync failed (cutting what that process wrote after its last
+successful fsync), and only then scans. docs/format.md explains the choice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
 from daemon.ops import logs
 from .format import Frame, Record
 from .reader import CORRUPT, TORN, ScanResult, scan_fd
-from .writer import SyncFn, WalError, WalWriter, WriteFn, fsync_dir, lock_exclusive, open_append, save_copy
+from .writer import (SyncFn, WalError, WalFsyncError, WalWriter, WriteFn, fsync_dir, lock_exclusive, open_append,
+                     save_copy, unsynced_note_path)
 
 
 class LogCorrupt(WalError):
@@ -66,6 +75,8 @@ def open_log(
             logs.event("log_created", path=path)
         rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            read_from_disk(fd, rfd, path, fsync)
+            apply_unsynced_note(fd, rfd, path, fsync)
             result = scan_fd(rfd, on_frame, progress)
             if result.status == CORRUPT:
                 raise LogCorrupt(path, result)
@@ -88,3 +99,61 @@ def open_log(
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_from_disk(fd: int, rfd: int, path: str, fsync: SyncFn) -> None:
+    """Make later reads of the file come from the disk, not the page cache.
+
+    fsync first: POSIX_FADV_DONTNEED skips dirty pages, and bytes a crashed
+    process left dirty become durable here (or fail to, and are then clean
+    and dropped like the rest). A failed fsync here is logged, not fatal:
+    the pages it could not write are dropped next, so the scan sees exactly
+    what the disk holds.
+    """
+    try:
+        fsync(fd)
+    except OSError as e:
+        logs.warn("recovery_fsync_failed", path=path, error=os.strerror(e.errno) if e.errno else str(e),
+                  action="dropping cached pages; trusting only what the disk returns")
+    os.posix_fadvise(rfd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def apply_unsynced_note(fd: int, rfd: int, path: str, fsync: SyncFn) -> None:
+    """Cut what a writer whose fsync failed wrote after its last good fsync.
+
+    The note names the durable end. Bytes after it were never acknowledged
+    by this node (no reply and no fetch counts them before their fsync), so
+    cutting them removes nothing acknowledged; they are still saved aside.
+    The note is removed only after the cut is durable, and nothing is
+    appended until its removal is durable too: a stale note must never cut
+    records written later.
+    """
+    note = unsynced_note_path(path)
+    try:
+        with open(note, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return
+    try:
+        durable_end = int(json.loads(raw)["durable_end"])
+        if durable_end < 0:
+            raise ValueError(durable_end)
+    except (ValueError, KeyError, TypeError) as e:
+        raise WalError(f"{note}: unreadable note of a failed fsync ({e}); the log was not changed. "
+                       f"Inspect it; delete it only if {path} was restored from a replica") from None
+    size = os.fstat(fd).st_size
+    if size > durable_end:
+        saved = f"{path}.unsynced-{durable_end}"
+        if os.path.exists(saved):
+            saved = f"{saved}-{os.getpid()}"
+        save_copy(rfd, durable_end, size, saved)
+        os.ftruncate(fd, durable_end)
+        fsync(fd)
+        logs.warn("unsynced_tail_cut", path=path, offset=durable_end, dropped_bytes=size - durable_end,
+                  saved_to=saved, reason="written after the last successful fsync of a process whose fsync failed")
+    os.unlink(note)
+    try:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError as e:
+        raise WalFsyncError(f"{path}: cannot make the removal of {note} durable ({e}); refusing to append") from None
+    logs.event("unsynced_note_applied", path=path, durable_end=durable_end, size_before=size)

@@ -7,13 +7,18 @@ Invariants this module protects:
 - after an fsync error nothing is appended again by this process. The kernel
   may have dropped the dirty pages and cleared the error, so a retried fsync
   can "succeed" over lost data (PostgreSQL's fsyncgate). Only a restart, which
-  re-reads the file through recovery, is safe.
+  re-reads the file through recovery, is safe;
+- after an fsync error nothing this process wrote since its last successful
+  fsync is trusted again: the writer notes the durable end in
+  `<log>.unsynced` and cuts the file back to it, and recovery applies the
+  note (if the cut did not happen) and reads the disk, not the page cache.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import time
 from typing import Callable, Sequence
@@ -174,18 +179,48 @@ class WalWriter:
         self.last_append_s = time.perf_counter() - t0
         return start, self.end
 
-    def _sync(self) -> None:
+    def _sync(self, cut_unsynced: bool = True) -> None:
         t0 = time.perf_counter()
         try:
             self._fsync(self.fd)
         except OSError as e:
             self.poisoned = os.strerror(e.errno) if e.errno else str(e)
             logs.error("fsync_failed", path=self.path, error=self.poisoned, offset=self.end)
+            if cut_unsynced:
+                self._distrust_unsynced()
             raise WalFsyncError(
                 f"{self.path}: fdatasync failed ({self.poisoned}); the log refuses further writes"
             ) from None
         self.last_fsync_s = time.perf_counter() - t0
         self.fsync_count += 1
+
+    def _distrust_unsynced(self) -> None:
+        """After a failed fsync: nothing past the last durable end is kept.
+
+        `self.end` is still the end that the last successful fsync covered.
+        The bytes after it are in the page cache only, perhaps already
+        dropped by the kernel, perhaps never to reach the disk; the failed
+        fsync's callers were told so. First a durable note of the end (so
+        recovery cuts there even if this process dies now, or the cut below
+        fails), then the cut itself, both best effort: the disk is failing.
+        """
+        durable_end = self.end
+        noted = False
+        try:
+            write_unsynced_note(self.path, durable_end, self.poisoned or "")
+            noted = True
+        except OSError as e:
+            logs.error("unsynced_note_failed", path=self.path, offset=durable_end, error=str(e))
+        try:
+            size = os.fstat(self.fd).st_size
+            if size > durable_end:
+                os.ftruncate(self.fd, durable_end)
+                self._fsync(self.fd)
+            logs.warn("unsynced_tail_cut", path=self.path, offset=durable_end,
+                      dropped_bytes=max(0, size - durable_end), noted=noted)
+        except OSError as e:
+            logs.error("unsynced_tail_cut_failed", path=self.path, offset=durable_end, error=str(e),
+                       noted=noted)
 
     def _roll_back(self, good_end: int, cause: OSError) -> None:
         """Cut a partial write back to the last good frame boundary."""
@@ -218,7 +253,9 @@ class WalWriter:
             return 0
         save_copy(self.read_fd, offset, self.end, save_path)
         os.ftruncate(self.fd, offset)
-        self._sync()
+        # Nothing unsynced to distrust: every byte up to self.end was fsynced,
+        # and the cut leaves a prefix of them, durable or not.
+        self._sync(cut_unsynced=False)
         self.end = offset
         return n
 
@@ -252,3 +289,27 @@ def save_copy(src_fd: int, start: int, end: int, dest: str) -> None:
         os.close(out)
     fsync_dir(os.path.dirname(os.path.abspath(dest)))
 
+
+
+def unsynced_note_path(log_path: str) -> str:
+    return log_path + ".unsynced"
+
+
+def write_unsynced_note(log_path: str, durable_end: int, error: str) -> None:
+    """Durably record that nothing after `durable_end` may be trusted.
+
+    Written atomically (temp file, fsync, rename, directory fsync). Recovery
+    reads it before anything is appended again, cuts there, and removes it.
+    """
+    note = unsynced_note_path(log_path)
+    tmp = note + ".tmp"
+    body = json.dumps({"durable_end": durable_end, "error": error, "pid": os.getpid(),
+                       "time": round(time.time(), 3)}).encode() + b"\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_full(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, note)
+    fsync_dir(os.path.dirname(os.path.abspath(note)))
