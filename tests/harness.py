@@ -59,11 +59,22 @@ sha256 = sha256_file
 
 
 class Cluster:
-    def __init__(self, root: str, nodes: int = 3, ack_replicas: int | None = None, **settings: Any) -> None:
+    def __init__(self, root: str, nodes: int = 3, ack_replicas: int | None = None, *,
+                 hosts: dict[str, str] | None = None, wraps: dict[str, list[str]] | None = None,
+                 **settings: Any) -> None:
+        """`hosts` puts a node's endpoints on another address (a network
+        namespace's, tests/netns.py); `wraps` prefixes its command line."""
         self.root = root
         self.n = nodes
         self.base_port = free_base_port(3 * nodes + 3)
         cluster, sup = render(root, nodes, self.base_port, ack_replicas, "test")
+        self.hosts = {f"node{i}": "127.0.0.1" for i in range(1, nodes + 1)}
+        self.wraps = dict(wraps or {})
+        for name, host in (hosts or {}).items():
+            i = int(name[4:]) - 1
+            for port in (self.base_port + 3 * i + 1, self.base_port + 3 * i + 2):
+                cluster = cluster.replace(f"tcp://127.0.0.1:{port}\"", f"tcp://{host}:{port}\"")
+            self.hosts[name] = host
         for k, v in settings.items():
             val = f'"{v}"' if isinstance(v, str) else str(v)
             cluster, count = re.subn(rf"(?m)^{k} = [^#\n]*", f"{k} = {val}  ", cluster)
@@ -82,7 +93,7 @@ class Cluster:
 
     def endpoint(self, name: str) -> str:
         i = self.names.index(name)
-        return f"tcp://127.0.0.1:{self.base_port + 3 * i + 1}"
+        return f"tcp://{self.hosts[name]}:{self.base_port + 3 * i + 1}"
 
     def metrics_url(self, name: str) -> str:
         i = self.names.index(name)
@@ -98,7 +109,8 @@ class Cluster:
               env: dict[str, str] | None = None) -> subprocess.Popen:
         assert name not in self.procs or self.procs[name].poll() is not None, f"{name} already running"
         out = open(self.node_log(name), "ab")
-        cmd = [*(wrap or []), sys.executable, "-m", "daemon.cli", "node", "--config", self.config, "--name", name]
+        cmd = [*self.wraps.get(name, []), *(wrap or []), sys.executable, "-m", "daemon.cli", "node",
+               "--config", self.config, "--name", name]
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
                              env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         out.close()

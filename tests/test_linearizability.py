@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sim.linearizability import Op, Verdict, check, check_key
+from daemon.failover.linearizability import Op, Verdict, check, check_key
 
 K = b"k"
 

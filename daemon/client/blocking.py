@@ -121,6 +121,7 @@ class ReadResult:
     node: str
     offset: int  # the serving node's applied end: how fresh the answer is
     stale: bool  # True when served by a follower
+    linearizable: bool = True  # False for stale reads and for a leader with ack_replicas = 0 (no ReadIndex)
 
 
 def endpoints_from_config(path: str) -> list[str]:
@@ -286,7 +287,8 @@ class Client:
         if endpoint is None and r.get("stale") and r.get("leader_endpoint"):
             self._connect(r["leader_endpoint"])
             r = self.request("get", key=_b(key))
-        return ReadResult(r.get("value") if r.get("found") else None, r.get("node", ""), r.get("offset", 0), bool(r.get("stale")))
+        return ReadResult(r.get("value") if r.get("found") else None, r.get("node", ""), r.get("offset", 0),
+                          bool(r.get("stale")), r.get("linearizable") is not False and not r.get("stale"))
 
     def status(self, endpoint: str | None = None, deadline: float | None = None) -> dict[str, Any]:
         return self.request("status", endpoint=endpoint, deadline=deadline)["status"]

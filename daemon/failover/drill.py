@@ -10,6 +10,7 @@ and compare every log byte for byte.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 from daemon.client.blocking import Client, ZwalError
 from daemon.config import ClusterConfig
+from daemon.failover.linearizability import Op, Verdict, check
 from daemon.failover.promote import most_advanced, run_promote, statuses_of
 from daemon.wal import CLEAN, iter_frames, scan_path
 from daemon.wal.reader import LogOpenError, sha256_file
@@ -33,10 +35,14 @@ class Ack:
 
 @dataclass
 class Ledger:
-    """Every write a client sent, and what it was told."""
+    """Every write a client sent, and what it was told; and the history of
+    every operation with its invoke and reply times, for the linearizability
+    check of reads (daemon/failover/linearizability.py)."""
 
     acked: list[Ack] = field(default_factory=list)
     unacked: list[tuple[bytes, bytes, str]] = field(default_factory=list)
+    history: list[Op] = field(default_factory=list)
+    reads: int = 0  # fresh reads recorded in the history
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ok(self, a: Ack) -> None:
@@ -46,6 +52,23 @@ class Ledger:
     def fail(self, key: bytes, value: bytes, why: str) -> None:
         with self.lock:
             self.unacked.append((key, value, why))
+
+    def op(self, o: Op) -> None:
+        with self.lock:
+            self.history.append(o)
+            if o.kind == "get":
+                self.reads += 1
+
+
+def check_reads(ledger: Ledger) -> Verdict:
+    """Could every fresh read and every write have happened on one copy, in real time?
+
+    A read answered `stale: false` with a value some later write had already
+    replaced, or a value no write gave, fails this. Failed writes are
+    indeterminate (they may or may not have taken effect)."""
+    with ledger.lock:
+        history = list(ledger.history)
+    return check(history)
 
 
 @dataclass
@@ -63,51 +86,99 @@ def check_ledger(ledger: Ledger, log_records: dict[int, tuple[bytes, bytes | Non
                  read: Callable[[bytes], bytes | None]) -> Check:
     """Every acknowledged write must sit at its offset, once, and be readable."""
     lost = []
-    keys_in_log = {k for k, _ in log_records.values()}
-    seen: dict[bytes, int] = {}
-    for k, _ in log_records.values():
-        seen[k] = seen.get(k, 0) + 1
-    # Every drill write has a unique key: a key twice in the log is a retry
-    # that was appended again instead of answered from the retry window.
-    duplicated = [k for k, n in seen.items() if n > 1 and k.startswith(b"drill-")]
+    seen: dict[tuple[bytes, bytes | None], int] = {}
+    final: dict[bytes, bytes | None] = {}
+    for off in sorted(log_records):
+        k, v = log_records[off]
+        seen[(k, v)] = seen.get((k, v), 0) + 1
+        final[k] = v
+    # Every drill write has a unique value: a (key, value) twice in the log is
+    # a retry that was appended again instead of answered from the retry window.
+    duplicated = [k for (k, _), n in seen.items() if n > 1 and k.startswith(b"drill-")]
+    checked: dict[bytes, bytes | None] = {}
     for a in ledger.acked:
         rec = log_records.get(a.offset)
         if rec != (a.key, a.value):
             lost.append(f"{a.key!r} acknowledged at offset {a.offset} (epoch {a.epoch}) but the log has {rec!r} there")
             continue
-        got = read(a.key)
-        if got != a.value:
-            lost.append(f"{a.key!r} is in the log at {a.offset} but get returns {got!r}")
-    present = sum(1 for k, _, _ in ledger.unacked if k in keys_in_log)
+        if a.key not in checked:
+            checked[a.key] = read(a.key)
+        got = checked[a.key]
+        if got != final[a.key]:
+            lost.append(f"{a.key!r} is in the log at {a.offset} but get returns {got!r}, "
+                        f"not the last value the log holds for it ({final[a.key]!r})")
+    present = sum(1 for k, v, _ in ledger.unacked if (k, v) in seen)
     return Check(len(ledger.acked), lost, present, len(ledger.unacked) - present, duplicated)
 
 
 class Load:
     """Clients writing unique keys until stopped, recording every answer."""
 
-    def __init__(self, cfg: ClusterConfig, clients: int, tag: str, ledger: Ledger) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: ClusterConfig | list[str], clients: int, tag: str, ledger: Ledger, *,
+                 read_share: float = 0.3, registers: int = 8, deadline: float = 20.0) -> None:
+        self.endpoints = cfg if isinstance(cfg, list) else [n.client_endpoint for n in cfg.nodes]
+        self.read_share = read_share
+        self.registers = registers
+        self.deadline = deadline
         self.n = clients
         self.tag = tag
         self.ledger = ledger
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+        # One reader pinned to each node: it keeps asking that node, whatever
+        # happens, so a deposed leader that still answered `stale: false`
+        # would be caught (followers answer `stale: true`, which is not checked).
+        self.threads += [threading.Thread(target=self._pinned, args=(ep, j), daemon=True)
+                         for j, ep in enumerate(self.endpoints)]
         self.sent = 0
 
     def _run(self, i: int) -> None:
-        c = Client(config=self.cfg.path, timeout=1.0, deadline=20.0)
+        c = Client(self.endpoints, timeout=1.0, deadline=self.deadline)
+        rng = random.Random(f"{self.tag}-{i}")
         seq = 0
         try:
             while not self.stop.is_set():
-                key = f"drill-{self.tag}-c{i}-{seq}".encode()
-                value = os.urandom(8).hex().encode()
                 seq += 1
+                value = f"c{i}-{seq}-{os.urandom(4).hex()}".encode()  # unique: the ledger matches on it
+                pick = rng.random()
+                if pick < self.read_share:
+                    self._get(c, f"drill-{self.tag}-r{rng.randrange(self.registers)}".encode(), i)
+                    continue
+                if pick < self.read_share + (1 - self.read_share) / 2:
+                    key = f"drill-{self.tag}-r{rng.randrange(self.registers)}".encode()  # a shared register
+                else:
+                    key = f"drill-{self.tag}-c{i}-{seq}".encode()
                 self.sent += 1
+                t0 = time.monotonic()
                 try:
                     r = c.set(key, value)
                     self.ledger.ok(Ack(key, value, r.offset, r.epoch))
+                    self.ledger.op(Op(key, "set", value, t0, time.monotonic(), f"c{i}"))
                 except ZwalError as e:
                     self.ledger.fail(key, value, e.code)
+                    # It may still take effect (a timeout, too few replicas yet): indeterminate.
+                    self.ledger.op(Op(key, "set", value, t0, None, f"c{i}"))
+                    c.close()  # the next request starts on the next node
+        finally:
+            c.close()
+
+    def _get(self, c: Client, key: bytes, i: int | str, endpoint: str | None = None) -> None:
+        t0 = time.monotonic()
+        try:
+            r = c.read(key, endpoint=endpoint)
+        except ZwalError:
+            c.close()
+            return  # a failed read says nothing
+        if r.linearizable:  # the reply claims freshness: the check holds it to that
+            self.ledger.op(Op(key, "get", r.value, t0, time.monotonic(), f"c{i}"))
+
+    def _pinned(self, endpoint: str, j: int) -> None:
+        c = Client([endpoint], timeout=1.0, deadline=1.0)
+        rng = random.Random(f"{self.tag}-p{j}")
+        try:
+            while not self.stop.is_set():
+                self._get(c, f"drill-{self.tag}-r{rng.randrange(self.registers)}".encode(), f"p{j}", endpoint)
+                time.sleep(0.002)
         finally:
             c.close()
 
@@ -137,15 +208,20 @@ class RoundReport:
     logs_identical: bool
     logs_clean: bool
     errors: dict[str, int]
+    fault: str = "kill"
+    reads: int = 0
+    verdict: Verdict = field(default_factory=lambda: Verdict(ok=True))
 
     def passed(self, k: int) -> bool:
         return (self.logs_identical and self.logs_clean and not self.check.duplicated
-                and (not self.check.lost or k == 0))
+                and (not self.check.lost or k == 0) and (self.verdict.ok or k == 0))
 
     def text(self) -> str:
         c = self.check
+        what = {"kill": "killed (SIGKILL)", "pause": "paused (SIGSTOP, then SIGCONT after the promotion)"}.get(
+            self.fault, self.fault)
         lines = [
-            f"round {self.round}: leader {self.old_leader} killed, {self.new_leader} promoted to epoch {self.epoch}",
+            f"round {self.round}: leader {self.old_leader} {what}, {self.new_leader} promoted to epoch {self.epoch}",
             f"  writes acknowledged:            {c.acked}",
             f"  acknowledged but lost:          {len(c.lost)}",
             f"  unacknowledged but present:     {c.unacked_present}",
@@ -156,8 +232,14 @@ class RoundReport:
             f"  logs byte-identical:            {'yes' if self.logs_identical else 'NO'}",
             f"  logs verify clean:              {'yes' if self.logs_clean else 'NO'}",
             f"  client errors seen (retried):   {self.errors or 'none'}",
+            f"  fresh reads checked:            {self.reads}",
+            f"  reads and writes linearizable:  "
+            + ("yes" if self.verdict.ok and not self.verdict.unknown else
+               "undecided (search budget ran out)" if self.verdict.ok else "NO"),
         ]
         lines.extend(f"  LOST: {x}" for x in c.lost[:20])
+        if not self.verdict.ok:
+            lines.append("  NOT LINEARIZABLE: " + self.verdict.message.replace("\n", "\n    "))
         return "\n".join(lines)
 
 
@@ -201,7 +283,7 @@ class Drill:
         epochs = {s["epoch"] for s in sts.values()}
         return len(ends) == 1 and len(epochs) == 1 and sum(s["role"] == "leader" for s in sts.values()) == 1
 
-    def run_round(self, rnd: int) -> RoundReport:
+    def run_round(self, rnd: int, fault: str = "kill") -> RoundReport:
         leader = self.wait(self.healthy, "a healthy cluster (every node up, one leader)")
         st = self.statuses()[leader]
         self.say(f"round {rnd}: leader is {leader} (epoch {st['epoch']}, end {st['end']}); starting {self.clients} clients")
@@ -210,9 +292,10 @@ class Drill:
         load.start()
         time.sleep(self.load_seconds)
         pid = st["pid"]
-        self.say(f"round {rnd}: SIGKILL {leader} (pid {pid}) under load")
+        sig = signal.SIGSTOP if fault == "pause" else signal.SIGKILL
+        self.say(f"round {rnd}: {sig.name} {leader} (pid {pid}) under load")
         t_kill = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
         # Promote as soon as the followers answer; the supervisor restarts the old node meanwhile.
         res = None
         while res is None or not res.ok:
@@ -232,7 +315,13 @@ class Drill:
         with Client([self.cfg.node(new).client_endpoint], timeout=1.0, deadline=self.timeout) as c:
             c.set(f"drill-probe-{rnd}".encode(), b"1")
         promote_s = time.monotonic() - t_kill
-        self.say(f"round {rnd}: {new} leads epoch {res.epoch} ({promote_s:.2f} s after the kill); load continues")
+        self.say(f"round {rnd}: {new} leads epoch {res.epoch} ({promote_s:.2f} s after the fault); load continues")
+        if fault == "pause":
+            # The deposed leader wakes up believing it leads, with clients'
+            # requests queued: it must step down and acknowledge none of them.
+            time.sleep(min(0.5, self.load_seconds))
+            self.say(f"round {rnd}: SIGCONT {leader}: it wakes up deposed")
+            os.kill(pid, signal.SIGCONT)
         time.sleep(min(1.0, self.load_seconds))
         load.finish()
         t_p = time.monotonic()
@@ -254,12 +343,14 @@ class Drill:
         errors: dict[str, int] = {}
         for _, _, why in ledger.unacked:
             errors[why] = errors.get(why, 0) + 1
-        return RoundReport(rnd, leader, new, res.epoch, check, promote_s, converge_s, identical, logs_clean, errors)
+        return RoundReport(rnd, leader, new, res.epoch, check, promote_s, converge_s, identical, logs_clean, errors,
+                           fault, ledger.reads, check_reads(ledger))
 
-    def run(self, rounds: int) -> list[RoundReport]:
+    def run(self, rounds: int, faults: list[str] | None = None) -> list[RoundReport]:
         reports = []
         for rnd in range(1, rounds + 1):
-            rep = self.run_round(rnd)
+            fault = (faults or ["kill"])[(rnd - 1) % len(faults or ["kill"])]
+            rep = self.run_round(rnd, fault)
             self.say(rep.text())
             reports.append(rep)
             if not rep.passed(self.cfg.ack_replicas):

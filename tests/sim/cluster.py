@@ -8,7 +8,7 @@ from typing import Any
 
 from .invariants import Invariants
 from .node import SimNode
-from .linearizability import Op
+from daemon.failover.linearizability import Op
 from .workload import Actor, Call, Client, Gen, Sleep, promote
 from .world import World
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.wal.format import decode_payload, iter_frames_in, parse_frame
 
-from .linearizability import Op, check
+from daemon.failover.linearizability import Op, check
 from .world import Violation
 
 if TYPE_CHECKING:

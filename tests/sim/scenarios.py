@@ -186,7 +186,7 @@ def deposed_leader_read(seed: int = 0, pause: bool = False) -> Sim:
 
 
 def _read_once(c, key: bytes) -> Gen:
-    from .linearizability import Op
+    from daemon.failover.linearizability import Op
 
     w = c.sim.world
     t0 = w.now

@@ -18,7 +18,7 @@ import msgpack
 from daemon.failover import promote as promote_mod
 from daemon.wire.client import Err
 
-from .linearizability import Op
+from daemon.failover.linearizability import Op
 from .node import ClientReply, ToClientSock
 
 if TYPE_CHECKING:
