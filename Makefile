@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup run stop demo test simulate bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
+.PHONY: setup run stop demo test simulate soak bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
 
 help:
 	@echo "make run    - set up .venv and start a local 3-node cluster under supervisord (in var/)"
@@ -66,6 +66,12 @@ test: setup
 SEEDS ?= 1000
 simulate: setup
 	cd tests && ../$(BIN)/python -m sim.run --seeds $(SEEDS)
+
+# Real faults at random on a scratch cluster (kill, pause, partition, disk; root for the last two):
+# stops at the first violation and prints how to rerun it.
+MINUTES ?= 10
+soak: setup
+	$(BIN)/zwal drill --soak $(MINUTES) --seconds 2
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'

@@ -24,7 +24,7 @@ import zmq
 from daemon.wal import CLEAN, iter_frames, scan_path
 from daemon.wal.reader import ScanResult, scan_buffer, sha256_file
 from daemon.wal.writer import unsynced_note_path
-from faultfs import FailingDisk, read_direct
+from faultfs import make_disk, read_direct
 from harness import wait_until
 
 
@@ -195,7 +195,7 @@ def test_a_leader_on_a_failing_disk_recovers_what_the_disk_holds_not_the_page_ca
     mount (the failed pages still cached), recovery must settle on what the
     disk holds; every failed request retried is then written anew, and all
     of it is on the disk after a fresh mount."""
-    disk = FailingDisk.make(str(tmp_path / "disk"), str(tmp_path / "cluster0" / "node1"))
+    disk = make_disk(str(tmp_path / "disk"), str(tmp_path / "cluster0" / "node1"))
     c = None
     try:
         c = make_cluster(1, ack_replicas=0)
@@ -246,7 +246,7 @@ def test_a_follower_on_a_failing_disk_restarts_from_what_its_disk_holds(make_clu
     """K = 1, the follower's disk fills. Restarted on the same mount it must
     fetch from the end its disk holds, so the leader counts nothing it lacks;
     after a fresh mount both logs hold every acknowledged write."""
-    disk = FailingDisk.make(str(tmp_path / "disk"), str(tmp_path / "cluster0" / "node2"))
+    disk = make_disk(str(tmp_path / "disk"), str(tmp_path / "cluster0" / "node2"))
     c = None
     try:
         c = make_cluster(2, ack_replicas=1)

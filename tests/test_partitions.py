@@ -23,7 +23,8 @@ import pytest
 from daemon.client.blocking import Client
 from daemon.failover.drill import Ledger, Load, check_ledger, check_reads, log_records
 from harness import Cluster, wait_until
-from netns import Net
+from daemon.failover.faults.netns import Net
+from netns import make_net
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ NAMES = ["node1", "node2", "node3"]
 
 @pytest.fixture
 def net():
-    n = Net.make(NAMES)
+    n = make_net(NAMES)
     yield n
     n.down()
 

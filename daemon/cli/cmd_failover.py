@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from daemon import config as config_mod
@@ -28,27 +29,107 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_drill(args: argparse.Namespace) -> int:
-    from daemon.failover.drill import Drill, DrillError
+def parse_faults(text: str) -> list[str]:
+    from daemon.failover.drill import FAULTS
 
-    cfg = _cfg(args.config)
-    if cfg.ack_replicas == 0:
-        print("WARNING: ack_replicas = 0: acknowledged writes may be lost on failover; the drill reports, "
-              "it cannot pass a loss-free verdict", file=sys.stderr)
-    if len(cfg.nodes) < 2:
-        raise CLIError("a drill needs at least 2 nodes", 2)
-    d = Drill(cfg, clients=args.clients, load_seconds=args.seconds, timeout=args.timeout,
-              say=lambda s: print(s, flush=True))
+    faults = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in faults if f not in FAULTS]
+    if bad or not faults:
+        raise CLIError(f"--fault takes a comma-separated list of {', '.join(FAULTS)} (got {text!r})", 2)
+    return faults
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    import random
+    import tempfile
+
+    from daemon.failover.drill import FAULTS, NEEDS_SCRATCH, Drill, DrillError
+    from daemon.failover.faults import FaultUnavailable
+
+    faults = parse_faults(args.fault) if args.fault else (list(FAULTS) if args.soak else ["kill"])
+    scratch_needed = any(f in NEEDS_SCRATCH for f in faults) or args.config is None
+    if scratch_needed and args.config is not None:
+        raise CLIError(f"--fault {','.join(f for f in faults if f in NEEDS_SCRATCH)} runs on a scratch cluster the "
+                       "drill builds itself (network namespaces, failing disks): leave out --config", 2)
+    if scratch_needed and os.geteuid() != 0:
+        if args.soak and not args.fault:
+            faults = ["kill", "pause"]
+            print("zwal: not root: the soak mixes kill and pause only (partition and disk need root "
+                  "for network namespaces and loop devices)", file=sys.stderr)
+        elif any(f in NEEDS_SCRATCH for f in faults):
+            raise CLIError(f"--fault {','.join(f for f in faults if f in NEEDS_SCRATCH)} needs root: it builds "
+                           "network namespaces and loop-device disks. Run it as root, or use --fault kill,pause", 1)
+    scratch = None
+    if args.config is not None:
+        cfg = _cfg(args.config)
+    else:
+        from daemon.failover.faults.scratch import ScratchCluster
+
+        root = tempfile.mkdtemp(prefix="zwal-drill-")
+        print(f"building a scratch cluster of 3 nodes in {root} (K = 1"
+              + (", network namespaces" if "partition" in faults else "")
+              + (", failing disks" if "disk" in faults else "") + ")", flush=True)
+        scratch = ScratchCluster(root, 3, 1, netns="partition" in faults, disks="disk" in faults,
+                                 say=lambda s: print(s, flush=True))
+        try:
+            cfg = scratch.start()
+        except FaultUnavailable as e:
+            scratch.close()
+            raise CLIError(f"cannot build the scratch cluster: {e}", 1) from None
     try:
-        reports = d.run(args.rounds)
-    except DrillError as e:
-        raise CLIError(f"drill failed: {e}", 1) from None
-    lost = sum(len(r.check.lost) for r in reports)
-    ok = len(reports) == args.rounds and all(r.passed(cfg.ack_replicas) for r in reports) and lost == 0
-    acked = sum(r.check.acked for r in reports)
-    print(f"drill {'PASSED' if ok else 'FAILED'}: {len(reports)} round(s), {acked} writes acknowledged, "
-          f"{lost} acknowledged writes lost")
-    return 0 if ok else 1
+        if cfg.ack_replicas == 0:
+            print("WARNING: ack_replicas = 0: acknowledged writes may be lost on failover; the drill reports, "
+                  "it cannot pass a loss-free verdict", file=sys.stderr)
+        if len(cfg.nodes) < 2:
+            raise CLIError("a drill needs at least 2 nodes", 2)
+        d = Drill(cfg, clients=args.clients, load_seconds=args.seconds, timeout=args.timeout,
+                  say=lambda s: print(s, flush=True), scratch=scratch)
+        seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+        try:
+            if args.soak:
+                reports, rerun = soak(d, faults, args.soak * 60, seed)
+            else:
+                reports, rerun = d.run(args.rounds, faults), ""
+        except DrillError as e:
+            raise CLIError(f"drill failed: {e}", 1) from None
+        lost = sum(len(r.check.lost) for r in reports)
+        rounds = args.rounds if not args.soak else len(reports)
+        ok = len(reports) == rounds and all(r.passed(cfg.ack_replicas) for r in reports) and lost == 0
+        acked = sum(r.check.acked for r in reports)
+        reads = sum(r.reads for r in reports)
+        kinds = ", ".join(f"{f} x{sum(r.fault == f for r in reports)}" for f in dict.fromkeys(r.fault for r in reports))
+        print(f"drill {'PASSED' if ok else 'FAILED'}: {len(reports)} round(s) ({kinds}), {acked} writes "
+              f"acknowledged, {lost} acknowledged writes lost, {reads} fresh reads checked"
+              + ("" if all(r.verdict.ok for r in reports) else ", reads NOT linearizable"))
+        if not ok and rerun:
+            print(rerun)
+        return 0 if ok else 1
+    finally:
+        if scratch is not None:
+            scratch.close()
+
+
+def soak(d, faults: list[str], seconds: float, seed: int):  # type: ignore[no-untyped-def]
+    """Rounds with faults drawn at random until time is up or a round fails."""
+    import random
+    import time
+
+    rng = random.Random(seed)
+    end = time.monotonic() + seconds
+    reports = []
+    rnd = 0
+    while time.monotonic() < end:
+        rnd += 1
+        fault = rng.choice(faults)
+        rep = d.run_round(rnd, fault)
+        d.say(rep.text())
+        reports.append(rep)
+        if not rep.passed(d.cfg.ack_replicas):
+            order = [r.fault for r in reports]
+            return reports, (f"soak stopped at round {rnd} ({fault}), seed {seed}. Rerun the same order of faults: "
+                             f"zwal drill --fault {','.join(order)} --rounds {len(order)}")
+    d.say(f"soak: {len(reports)} rounds in {seconds / 60:.1f} min, seed {seed}, no violation")
+    return reports, ""
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -65,14 +146,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_promote)
 
     d = sub.add_parser(
-        "drill", help="failover drill: kill the leader under load, promote, rejoin, prove nothing acknowledged was lost",
-        description="Against a running cluster (e.g. the one 'make run' starts under supervisord, which restarts "
-        "killed nodes): run load with a ledger of acknowledged writes, SIGKILL the leader, promote the most "
-        "advanced follower, wait for the old leader to rejoin and all logs to converge, then check every "
-        "acknowledged write is on the new leader and every log is byte-identical. Must run on the cluster's host "
-        "(it kills by PID and reads the log files). Exit 1 on any loss.",
+        "drill", help="failover drill: a fault on the leader under load, promote, rejoin, prove nothing acknowledged was lost",
+        description="Run load with a ledger of acknowledged writes and a history of fresh reads, cause a fault on "
+        "the leader (kill, pause, partition or disk), promote the most advanced follower, let the old leader "
+        "rejoin and all logs converge, then check every acknowledged write is on the new leader, every log is "
+        "byte-identical, and the writes and fresh reads are linearizable. With --config it runs against that "
+        "running cluster (e.g. the one 'make run' starts under supervisord, which restarts killed nodes; it "
+        "must run on the cluster's host: it kills by PID and reads the log files). Without --config, or for "
+        "partition and disk faults, it builds a scratch cluster of its own (as root). Exit 1 on any loss.",
     )
-    d.add_argument("--config", required=True, help="cluster file")
+    d.add_argument("--config", help="cluster file (kill and pause faults only; without it the drill builds a "
+                   "scratch cluster of 3 nodes, K = 1, in a temporary directory)")
+    d.add_argument("--fault", metavar="LIST",
+                   help="comma-separated faults, used in turn each round: kill (SIGKILL the leader), pause "
+                   "(SIGSTOP it, SIGCONT after the promotion), partition (cut it off from its followers; needs "
+                   "root), disk (fill and fail its disk; needs root). Default: kill")
+    d.add_argument("--soak", type=float, metavar="MINUTES",
+                   help="mix the faults at random for this long; stop at the first violation and print how to rerun")
+    d.add_argument("--seed", type=int, help="seed of the soak's random choice of faults")
     d.add_argument("--rounds", type=int, default=1, help="rounds; leadership moves each round (default: %(default)s)")
     d.add_argument("--clients", type=int, default=4, help="concurrent writers (default: %(default)s)")
     d.add_argument("--seconds", type=float, default=3.0, help="load before the kill (default: %(default)s)")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -218,8 +220,9 @@ class RoundReport:
 
     def text(self) -> str:
         c = self.check
-        what = {"kill": "killed (SIGKILL)", "pause": "paused (SIGSTOP, then SIGCONT after the promotion)"}.get(
-            self.fault, self.fault)
+        what = {"kill": "killed (SIGKILL)", "pause": "paused (SIGSTOP, then SIGCONT after the promotion)",
+                "partition": "cut off from its followers (then healed)",
+                "disk": "stopped by its failing disk (then given room)"}.get(self.fault, self.fault)
         lines = [
             f"round {self.round}: leader {self.old_leader} {what}, {self.new_leader} promoted to epoch {self.epoch}",
             f"  writes acknowledged:            {c.acked}",
@@ -227,7 +230,7 @@ class RoundReport:
             f"  unacknowledged but present:     {c.unacked_present}",
             f"  unacknowledged and absent:      {c.unacked_absent}",
             f"  written twice (retry dupes):    {len(c.duplicated)}",
-            f"  time to promote:                {self.promote_s:.2f} s (kill -> new leader accepts writes)",
+            f"  time to promote:                {self.promote_s:.2f} s (fault -> new leader accepts writes)",
             f"  time to converge:               {self.converge_s:.2f} s (promotion -> all logs identical)",
             f"  logs byte-identical:            {'yes' if self.logs_identical else 'NO'}",
             f"  logs verify clean:              {'yes' if self.logs_clean else 'NO'}",
@@ -243,14 +246,38 @@ class RoundReport:
         return "\n".join(lines)
 
 
+FAULTS = ("kill", "pause", "partition", "disk")
+NEEDS_SCRATCH = ("partition", "disk")
+
+
+@dataclass
+class Promoted:
+    ok: bool
+    name: str
+    epoch: int
+    message: str
+
+
 class Drill:
+    """Rounds of: load, a fault on the leader, promotion, heal, convergence, verdict.
+
+    Faults: `kill` (SIGKILL; the supervisor restarts the node), `pause`
+    (SIGSTOP until after the promotion, then SIGCONT: the old leader wakes up
+    deposed), `partition` (the leader cut off from its followers while
+    clients still reach it; the operator promotes from a follower's side)
+    and `disk` (the leader's disk fills and fails under load; it is given
+    room again after the promotion). The last two need a scratch cluster
+    (daemon/failover/faults/scratch.py) built by the caller.
+    """
+
     def __init__(self, cfg: ClusterConfig, *, clients: int = 4, load_seconds: float = 3.0,
-                 timeout: float = 60.0, say: Callable[[str], None] = print) -> None:
+                 timeout: float = 60.0, say: Callable[[str], None] = print, scratch: Any = None) -> None:
         self.cfg = cfg
         self.clients = clients
         self.load_seconds = load_seconds
         self.timeout = timeout
         self.say = say
+        self.scratch = scratch
 
     def statuses(self) -> dict[str, dict[str, Any] | None]:
         return statuses_of(self.cfg, 1.0)
@@ -292,17 +319,32 @@ class Drill:
         load.start()
         time.sleep(self.load_seconds)
         pid = st["pid"]
-        sig = signal.SIGSTOP if fault == "pause" else signal.SIGKILL
-        self.say(f"round {rnd}: {sig.name} {leader} (pid {pid}) under load")
+        others = [n for n in self.cfg.names if n != leader]
         t_kill = time.monotonic()
-        os.kill(pid, sig)
+        if fault in ("kill", "pause"):
+            sig = signal.SIGSTOP if fault == "pause" else signal.SIGKILL
+            self.say(f"round {rnd}: {sig.name} {leader} (pid {pid}) under load")
+            os.kill(pid, sig)
+        elif fault == "partition":
+            self.say(f"round {rnd}: cut {leader} off from {', '.join(others)} (clients still reach it)")
+            self.scratch.net.isolate(leader, others)
+        elif fault == "disk":
+            exits = len(self.scratch.exits)
+            self.say(f"round {rnd}: the disk under {leader} fills up under load")
+            self.scratch.disks[leader].fail_after(256)
+            self.wait(lambda: any(n == leader for n, _ in self.scratch.exits[exits:]),
+                      f"{leader} to stop on its failed disk")
+            codes = [c for n, c in self.scratch.exits[exits:] if n == leader]
+            self.say(f"round {rnd}: {leader}'s disk failed; it exited with code {codes[0]}")
+        else:
+            raise DrillError(f"unknown fault {fault!r}")
         # Promote as soon as the followers answer; the supervisor restarts the old node meanwhile.
         res = None
         while res is None or not res.ok:
             sts = self.statuses()
             cand = most_advanced({n: s for n, s in sts.items() if n != leader})
             if cand is not None:
-                res = run_promote(self.cfg, cand, timeout=1.0, say=lambda s: self.say(f"  promote: {s}"))
+                res = self._promote(cand, leader, fault)
                 if res.ok:
                     break
                 self.say(f"  promote {cand} refused: {res.message}; retrying")
@@ -322,6 +364,13 @@ class Drill:
             time.sleep(min(0.5, self.load_seconds))
             self.say(f"round {rnd}: SIGCONT {leader}: it wakes up deposed")
             os.kill(pid, signal.SIGCONT)
+        elif fault == "partition":
+            time.sleep(min(0.5, self.load_seconds))
+            self.say(f"round {rnd}: the partition heals: {leader} meets the new epoch")
+            self.scratch.net.heal_all()
+        elif fault == "disk":
+            self.say(f"round {rnd}: {leader}'s disk has room again; it restarts and rejoins")
+            self.scratch.disks[leader].grow()
         time.sleep(min(1.0, self.load_seconds))
         load.finish()
         t_p = time.monotonic()
@@ -345,6 +394,22 @@ class Drill:
             errors[why] = errors.get(why, 0) + 1
         return RoundReport(rnd, leader, new, res.epoch, check, promote_s, converge_s, identical, logs_clean, errors,
                            fault, ledger.reads, check_reads(ledger))
+
+    def _promote(self, cand: str, leader: str, fault: str) -> Promoted:
+        if fault != "partition":
+            r = run_promote(self.cfg, cand, timeout=1.0, say=lambda s: self.say(f"  promote: {s}"))
+            return Promoted(r.ok, r.name, r.epoch, r.message)
+        # The operator is on the majority side: `zwal promote` runs in the
+        # candidate's network namespace, where the old leader is unreachable.
+        cmd = [*self.scratch.wrap(cand), sys.executable, "-m", "daemon.cli", "promote", cand,
+               "--config", self.cfg.path, "--timeout", "1"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        msg = (out.stdout + out.stderr).strip().splitlines()
+        self.say(f"  promote (from {cand}'s side of the partition): {msg[-1] if msg else out.returncode}")
+        if out.returncode != 0:
+            return Promoted(False, cand, 0, msg[-1] if msg else f"exit {out.returncode}")
+        st = self.statuses().get(cand) or {}
+        return Promoted(True, cand, int(st.get("epoch", 0)), msg[-1] if msg else "")
 
     def run(self, rounds: int, faults: list[str] | None = None) -> list[RoundReport]:
         reports = []
