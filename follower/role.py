@@ -217,7 +217,10 @@ class FollowerRole:
         save = os.path.join(node.me.data_dir, f"divergent-{last}-{d.offset}.wal")
         if os.path.exists(save):
             save = f"{save[:-4]}-{int(time.time())}.wal"
-        n = w.truncate_suffix(d.offset, save)
+        try:
+            n = w.truncate_suffix(d.offset, save)
+        except (WalFsyncError, WalPoisoned, OSError) as e:
+            raise FsyncFailure(f"truncating the divergent suffix failed: {e}") from None
         logs.warn("divergent_suffix_truncated", offset=d.offset, bytes=n, last_epoch=last,
                   leader=self.leader, leader_epoch=d.leader_epoch, saved_to=save)
         st = node.state

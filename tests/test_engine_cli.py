@@ -77,3 +77,29 @@ def test_append_to_a_locked_log_fails_clearly(log_path):
         assert r.returncode != 0 and "locked" in r.stderr and "Traceback" not in r.stderr
     finally:
         w.close()
+
+
+def test_log_recover_on_a_nodes_log_records_the_cut_as_the_node_would(tmp_path):
+    """A damaged last record cut by `zwal log recover` beside node-state.json
+    marks the node damaged (damaged_end, confirm_from for a leader), so
+    promotion never counts it as a copy of the record the cut removed."""
+    from daemon.node import identity
+    from daemon.node.identity import NodeState
+    from daemon.wal import Record, iter_frames
+
+    log = str(tmp_path / "wal.log")
+    w, _ = open_log(log)
+    for i in range(3):
+        w.append(Record("set", f"k{i}".encode(), b"v"), epoch=1)
+    last = w.end  # the end before the damage
+    w.close()
+    state_path = str(tmp_path / "node-state.json")
+    identity.save(state_path, NodeState("leader", 1, "node1", [(1, 0)], led_epoch=1, voted_for="node1"))
+    data = bytearray(open(log, "rb").read())
+    frames = [f.offset for f in iter_frames(log)]
+    data[frames[-1] + 16] ^= 0x01  # the last record's magic: a garbage tail now
+    open(log, "wb").write(bytes(data))
+    r = zwal("log", "recover", log)
+    assert r.returncode == 0 and f"dropped {last - frames[-1]} bytes at offset {frames[-1]}" in r.stdout, r.stdout
+    st = identity.load(state_path)
+    assert st.damaged_end == last and st.confirm_from == frames[-1], st

@@ -208,3 +208,95 @@ def test_an_unreadable_note_refuses_to_open_and_changes_nothing(log_path):
     with pytest.raises(WalError, match="unreadable note"):
         open_log(log_path)
     assert open(log_path, "rb").read() == before
+
+
+def test_a_failed_rollback_is_treated_as_a_failed_fsync(log_path, monkeypatch):
+    """A partial write that cannot be cut away must not leave a writer that
+    a reload could revive: it poisons, notes the durable end, and raises
+    fsync_failed (the node exits 3 and recovery cuts at the note)."""
+    state = {"fail": False}
+
+    def half_then_enospc(fd: int, view: memoryview) -> int:
+        if state["fail"]:
+            state["fail"] = False
+            n = os.write(fd, view[: len(view) // 2])
+            state["then"] = True
+            return n
+        if state.pop("then", False):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, view)
+
+    w, _ = open_log(log_path, write=half_then_enospc)
+    w.append_batch(recs(3))
+    good = w.end
+    state["fail"] = True
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "injected EIO")
+
+    monkeypatch.setattr(os, "ftruncate", no_truncate)
+    with pytest.raises(WalFsyncError, match="rolling it back failed"):
+        w.append_batch(recs(3, "lost"))
+    monkeypatch.undo()
+    assert w.poisoned
+    assert json.loads(open(unsynced_note_path(log_path)).read())["durable_end"] == good
+    assert os.path.getsize(log_path) > good  # the half frame is still there
+    w.close()
+    w2, scan = open_log(log_path)
+    assert w2.end == good and scan.status == CLEAN and os.path.exists(f"{log_path}.unsynced-{good}")
+    w2.close()
+
+
+def test_a_note_that_outlived_its_file_cuts_nothing(log_path, tmp_path):
+    """A log restored from a replica (another file, or the same inode
+    rewritten) must never be cut by the old note."""
+    w, _ = open_log(log_path, fsync=SpyFsync(fail_on=3))
+    w.append(recs(1)[0])
+    with pytest.raises(WalFsyncError):
+        w.append(recs(1, "x")[0])
+    w.close()
+    assert os.path.exists(unsynced_note_path(log_path))
+    # The operator restores the log from a replica that holds more records.
+    replica = str(tmp_path / "replica.wal")
+    r, _ = open_log(replica)
+    r.append_batch(recs(5, "r"))
+    r.close()
+    os.replace(replica, log_path)  # a new inode
+    w2, scan = open_log(log_path)
+    assert scan.records == 5 and scan.status == CLEAN
+    assert not os.path.exists(unsynced_note_path(log_path))
+    w2.close()
+
+
+def test_a_note_is_ignored_when_the_bytes_it_vouched_for_changed(log_path):
+    w, _ = open_log(log_path, fsync=SpyFsync(fail_on=3))
+    w.append(recs(1)[0])
+    with pytest.raises(WalFsyncError):
+        w.append(recs(1, "x")[0])
+    w.close()
+    data = open(log_path, "rb").read()
+    # Same inode, rewritten in place with other records (cp over the file).
+    other = str(log_path) + ".other"
+    o, _ = open_log(other)
+    o.append_batch(recs(4, "o"))
+    o.close()
+    with open(log_path, "r+b") as f:
+        f.write(open(other, "rb").read())
+    w2, scan = open_log(log_path)
+    assert scan.records == 4 and len(data) < os.path.getsize(log_path)
+    w2.close()
+
+
+def test_recovery_fsync_fails_once_goes_on_twice_refuses(log_path):
+    w, _ = open_log(log_path)
+    w.append(recs(1)[0])
+    w.close()
+    w2, scan = open_log(log_path, fsync=SpyFsync(fail_on=1))  # a writeback error reported once
+    assert scan.records == 1
+    w2.close()
+
+    def always(fd: int) -> None:
+        raise OSError(errno.EIO, "injected EIO")
+
+    with pytest.raises(WalFsyncError, match="fsync fails at recovery"):
+        open_log(log_path, fsync=always)

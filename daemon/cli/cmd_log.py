@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
+import os
 import sys
-import argparse
 
 from daemon.wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, iter_frames, open_log, scan_path
 from daemon.wal.format import decode_payload
 from daemon.wal.reader import LogOpenError, ScanResult
+from daemon.wal.writer import unsynced_note_path
 
 EXIT_OK, EXIT_TORN, EXIT_CORRUPT, EXIT_CANNOT_OPEN = 0, 1, 2, 3
 _EXIT_FOR = {CLEAN: EXIT_OK, TORN: EXIT_TORN, CORRUPT: EXIT_CORRUPT}
@@ -50,9 +52,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _damage_marks(path: str):  # type: ignore[no-untyped-def]
+    """When the log belongs to a node (node-state.json beside it), a cut made
+    here is recorded exactly as the node's own recovery records it
+    (damaged_end, and confirm_from for a leader), durably before the bytes go,
+    so promotion never counts this node as a copy of what the cut removed."""
+    from daemon.node import identity as nodestate
+
+    state_path = os.path.join(os.path.dirname(os.path.abspath(path)), "node-state.json")
+    if not os.path.exists(state_path):
+        return None
+    st = nodestate.load(state_path)
+
+    def before_cut(scan):  # type: ignore[no-untyped-def]
+        if st is not None:
+            nodestate.save(state_path, st.recovered(scan))
+            print(f"{state_path}: recorded the cut (damaged_end={scan.file_size})", file=sys.stderr)
+
+    return before_cut
+
+
 def _open(path: str):
     try:
-        return open_log(path)
+        return open_log(path, before_cut=_damage_marks(path))
     except LogOpenError as e:
         raise CLIError(str(e), EXIT_CANNOT_OPEN) from None
     except WalError as e:
@@ -116,6 +138,10 @@ def cmd_dump(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     result = _scan(args.path)
     print(f"{args.path}: {result.describe()}")
+    note = unsynced_note_path(args.path)
+    if os.path.exists(note):
+        print(f"{note}: a process's fsync failed on this log; the bytes after the durable end it names were "
+              "never acknowledged, and the next recovery cuts them (docs/format.md)")
     return _EXIT_FOR[result.status]
 
 

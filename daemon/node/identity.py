@@ -214,12 +214,24 @@ def merge_history(stored: list[tuple[int, int]], from_log: list[tuple[int, int]]
 
 
 def load(path: str) -> NodeState | None:
+    """Read the state as the disk holds it, not as a failed process left it
+    in the page cache: fsync what is dirty, drop the cached pages, read."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    return NodeState.from_json(data, path)
+    try:
+        try:
+            os.fsync(fd)
+        except OSError:
+            os.fsync(fd)  # a writeback error is reported once; a second failure is the disk failing now
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return NodeState.from_json(b"".join(chunks), path)
 
 
 def save(path: str, state: NodeState) -> None:

@@ -26,7 +26,7 @@ from daemon.node import epochs
 from daemon.node.identity import FOLLOWER, LEADER, NodeState
 from daemon.wire.client import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
 from daemon.node.kv import KVState
-from daemon.wal import LogCorrupt, WalError, open_log
+from daemon.wal import LogCorrupt, WalError, WalFsyncError, WalPoisoned, open_log
 from daemon.ops.metrics import Metrics
 from daemon.ops.sdnotify import Notifier
 from daemon.wal.reader import ScanResult
@@ -93,12 +93,31 @@ class Node:
         return st
 
     def save_state(self, st: NodeState) -> None:
-        nodestate.save(self.me.state_path, st)
+        try:
+            nodestate.save(self.me.state_path, st)
+        except OSError as e:
+            # Whether the new state reached the disk is unknown: the same
+            # rule as a failed fsync of the log (exit 3, restart, re-read).
+            raise FsyncFailure(f"{self.me.state_path}: saving the node state failed: {e}") from None
         self.state = st
 
     def open_log(self) -> None:
-        """Recover the log and replay it into a fresh state."""
+        """Recover the log and replay it into a fresh state (exit 3 on any disk failure)."""
+        try:
+            self._open_log()
+        except (WalFsyncError, WalPoisoned) as e:
+            raise FsyncFailure(str(e)) from None
+        except LogCorrupt:
+            raise
+        except OSError as e:
+            raise FsyncFailure(f"{self.me.log_path}: recovery failed on the disk: {e}") from None
+
+    def _open_log(self) -> None:
         if self.writer is not None:
+            if self.writer.poisoned:
+                # A reload must never clear the poison: only a new process,
+                # whose recovery reads the disk, may append again.
+                raise WalPoisoned(f"{self.me.log_path}: the log is poisoned ({self.writer.poisoned}); restarting")
             self.writer.close()
             self.writer = None
         kv = KVState()
@@ -164,6 +183,9 @@ class Node:
         except LogCorrupt as e:
             logs.error("refusing_to_start", reason=str(e))
             return EXIT_FATAL
+        except FsyncFailure as e:
+            logs.error("stopping_after_fsync_failure", reason=str(e))
+            return EXIT_FSYNC
         except WalError as e:
             logs.error("cannot_open_log", reason=str(e))
             return EXIT_FATAL
@@ -227,9 +249,9 @@ class Node:
             try:
                 if fsync:
                     self.writer.close()
-                else:
-                    os.close(self.writer.fd)
-                    os.close(self.writer.read_fd)
+                # else: the process is exiting after a failure, perhaps with
+                # the syncer thread still inside fdatasync on these fds:
+                # leave them to the kernel rather than close them under it.
             except OSError:
                 pass
             self.writer = None
@@ -342,7 +364,12 @@ def decode_client(sock: zmq.Socket, frames: list[bytes], counters: Any) -> tuple
 def main_node(config_path: str, name: str) -> int:
     cfg = config_mod.load(config_path)
     logs.setup(node=name)
-    node = Node(cfg, name)
+    try:
+        node = Node(cfg, name)
+    except OSError as e:
+        # node-state.json could not be read back from the disk or saved.
+        logs.error("stopping_after_fsync_failure", reason=f"node state: {e}")
+        return EXIT_FSYNC
     return node.run()
 
 

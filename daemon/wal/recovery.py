@@ -24,7 +24,7 @@ from daemon.ops import logs
 from .format import Frame, Record
 from .reader import CORRUPT, TORN, ScanResult, scan_fd
 from .writer import (SyncFn, WalError, WalFsyncError, WalWriter, WriteFn, fsync_dir, lock_exclusive, open_append,
-                     save_copy, unsynced_note_path)
+                     save_copy, tail_digest, unsynced_note_path)
 
 
 class LogCorrupt(WalError):
@@ -113,8 +113,17 @@ def read_from_disk(fd: int, rfd: int, path: str, fsync: SyncFn) -> None:
     try:
         fsync(fd)
     except OSError as e:
+        # The kernel reports a writeback error once. A second fsync either
+        # writes what is still dirty or finds it already failed (then those
+        # pages are clean and DONTNEED drops them). If it fails too, the disk
+        # is failing now: refuse rather than read what may be cache only.
         logs.warn("recovery_fsync_failed", path=path, error=os.strerror(e.errno) if e.errno else str(e),
-                  action="dropping cached pages; trusting only what the disk returns")
+                  action="one more fsync, then dropping cached pages")
+        try:
+            fsync(fd)
+        except OSError as e2:
+            raise WalFsyncError(f"{path}: fsync fails at recovery ({os.strerror(e2.errno) if e2.errno else e2}); "
+                                "the disk is failing: refusing to start until it works") from None
     os.posix_fadvise(rfd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
@@ -135,14 +144,20 @@ def apply_unsynced_note(fd: int, rfd: int, path: str, fsync: SyncFn) -> None:
     except FileNotFoundError:
         return
     try:
-        durable_end = int(json.loads(raw)["durable_end"])
+        info = json.loads(raw)
+        durable_end = int(info["durable_end"])
         if durable_end < 0:
             raise ValueError(durable_end)
     except (ValueError, KeyError, TypeError) as e:
         raise WalError(f"{note}: unreadable note of a failed fsync ({e}); the log was not changed. "
                        f"Inspect it; delete it only if {path} was restored from a replica") from None
     size = os.fstat(fd).st_size
-    if size > durable_end:
+    stale = note_is_stale(info, rfd, durable_end, size)
+    if stale:
+        # Not this file's note, or the disk lost the bytes it vouched for:
+        # the scan below judges the file as it is (and marks any cut).
+        logs.warn("unsynced_note_ignored", path=path, durable_end=durable_end, reason=stale)
+    elif size > durable_end:
         saved = f"{path}.unsynced-{durable_end}"
         if os.path.exists(saved):
             saved = f"{saved}-{os.getpid()}"
@@ -156,4 +171,17 @@ def apply_unsynced_note(fd: int, rfd: int, path: str, fsync: SyncFn) -> None:
         fsync_dir(os.path.dirname(os.path.abspath(path)))
     except OSError as e:
         raise WalFsyncError(f"{path}: cannot make the removal of {note} durable ({e}); refusing to append") from None
-    logs.event("unsynced_note_applied", path=path, durable_end=durable_end, size_before=size)
+    if not stale:
+        logs.event("unsynced_note_applied", path=path, durable_end=durable_end, size_before=size)
+
+
+def note_is_stale(info: dict, fd: int, durable_end: int, size: int) -> str:
+    """Why a note does not describe this file (empty if it does)."""
+    st = os.fstat(fd)
+    if "ino" in info and (info["ino"], info.get("dev")) != (st.st_ino, st.st_dev):
+        return "the note names another file (the log was replaced since)"
+    if size < durable_end:
+        return f"the file ({size} bytes) is shorter than the noted durable end"
+    if "tail_sha256" in info and info["tail_sha256"] != tail_digest(fd, durable_end):
+        return "the bytes before the noted durable end differ from those the note saw"
+    return ""

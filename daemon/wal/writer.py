@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -168,7 +169,14 @@ class WalWriter:
         try:
             write_full(self.fd, data, self._write)
         except OSError as e:
-            self._roll_back(start, e)
+            if not self._roll_back(start, e):
+                # The partial write could not be removed for sure: the same
+                # rule as a failed fsync (a note, a cut, and a restart).
+                self._distrust_unsynced()
+                raise WalFsyncError(
+                    f"{self.path}: write failed ({os.strerror(e.errno) if e.errno else e}) and rolling it back "
+                    f"failed too ({self.poisoned}); the log refuses further writes"
+                ) from None
             raise WalWriteError(
                 f"{self.path}: write of {len(data)} bytes at offset {start} failed: "
                 f"{os.strerror(e.errno) if e.errno else e}; nothing was appended",
@@ -207,7 +215,7 @@ class WalWriter:
         durable_end = self.end
         noted = False
         try:
-            write_unsynced_note(self.path, durable_end, self.poisoned or "")
+            write_unsynced_note(self.path, durable_end, self.poisoned or "", self.read_fd)
             noted = True
         except OSError as e:
             logs.error("unsynced_note_failed", path=self.path, offset=durable_end, error=str(e))
@@ -222,8 +230,8 @@ class WalWriter:
             logs.error("unsynced_tail_cut_failed", path=self.path, offset=durable_end, error=str(e),
                        noted=noted)
 
-    def _roll_back(self, good_end: int, cause: OSError) -> None:
-        """Cut a partial write back to the last good frame boundary."""
+    def _roll_back(self, good_end: int, cause: OSError) -> bool:
+        """Cut a partial write back to the last good frame boundary; False if that failed."""
         try:
             size = os.fstat(self.fd).st_size
             if size != good_end:
@@ -232,8 +240,9 @@ class WalWriter:
         except OSError as e:
             self.poisoned = f"rollback after failed write failed: {e}"
             logs.error("rollback_failed", path=self.path, offset=good_end, error=str(e), cause=str(cause))
-            return
+            return False
         logs.warn("write_rolled_back", path=self.path, offset=good_end, dropped=size - good_end, error=str(cause))
+        return True
 
     # -- removing a suffix (the only sanctioned removal besides recovery) ----
 
@@ -295,16 +304,30 @@ def unsynced_note_path(log_path: str) -> str:
     return log_path + ".unsynced"
 
 
-def write_unsynced_note(log_path: str, durable_end: int, error: str) -> None:
+NOTE_TAIL = 4096  # bytes before the durable end whose digest ties a note to its file
+
+
+def tail_digest(fd: int, durable_end: int) -> str:
+    start = max(0, durable_end - NOTE_TAIL)
+    return hashlib.sha256(os.pread(fd, durable_end - start, start)).hexdigest()
+
+
+def write_unsynced_note(log_path: str, durable_end: int, error: str, fd: int | None = None) -> None:
     """Durably record that nothing after `durable_end` may be trusted.
 
     Written atomically (temp file, fsync, rename, directory fsync). Recovery
     reads it before anything is appended again, cuts there, and removes it.
+    It names the file (device, inode) and the digest of the bytes just
+    before the durable end, so a note that outlived its file (a log
+    restored from a replica, a copied data directory) never cuts another.
     """
     note = unsynced_note_path(log_path)
     tmp = note + ".tmp"
-    body = json.dumps({"durable_end": durable_end, "error": error, "pid": os.getpid(),
-                       "time": round(time.time(), 3)}).encode() + b"\n"
+    info: dict = {"durable_end": durable_end, "error": error, "pid": os.getpid(), "time": round(time.time(), 3)}
+    if fd is not None:
+        st = os.fstat(fd)
+        info.update(dev=st.st_dev, ino=st.st_ino, tail_sha256=tail_digest(fd, durable_end))
+    body = json.dumps(info).encode() + b"\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         write_full(fd, body)
