@@ -176,6 +176,13 @@ class Disk:
         extra = bytes(self.cache[len(self.durable):])
         self.cache = bytearray(self.durable)
         self.version += 1
+        if rng.random() < 0.05:
+            # Stale blocks after the end (ext4 data=writeback, a reused
+            # block): non-zero garbage, perhaps with a header's worth of it.
+            junk = bytes(rng.randrange(1, 256) for _ in range(rng.randrange(1, 300)))
+            self.cache += junk
+            self.durable = bytearray(self.cache)
+            return f"lost {len(extra)} unsynced bytes; {len(junk)} bytes of stale garbage after the end"
         if not extra or lose_unsynced:
             return f"lost {len(extra)} unsynced bytes"
         r = rng.random()
