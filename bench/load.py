@@ -17,9 +17,9 @@ from daemon.client.pipeline import Pipeline
 from common import Sample, in_processes, sample_from, split
 
 
-def _worker(endpoints: list[str], window: int, seconds: float, value_size: int, wid: int, barrier: Any,
-            q: Any) -> None:
-    p = Pipeline(endpoints, timeout=5.0, deadline=30.0)
+def _worker(endpoints: list[str], window: int, seconds: float, value_size: int, wid: int, creds: Any,
+            barrier: Any, q: Any) -> None:
+    p = Pipeline(endpoints, timeout=5.0, deadline=30.0, creds=creds)
     value = os.urandom(value_size // 2).hex().encode()[:value_size]
     barrier.wait()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -40,9 +40,10 @@ def _worker(endpoints: list[str], window: int, seconds: float, value_size: int, 
 
 
 def run_load(endpoints: list[str], clients: int, seconds: float = 3.0, value_size: int = 100,
-             procs: int | None = None) -> Sample:
+             procs: int | None = None, creds: Any = None) -> Sample:
     """`clients` writes in flight, spread over up to 4 generator processes."""
-    results = in_processes(_worker, [(endpoints, w, seconds, value_size, i) for i, w in enumerate(split(clients, procs))],
+    results = in_processes(_worker, [(endpoints, w, seconds, value_size, i, creds)
+                                     for i, w in enumerate(split(clients, procs))],
                            seconds + 120)
     lat = [x for r in results for x in r["lat"]]
     elapsed = max(r["elapsed"] for r in results)

@@ -65,11 +65,11 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     raw = os.path.join(work, "leader.txt")
     try:
-        procs, eps = start_zwal(os.path.join(work, "c"), args.nodes, 1 if args.nodes > 1 else 0, "group")
+        procs, eps, creds = start_zwal(os.path.join(work, "c"), args.nodes, 1 if args.nodes > 1 else 0, "group")
         import psutil
 
         result = {}
-        t = threading.Thread(target=lambda: result.update(r=run_load(eps, args.clients, args.seconds)))
+        t = threading.Thread(target=lambda: result.update(r=run_load(eps, args.clients, args.seconds, creds=creds)))
         t.start()
         time.sleep(1.5)  # the load processes spawn and line up first
         leader = psutil.Process(procs[0].pid)

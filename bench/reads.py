@@ -28,10 +28,13 @@ from common import in_processes, sample_from, split  # noqa: E402
 from scenarios import start_zwal, stop_zwal  # noqa: E402
 
 
-def _reader(endpoint: str, window: int, seconds: float, keys: int, wid: int, barrier: Any, q: Any) -> None:
+def _reader(endpoint: str, window: int, seconds: float, keys: int, wid: int, creds: Any, barrier: Any,
+            q: Any) -> None:
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
+    if creds is not None:
+        creds.apply(s, endpoint)
     s.connect(endpoint)
     ids = itertools.count(wid * 10**9)
     sent: dict[int, float] = {}
@@ -66,8 +69,9 @@ def _reader(endpoint: str, window: int, seconds: float, keys: int, wid: int, bar
     ctx.term()
 
 
-def measure(endpoint: str, clients: int, seconds: float) -> dict[str, Any]:
-    res = in_processes(_reader, [(endpoint, w, seconds, 1000, i) for i, w in enumerate(split(clients))], seconds + 60)
+def measure(endpoint: str, clients: int, seconds: float, creds: Any = None) -> dict[str, Any]:
+    res = in_processes(_reader, [(endpoint, w, seconds, 1000, i, creds) for i, w in enumerate(split(clients))],
+                       seconds + 60)
     lat = [x for r in res for x in r["lat"]]
     smp = sample_from(lat, max(r["elapsed"] for r in res))
     errs: dict[str, int] = {}
@@ -84,13 +88,13 @@ def measure_reads(work: str, seconds: float, clients: tuple[int, ...] = (1, 64))
 
     out: dict[str, Any] = {}
     for k in (0, 1):
-        procs, eps = start_zwal(os.path.join(work, f"reads-k{k}"), 3, k, "group")
+        procs, eps, creds = start_zwal(os.path.join(work, f"reads-k{k}"), 3, k, "group")
         try:
-            with Client(eps[:1], timeout=2, deadline=20) as c:
+            with Client(eps[:1], timeout=2, deadline=20, creds=creds) as c:
                 for i in range(1000):
                     c.set(f"k{i}".encode(), b"v" * 100)
             for n in clients:
-                r = measure(eps[0], n, seconds)
+                r = measure(eps[0], n, seconds, creds)
                 out[f"K={k} clients={n}"] = r
                 print(f"  get, 3 nodes, K={k}, {n:>2} client(s): {r['reads_per_s']:>7} reads/s  "
                       f"p50 {r['p50_us']:>6} us  p99 {r['p99_us']:>6} us  errors {r['errors'] or 0}", flush=True)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from common import Sample, floor, stop_all
 from harness_ports import free_base_port
@@ -22,7 +23,9 @@ from load import run_load
 from peers import Missing, etcd_peer, redis_peer, sqlite_peer, syncobj_peer
 
 from daemon.client.blocking import Client
-from daemon.cli.cmd_cluster import render
+from daemon.auth.creds import for_config
+from daemon.cli.cmd_cluster import create_keys, render
+from daemon.config import load as config_load
 
 Measure = Callable[[int, float], Sample]
 
@@ -35,10 +38,12 @@ class Scenario:
     note: str = ""
 
 
-def start_zwal(root: str, nodes: int, k: int, mode: str) -> tuple[list[subprocess.Popen], list[str]]:
-    """Real `zwal node` processes, as `make run` starts them (without supervisord); node1 leads."""
+def start_zwal(root: str, nodes: int, k: int, mode: str, curve: bool = True) -> tuple[list[subprocess.Popen], list[str], Any]:
+    """Real `zwal node` processes, as `make run` starts them (without supervisord); node1 leads.
+    With `curve` (the default, as `zwal cluster init`), CurveZMQ on every socket."""
     base = free_base_port(3 * nodes + 3)
-    cluster, _ = render(root, nodes, base, k, "bench")
+    os.makedirs(root, exist_ok=True)
+    cluster, _ = render(root, nodes, base, k, "bench", create_keys(root, nodes) if curve else None)
     assert 'fsync_mode = "group"' in cluster, "the cluster template changed: set fsync_mode another way"
     cluster = cluster.replace('fsync_mode = "group"', f'fsync_mode = "{mode}"')
     os.makedirs(root, exist_ok=True)
@@ -51,7 +56,8 @@ def start_zwal(root: str, nodes: int, k: int, mode: str) -> tuple[list[subproces
             procs.append(subprocess.Popen([sys.executable, "-m", "daemon.cli", "node", "--config", cfg,
                                            "--name", f"node{i}"], stdout=log, stderr=subprocess.STDOUT))
     eps = [f"tcp://127.0.0.1:{base + 3 * i + 1}" for i in range(nodes)]
-    c = Client(eps, timeout=0.5, deadline=20)
+    creds = for_config(config_load(cfg), "client")
+    c = Client(eps, timeout=0.5, deadline=20, creds=creds)
     try:
         c.set(b"warmup", b"x")
     except Exception as e:
@@ -59,7 +65,7 @@ def start_zwal(root: str, nodes: int, k: int, mode: str) -> tuple[list[subproces
         raise Missing(f"the zwal cluster did not take a write within 20 s ({e}); logs in {root}") from e
     finally:
         c.close()
-    return procs, eps
+    return procs, eps, creds
 
 
 def stop_zwal(procs: list[subprocess.Popen]) -> None:
@@ -67,10 +73,11 @@ def stop_zwal(procs: list[subprocess.Popen]) -> None:
 
 
 @contextmanager
-def zwal_cluster(work: str, nodes: int, k: int, mode: str) -> Iterator[Measure]:
-    procs, eps = start_zwal(os.path.join(work, f"zwal-{nodes}n-k{k}-{mode}"), nodes, k, mode)
+def zwal_cluster(work: str, nodes: int, k: int, mode: str, curve: bool = True) -> Iterator[Measure]:
+    procs, eps, creds = start_zwal(os.path.join(work, f"zwal-{nodes}n-k{k}-{mode}{'' if curve else '-plain'}"),
+                                   nodes, k, mode, curve)
     try:
-        yield lambda clients, seconds: run_load(eps, clients, seconds)
+        yield lambda clients, seconds: run_load(eps, clients, seconds, creds=creds)
     finally:
         stop_zwal(procs)
 
@@ -91,7 +98,10 @@ def all_scenarios(quick: bool) -> list[Scenario]:
                  "N records in one write+fdatasync (ideal group commit, no network)"),
         Scenario("zwal 1 node, group commit", "zwal", lambda w: zwal_cluster(w, 1, 0, "group"),
                  "one `zwal node`: every ready request goes in one write + one fdatasync, replies after it; "
-                 "load from zwal's Python client library (daemon.pipeline) in 4 processes on the same cores"),
+                 "load from zwal's Python client library (daemon.pipeline) in 4 processes on the same cores; "
+                 "CurveZMQ on, as every zwal scenario"),
+        Scenario("zwal 1 node, group commit, no CURVE", "zwal", lambda w: zwal_cluster(w, 1, 0, "group", curve=False),
+                 "the same with security = \"none\" (loopback only): the difference is what CurveZMQ costs"),
     ]
     if not quick:
         s.append(Scenario("zwal 1 node, per-record fsync", "zwal", lambda w: zwal_cluster(w, 1, 0, "per-record"),

@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass, field
 
 FSYNC_MODES = ("group", "per-record")
+SECURITY_MODES = ("curve", "none")
+LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
 
 
 class ConfigError(Exception):
@@ -25,6 +27,7 @@ class NodeConfig:
     client_endpoint: str
     repl_endpoint: str
     metrics_port: int | None = None
+    public_key: str | None = None  # Z85 CURVE public key: clients know which server they talk to
 
     @property
     def log_path(self) -> str:
@@ -50,6 +53,9 @@ class ClusterConfig:
     fetch_max_bytes: int = 4 * 1024 * 1024
     max_uncommitted_bytes: int = 64 * 1024 * 1024
     peer_probe_interval: float = 1.0
+    security: str = "curve"
+    keys_dir: str = ""  # absolute; "" = <cluster file's directory>/keys
+    metrics_bind: str = "127.0.0.1"
     extra: dict = field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
@@ -78,8 +84,12 @@ _CLUSTER_KEYS = {
     "fetch_max_bytes": int,
     "max_uncommitted_bytes": int,
     "peer_probe_interval": (int, float),
+    "security": str,
+    "keys_dir": str,
+    "metrics_bind": str,
 }
-_NODE_KEYS = {"name": str, "data_dir": str, "client_endpoint": str, "repl_endpoint": str, "metrics_port": int}
+_NODE_KEYS = {"name": str, "data_dir": str, "client_endpoint": str, "repl_endpoint": str, "metrics_port": int,
+              "public_key": str}
 
 
 def _check(where: str, table: dict, schema: dict, required: set[str]) -> None:
@@ -136,13 +146,19 @@ def parse(doc: dict, path: str) -> ClusterConfig:
             seen_eps.add(ep)
         seen_names.add(n["name"])
         data_dir = n["data_dir"] if os.path.isabs(n["data_dir"]) else os.path.join(base, n["data_dir"])
-        nodes.append(NodeConfig(n["name"], data_dir, n["client_endpoint"], n["repl_endpoint"], n.get("metrics_port")))
+        key = n.get("public_key")
+        if key is not None and len(key) != 40:
+            raise ConfigError(f"{where}: public_key must be the 40-character Z85 text of a CURVE public key")
+        nodes.append(NodeConfig(n["name"], data_dir, n["client_endpoint"], n["repl_endpoint"], n.get("metrics_port"),
+                                key))
     cfg = ClusterConfig(
         path=path,
         name=cluster.get("name", "zwal"),
         bootstrap_leader=cluster["bootstrap_leader"],
         nodes=tuple(nodes),
-        **{k: cluster[k] for k in _CLUSTER_KEYS if k in cluster and k not in ("name", "bootstrap_leader")},
+        **{k: cluster[k] for k in _CLUSTER_KEYS
+           if k in cluster and k not in ("name", "bootstrap_leader", "keys_dir")},
+        keys_dir=os.path.join(base, cluster.get("keys_dir", "keys")),
     )
     if cfg.bootstrap_leader not in seen_names:
         raise ConfigError(f"{path}: bootstrap_leader {cfg.bootstrap_leader!r} is not a node")
@@ -158,4 +174,27 @@ def parse(doc: dict, path: str) -> ClusterConfig:
         raise ConfigError(f"{path}: replication_timeout and heartbeat_interval must be positive")
     if cfg.batch_max_records < 1 or cfg.batch_max_bytes < 1:
         raise ConfigError(f"{path}: batch limits must be at least 1")
+    if cfg.security not in SECURITY_MODES:
+        raise ConfigError(f"{path}: security must be one of {', '.join(SECURITY_MODES)}")
+    if cfg.security == "none":
+        for n in cfg.nodes:
+            for ep in (n.client_endpoint, n.repl_endpoint):
+                if not is_loopback(ep):
+                    raise ConfigError(
+                        f"{path}: security = \"none\" is allowed only when every endpoint is on loopback, and "
+                        f"{n.name}'s {ep} is not: anyone on that network could read, write and fence. "
+                        f"Set security = \"curve\" (keys: zwal keys new, docs/security.md)")
+    else:
+        missing = [n.name for n in cfg.nodes if not n.public_key]
+        if missing:
+            raise ConfigError(
+                f"{path}: security = \"curve\" but node(s) {', '.join(missing)} have no public_key; "
+                f"'zwal cluster init' writes them (or copy each node's keys/nodes/<name>.key into its [[node]])")
     return cfg
+
+
+def is_loopback(endpoint: str) -> bool:
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host.startswith("127.") or host in LOOPBACK_HOSTS

@@ -17,7 +17,8 @@ from typing import Any
 import zmq
 
 from daemon.ops import logs
-from daemon.node.node import FsyncFailure, Node, Transition, decode_client
+from daemon.auth import policy
+from daemon.node.node import REVOKED, FsyncFailure, Node, Transition, decode_client
 from daemon.node.peers import PeerProbe
 from daemon.wire.client import WRITE_OPS, ok_reply
 from daemon.node.epochs import may_follow
@@ -39,7 +40,7 @@ class FollowerRole:
             max_backoff=node.cfg.heartbeat_interval,
         )
         self.counters = Counters()
-        self.probe = PeerProbe(node.ctx, node.cfg.peers(node.name), node.cfg.peer_probe_interval)
+        self.probe = PeerProbe(node.ctx, node.cfg.peers(node.name), node.cfg.peer_probe_interval, node.creds)
         self.dealer: zmq.Socket | None = None
         self.leader = node.state.leader
         self.last_heard = time.monotonic()
@@ -62,6 +63,8 @@ class FollowerRole:
         s = self.node.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, self.cfg.fetch_max_bytes + 2 * (1 << 20))
+        if self.node.creds is not None:
+            self.node.creds.apply(s, ep)  # our node key; only the leader's own key is accepted back
         s.connect(ep)
         self.dealer = s
         self.poller.register(s, zmq.POLLIN)
@@ -236,10 +239,10 @@ class FollowerRole:
         sock = node.client_sock
         for _ in range(1024):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames, who = node.recv(sock)
             except zmq.Again:
                 return
-            decoded = decode_client(sock, frames, self.counters)
+            decoded = decode_client(sock, frames, self.counters, who)
             if decoded is None:
                 continue
             envelope, req = decoded
@@ -264,9 +267,11 @@ class FollowerRole:
         node = self.node
         for _ in range(256):
             try:
-                frames = node.repl_sock.recv_multipart(zmq.NOBLOCK)
+                frames, who = node.recv(node.repl_sock)
             except zmq.Again:
                 return
+            if who is not None and (who is REVOKED or not policy.may_replicate(who.role)):
+                continue
             try:
                 fetch = decode_fetch(frames)
             except BadMessage:

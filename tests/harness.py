@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable
 
 from daemon.client.blocking import Client
-from daemon.cli.cmd_cluster import render
+from daemon.cli.cmd_cluster import create_keys, render
 from daemon.wal.reader import sha256_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,16 +58,29 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
 sha256 = sha256_file
 
 
+# Client credentials of every test cluster, by client endpoint: raw sockets in
+# tests (secure_raw) speak CURVE to whichever cluster owns the endpoint.
+CLIENT_CREDS: dict[str, Any] = {}
+
+
+def secure_raw(sock: Any, endpoint: str) -> Any:
+    creds = CLIENT_CREDS.get(endpoint)
+    if creds is not None:
+        creds.apply(sock, endpoint)
+    return sock
+
+
 class Cluster:
     def __init__(self, root: str, nodes: int = 3, ack_replicas: int | None = None, *,
                  hosts: dict[str, str] | None = None, wraps: dict[str, list[str]] | None = None,
-                 **settings: Any) -> None:
+                 security: str = "curve", **settings: Any) -> None:
         """`hosts` puts a node's endpoints on another address (a network
         namespace's, tests/netns.py); `wraps` prefixes its command line."""
         self.root = root
         self.n = nodes
         self.base_port = free_base_port(3 * nodes + 3)
-        cluster, sup = render(root, nodes, self.base_port, ack_replicas, "test")
+        keys = create_keys(root, nodes) if security == "curve" else None
+        cluster, sup = render(root, nodes, self.base_port, ack_replicas, "test", keys)
         self.hosts = {f"node{i}": "127.0.0.1" for i in range(1, nodes + 1)}
         self.wraps = dict(wraps or {})
         for name, host in (hosts or {}).items():
@@ -86,6 +99,10 @@ class Cluster:
         with open(os.path.join(root, "supervisord.conf"), "w") as f:
             f.write(sup)
         self.names = [f"node{i}" for i in range(1, nodes + 1)]
+        if security == "curve":
+            creds = self.creds()
+            for n in self.names:
+                CLIENT_CREDS[self.endpoint(n)] = creds
         self.procs: dict[str, subprocess.Popen] = {}
         self._clients: list[Client] = []
 
@@ -154,6 +171,20 @@ class Cluster:
 
     # -- talking to it ---------------------------------------------------------------
 
+    def creds(self, role: str = "client", name: str | None = None) -> Any:
+        """This cluster's CurveZMQ credentials for `role` (None with security = "none")."""
+        from daemon import config as config_mod
+        from daemon.auth.creds import for_config
+
+        return for_config(config_mod.load(self.config), role, name)
+
+    def secure(self, sock: Any, endpoint: str, role: str = "client", name: str | None = None) -> Any:
+        """Make a raw socket (before connect) a CURVE client of `endpoint` as `role`."""
+        creds = self.creds(role, name)
+        if creds is not None:
+            creds.apply(sock, endpoint)
+        return sock
+
     def client(self, **kw: Any) -> Client:
         kw.setdefault("timeout", 1.0)
         kw.setdefault("deadline", 15.0)
@@ -162,7 +193,7 @@ class Cluster:
         return c
 
     def ping(self, name: str) -> bool:
-        with Client([self.endpoint(name)], timeout=0.5, deadline=0.5) as c:
+        with Client([self.endpoint(name)], config=self.config, timeout=0.5, deadline=0.5) as c:
             try:
                 c.ping(endpoint=self.endpoint(name), deadline=0.5)
                 return True
@@ -170,7 +201,7 @@ class Cluster:
                 return False
 
     def status(self, name: str, timeout: float = 2.0) -> dict[str, Any]:
-        with Client([self.endpoint(name)], timeout=timeout, deadline=timeout) as c:
+        with Client([self.endpoint(name)], config=self.config, timeout=timeout, deadline=timeout) as c:
             return c.status(endpoint=self.endpoint(name), deadline=timeout)
 
     def leader(self) -> str | None:

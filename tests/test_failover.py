@@ -69,7 +69,7 @@ def test_paused_old_leader_never_acknowledges_after_promotion(make_cluster):
     errors: list[str] = []
 
     def pinned_writer() -> None:
-        old = Client([c.endpoint("node1")], timeout=3.0, deadline=3.0)
+        old = Client([c.endpoint("node1")], config=c.config, timeout=3.0, deadline=3.0)
         for i in range(10):
             try:
                 r = old.request("set", endpoint=c.endpoint("node1"), deadline=3.0, key=f"stale{i}".encode(), value=b"v")

@@ -25,14 +25,15 @@ from daemon.wal import CLEAN, iter_frames, scan_path
 from daemon.wal.reader import ScanResult, scan_buffer, sha256_file
 from daemon.wal.writer import unsynced_note_path
 from faultfs import make_disk, read_direct
-from harness import wait_until
+from harness import Cluster, wait_until
 
 
-def raw(endpoint: str, msg: dict, timeout: float = 5.0) -> dict | None:
+def raw(c: Cluster, endpoint: str, msg: dict, timeout: float = 5.0) -> dict | None:
     """One request, sent exactly as given (the test picks cid and id), one reply."""
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
+    c.secure(s, endpoint)
     s.connect(endpoint)
     try:
         s.send(msgpack.packb(msg, use_bin_type=True))
@@ -72,13 +73,13 @@ def test_a_retry_after_a_failed_fsync_is_written_anew_not_answered_from_the_fail
     c.start("node1")
     ep = c.endpoint("node1")
     for i in range(5):
-        assert raw(ep, set_msg(b"warm", i, f"pre{i}".encode(), b"v"))["ok"]
+        assert raw(c, ep, set_msg(b"warm", i, f"pre{i}".encode(), b"v"))["ok"]
     c.stop("node1")
     durable = os.path.getsize(c.log_path("node1"))
     # fdatasync 1 is recovery's; 2 is the first append.
     p = c.start("node1", wrap=fail_fdatasync(strace, "2"))
     cid = os.urandom(12)
-    r = raw(ep, set_msg(cid, 77, b"k", b"first"))
+    r = raw(c, ep, set_msg(cid, 77, b"k", b"first"))
     assert r is not None and r["ok"] is False and r["error"] == "fsync_failed", r
     assert p.wait(15) == 3
     log = open(c.node_log("node1")).read()
@@ -90,12 +91,12 @@ def test_a_retry_after_a_failed_fsync_is_written_anew_not_answered_from_the_fail
     assert not os.path.exists(unsynced_note_path(c.log_path("node1")))
     assert os.path.getsize(c.log_path("node1")) == durable
     # The retry (same cid and id) is written by this process and fsynced now.
-    r = raw(ep, set_msg(cid, 77, b"k", b"first"))
+    r = raw(c, ep, set_msg(cid, 77, b"k", b"first"))
     assert r["ok"] and r["offset"] == durable
     assert list(records(c.log_path("node1")).values()).count((b"k", b"first")) == 1
     # A retry with other content under the failed id is a new write too: the
     # failed one left nothing to conflict with... but now the id is taken.
-    r = raw(ep, set_msg(cid, 77, b"k", b"other"))
+    r = raw(c, ep, set_msg(cid, 77, b"k", b"other"))
     assert r["ok"] is False and r["error"] == "bad_request"
 
 
@@ -111,14 +112,14 @@ def test_a_follower_whose_fsync_failed_acknowledges_only_what_it_fsynced(make_cl
     c.stop("node2")
     durable = os.path.getsize(c.log_path("node2"))
     p = c.start("node2", wrap=fail_fdatasync(strace, "2"))
-    r = raw(c.endpoint("node1"), set_msg(b"w", 1, b"k", b"v"), timeout=3.0)
+    r = raw(c, c.endpoint("node1"), set_msg(b"w", 1, b"k", b"v"), timeout=3.0)
     # The follower's fsync failed: K = 1 cannot be met, so no success.
     assert r is None or r["ok"] is False, r
     assert p.wait(15) == 3
     assert "event=unsynced_tail_cut" in open(c.node_log("node2")).read()
     assert os.path.getsize(c.log_path("node2")) == durable
     c.start("node2")
-    r = raw(c.endpoint("node1"), set_msg(b"w", 1, b"k", b"v"), timeout=10.0)
+    r = raw(c, c.endpoint("node1"), set_msg(b"w", 1, b"k", b"v"), timeout=10.0)
     assert r["ok"], r
     c.wait_converged()
 
@@ -129,7 +130,8 @@ def test_a_follower_whose_fsync_failed_acknowledges_only_what_it_fsynced(make_cl
 class Writers:
     """Clients with raw requests (cid and id known), until the node stops answering."""
 
-    def __init__(self, endpoint: str, n: int, value_size: int = 2048) -> None:
+    def __init__(self, c: Cluster, endpoint: str, n: int, value_size: int = 2048) -> None:
+        self.cluster = c
         self.endpoint = endpoint
         self.acked: dict[bytes, tuple[bytes, int]] = {}  # key -> (value, offset)
         self.failed: list[dict] = []  # requests answered with an error or not at all
@@ -146,7 +148,7 @@ class Writers:
                 return
             key = f"c{i}-{rid}".encode()
             msg = set_msg(cid, rid, key, os.urandom(self.value_size // 2).hex().encode())
-            r = raw(self.endpoint, msg, timeout=3.0)
+            r = raw(self.cluster, self.endpoint, msg, timeout=3.0)
             with self.lock:
                 if r is not None and r.get("ok"):
                     self.acked[key] = (msg["value"], r["offset"])
@@ -201,7 +203,7 @@ def test_a_leader_on_a_failing_disk_recovers_what_the_disk_holds_not_the_page_ca
         c = make_cluster(1, ack_replicas=0)
         assert os.path.dirname(c.log_path("node1")) == disk.mountpoint
         p = c.start("node1")
-        w = Writers(c.endpoint("node1"), 4)
+        w = Writers(c, c.endpoint("node1"), 4)
         w.start()
         code = p.wait(120)  # writes until the disk fails
         w.join()
@@ -220,7 +222,7 @@ def test_a_leader_on_a_failing_disk_recovers_what_the_disk_holds_not_the_page_ca
         ep = c.endpoint("node1")
         retried = {}
         for msg in w.failed:  # each failed request again, same cid and id
-            r = raw(ep, msg, timeout=10.0)
+            r = raw(c, ep, msg, timeout=10.0)
             assert r is not None and r["ok"], r
             assert r["offset"] >= truth.valid_end  # written by this process, not found in old bytes
             retried[msg["key"]] = (msg["value"], r["offset"])
@@ -252,7 +254,7 @@ def test_a_follower_on_a_failing_disk_restarts_from_what_its_disk_holds(make_clu
         c = make_cluster(2, ack_replicas=1)
         assert os.path.dirname(c.log_path("node2")) == disk.mountpoint
         c.start_all()
-        w = Writers(c.endpoint("node1"), 4)
+        w = Writers(c, c.endpoint("node1"), 4)
         w.start()
         wait_until(lambda: not c.alive("node2"), 120, "the follower's disk to fail")
         assert c.procs["node2"].wait(10) == 3
@@ -266,7 +268,7 @@ def test_a_follower_on_a_failing_disk_restarts_from_what_its_disk_holds(make_clu
         c.start("node2")  # same mount, same page cache
         assert recovered_end(c.node_log("node2")) == truth.valid_end, (
             "recovery trusted the page cache", truth.describe())
-        more = Writers(c.endpoint("node1"), 2)
+        more = Writers(c, c.endpoint("node1"), 2)
         more.start()
         time.sleep(2.0)
         more.join()

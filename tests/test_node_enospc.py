@@ -27,7 +27,7 @@ def test_enospc_fails_writes_cleanly_and_writes_resume_when_space_returns(make_c
     assert os.path.dirname(c.log_path("node1")) == tiny_fs
     c.start("node1")
     ep = c.endpoint("node1")
-    cl = Client([ep], timeout=1.0, deadline=1.0)
+    cl = Client([ep], config=c.config, timeout=1.0, deadline=1.0)
     cl.set("before", "full")
     filler = os.path.join(tiny_fs, "filler")
     with open(filler, "wb") as f:  # leave a few KiB

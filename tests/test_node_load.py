@@ -19,7 +19,7 @@ def on_disk(path: str) -> dict[int, tuple[bytes, bytes | None]]:
 
 def push(c, clients: int, total: int, acked: list, keyspace: int = 300) -> None:
     def run(i: int) -> None:
-        cl = Client([c.endpoint("node1")], timeout=2.0, deadline=30.0)
+        cl = Client([c.endpoint("node1")], config=c.config, timeout=2.0, deadline=30.0)
         for n in range(total // clients + (1 if i < total % clients else 0)):
             key, value = f"key{(i * 1000 + n) % keyspace}".encode(), f"c{i}-n{n}".encode()
             r = cl.set(key, value)
@@ -66,7 +66,7 @@ def test_sigkill_under_load_at_random_moments(make_cluster):
         stop = threading.Event()
 
         def writer(i: int) -> None:
-            cl = Client([c.endpoint("node1")], timeout=0.5, deadline=0.5)
+            cl = Client([c.endpoint("node1")], config=c.config, timeout=0.5, deadline=0.5)
             n = 0
             while not stop.is_set():
                 key, value = f"r{round_}-w{i}-{n}".encode(), b"x" * rnd.randrange(1, 200)
@@ -104,7 +104,7 @@ def test_sigterm_under_load_exits_zero_quickly_and_keeps_everything(make_cluster
     stop = threading.Event()
 
     def writer(i: int) -> None:
-        cl = Client([c.endpoint("node1")], timeout=1.0, deadline=1.0)
+        cl = Client([c.endpoint("node1")], config=c.config, timeout=1.0, deadline=1.0)
         n = 0
         while not stop.is_set():
             try:

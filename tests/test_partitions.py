@@ -46,7 +46,7 @@ def netcluster(make_cluster, net: Net, k: int) -> Cluster:
 
 
 def load_on(c: Cluster, ledger: Ledger, tag: str, clients: int = 4) -> Load:
-    load = Load([c.endpoint(n) for n in c.names], clients, tag, ledger, deadline=3.0)
+    load = Load([c.endpoint(n) for n in c.names], clients, tag, ledger, deadline=3.0, creds=c.creds())
     load.start()
     return load
 
@@ -70,7 +70,7 @@ def verify(c: Cluster, ledger: Ledger) -> dict:
     """The checks every scenario ends with, after the heal."""
     leader = wait_until(lambda: one_leader(c), 60, "one leader and every log at the same end")
     c.wait_converged()
-    with Client([c.endpoint(leader)], timeout=2.0, deadline=10.0) as cl:
+    with Client([c.endpoint(leader)], config=c.config, timeout=2.0, deadline=10.0) as cl:
         chk = check_ledger(ledger, log_records(c.log_path(leader)), lambda k: cl.read(k).value)
     assert not chk.lost, chk.lost[:5]
     assert not chk.duplicated, chk.duplicated[:5]

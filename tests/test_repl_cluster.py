@@ -28,7 +28,7 @@ class Load:
         per = total // clients
 
         def run(i: int) -> None:
-            p = Pipeline(eps, timeout=2.0, deadline=60.0)
+            p = Pipeline(eps, timeout=2.0, deadline=60.0, creds=c.creds())
             items = iter([("set", f"{tag}-{i}-{n}".encode(), os.urandom(30)) for n in range(per)])
             r = p.run_writes(items, 1, on_ack=lambda k, v, rep: self.acked.append((k, rep["offset"])))
             self.failed.extend(r.failed)
@@ -146,7 +146,7 @@ def test_status_stale_reads_and_not_leader(make_cluster):
     end = c.status("node1")["end"]
     for f in ("node2", "node3"):
         assert f"follower {f}: acked {end}, lag 0 B / 0 records" in out.stdout, out.stdout
-    follower = Client([c.endpoint("node2")], timeout=1.0, deadline=2.0)
+    follower = Client([c.endpoint("node2")], config=c.config, timeout=1.0, deadline=2.0)
     r = follower.request("get", key=b"k3", endpoint=c.endpoint("node2"))
     assert r["stale"] is True and r["value"] == b"v3" and r["offset"] == end and r["node"] == "node2"
     with pytest.raises(NotLeader) as e:

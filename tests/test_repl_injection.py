@@ -16,6 +16,8 @@ def test_bad_crc_and_wrong_offset_are_never_appended(make_cluster):
     leader_ep = load(c.config).node("node1").repl_endpoint
     fake = zmq.Context.instance().socket(zmq.ROUTER)
     fake.setsockopt(zmq.LINGER, 0)
+    creds = c.creds("node", "node1")  # the test plays node1, with node1's own key
+    fake.curve_secretkey, fake.curve_publickey, fake.curve_server = creds.secret, creds.public, True
     fake.bind(leader_ep)  # node1 is never started: the test plays it
     try:
         c.start("node2")

@@ -23,7 +23,7 @@ import zmq
 
 from daemon.client.blocking import Client
 from daemon.wal import CLEAN, iter_frames, scan_path
-from harness import sha256, wait_until
+from harness import secure_raw, sha256, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +40,7 @@ class Raw:
     def __init__(self, endpoint: str) -> None:
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        secure_raw(self.sock, endpoint)
         self.sock.connect(endpoint)
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -268,7 +269,7 @@ def test_b_a_node_holding_an_unacknowledged_record_of_a_lost_epoch_truncates_it_
     assert p.returncode == 0, p.stdout + p.stderr
     ack = retry_until_ok(c.endpoint("node1"), r1)
     assert (ack["offset"], ack["epoch"]) == (common_end, 1), ack
-    after = Client([c.endpoint("node1")], timeout=1.0, deadline=15.0)
+    after = Client([c.endpoint("node1")], config=c.config, timeout=1.0, deadline=15.0)
     for i in range(3):
         assert after.set(f"epoch3-{i}", "y").epoch == 3
     c.wait_converged(["node1", "node3"])
@@ -291,7 +292,7 @@ def test_b_a_node_holding_an_unacknowledged_record_of_a_lost_epoch_truncates_it_
     assert c.stop("node1") == 0
     p = promote(c, "node2")
     assert p.returncode == 0, p.stdout + p.stderr
-    assert Client([c.endpoint("node2")], timeout=1.0, deadline=15.0).get("kip") == b"R1-written-on-node1"
+    assert Client([c.endpoint("node2")], config=c.config, timeout=1.0, deadline=15.0).get("kip") == b"R1-written-on-node1"
     assert b"R2-written-on-node2" not in [v for _, _, _, v in records(c.log_path("node2"))]
 
 
@@ -345,7 +346,7 @@ def test_d_a_deposed_leader_resumed_after_a_pause_never_serves_the_old_value_as_
     try:
         p = promote(c, "node2")
         assert p.returncode == 0, p.stdout + p.stderr
-        assert Client([c.endpoint("node2")], timeout=1.0, deadline=15.0).set("color", "new").epoch == 2
+        assert Client([c.endpoint("node2")], config=c.config, timeout=1.0, deadline=15.0).set("color", "new").epoch == 2
         for i in range(3):  # already waiting in node1's socket when it resumes
             old.send({"id": 10 + i, "op": "get", "key": b"color"})
     finally:
@@ -415,7 +416,7 @@ def test_f_a_ping_carrying_the_largest_epoch_changes_no_nodes_epoch_and_the_lead
     never_for(changed, 4 * FAST["peer_probe_interval"] + 1.0,
               f"roles or epochs changed after a ping with epoch 2**63-1 (reply: {r})")
     assert cl.set("after", "2").epoch == 1
-    assert Client([c.endpoint("node1")], timeout=1.0, deadline=5.0).get("after") == b"2"
+    assert Client([c.endpoint("node1")], config=c.config, timeout=1.0, deadline=5.0).get("after") == b"2"
     p = promote(c, "node2")  # promotion still works afterwards
     assert p.returncode == 0, p.stdout + p.stderr
     assert c.status("node2")["epoch"] == 2
@@ -466,7 +467,7 @@ def test_g_two_concurrent_promotions_never_make_two_leaders_of_one_epoch(make_cl
             assert p.returncode == 0, f"round {rnd}: {p.stdout + p.stderr}; after the race (exit codes {rcs}): {outs}"
         new = wait_until(c.leader, 20, "the new leader")
         assert new in (a, b)
-        assert Client([c.endpoint(new)], timeout=1.0, deadline=15.0).set("k", str(rnd + 1)).offset > 0
+        assert Client([c.endpoint(new)], config=c.config, timeout=1.0, deadline=15.0).set("k", str(rnd + 1)).offset > 0
         c.start(leader)
         epoch = c.status(new)["epoch"]
         wait_until(lambda: (c.status(leader)["role"], c.status(leader)["epoch"]) == ("follower", epoch), 20,

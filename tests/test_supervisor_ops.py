@@ -77,7 +77,7 @@ def test_stop_start_restart_each_node_under_load_loses_nothing(tmp_path):
             assert log.count("event=stopped code=0") >= 2, f"{node} did not stop cleanly twice"
 
         def converged() -> bool:
-            ends = {n: Client([e], timeout=1, deadline=1).status(endpoint=e, deadline=1)["end"]
+            ends = {n: Client([e], config=cfg, timeout=1, deadline=1).status(endpoint=e, deadline=1)["end"]
                     for n, e in (("node1", _ep(cfg, "node1")), ("node2", _ep(cfg, "node2")), ("node3", _ep(cfg, "node3")))}
             return len(set(ends.values())) == 1
 

@@ -26,8 +26,31 @@ def _endpoints(args: argparse.Namespace) -> list[tuple[str, str]]:
     raise CLIError("say where the cluster is: --config CLUSTER.toml or --endpoint tcp://HOST:PORT", 2)
 
 
+def _creds(args: argparse.Namespace) -> Any:
+    """CurveZMQ credentials: the cluster's client certificate (or --cert) with
+    --config; --cert and --server-key with --endpoint; none for security = "none"."""
+    from daemon.auth.creds import by_hand, for_config
+    from daemon.auth.keys import KeyError_
+
+    try:
+        if args.endpoint:
+            if args.cert is None:
+                return None  # a plain socket: only a security = "none" cluster answers it
+            if args.server_key is None:
+                raise CLIError("--cert needs --server-key: the node's public key (public_key in its [[node]])", 2)
+            return by_hand(args.cert, args.server_key)
+        if args.config:
+            return for_config(config_mod.load(args.config), "client", cert=args.cert)
+    except KeyError_ as e:
+        raise CLIError(str(e), 2) from None
+    except config_mod.ConfigError as e:
+        raise CLIError(str(e), 2) from None
+    return None
+
+
 def _client(args: argparse.Namespace) -> Client:
-    return Client([ep for _, ep in _endpoints(args)], timeout=min(1.0, args.timeout), deadline=args.timeout)
+    return Client([ep for _, ep in _endpoints(args)], timeout=min(1.0, args.timeout), deadline=args.timeout,
+                  creds=_creds(args))
 
 
 def _fail(e: ZwalError) -> CLIError:
@@ -124,7 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     targets = _endpoints(args)
     deadline = time.monotonic() + args.wait
     while True:
-        sts = fetch_statuses(targets, min(args.timeout, 2.0))
+        sts = fetch_statuses(targets, min(args.timeout, 2.0), _creds(args))
         up = [s for s in sts.values() if s]
         leaders = [s for s in up if s["role"] == "leader"]
         ready = (len(up) == len(targets) and len(leaders) == 1
@@ -147,6 +170,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="cluster file (finds every node)")
     p.add_argument("--endpoint", action="append", help="a node's client endpoint, e.g. tcp://127.0.0.1:7101 (repeatable)")
     p.add_argument("--timeout", type=float, default=5.0, help="give up after this many seconds (default: %(default)s)")
+    p.add_argument("--cert", help="client certificate (.key_secret) to use instead of the cluster's "
+                   "keys/clients/client.key_secret; with --endpoint, also give --server-key")
+    p.add_argument("--server-key", help="with --endpoint and --cert: the node's public key (Z85, 40 characters)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

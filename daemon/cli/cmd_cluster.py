@@ -33,7 +33,28 @@ def zwal_command() -> str:
     return f"{sys.executable} -m daemon.cli"
 
 
-def render(dir_: str, nodes: int, base_port: int, ack_replicas: int | None, name: str) -> tuple[str, str]:
+def create_keys(dir_: str, nodes: int) -> dict[str, str]:
+    """A certificate per node, one client and one admin certificate, under DIR/keys/;
+    returns each node's public key (Z85) for its [[node]] section."""
+    from daemon.auth import keys
+
+    kd = os.path.join(dir_, "keys")
+    os.makedirs(kd, mode=0o700, exist_ok=True)
+    out = {}
+    try:
+        for i in range(1, nodes + 1):
+            out[f"node{i}"] = keys.create(kd, "node", f"node{i}").public
+        keys.create(kd, "client", "client")
+        keys.create(kd, "admin", "admin")
+    except keys.KeyError_ as e:
+        raise CLIError(str(e), 1) from None
+    return out
+
+
+def render(dir_: str, nodes: int, base_port: int, ack_replicas: int | None, name: str,
+           public_keys: dict[str, str] | None = None) -> tuple[str, str]:
+    """The cluster file and supervisord.conf; `public_keys` (from create_keys) turns
+    CURVE on, None writes security = "none" (loopback only)."""
     k = ack_replicas if ack_replicas is not None else (1 if nodes > 1 else 0)
     node_t = _template("node.toml.tmpl")
     prog_t = _template("program.conf.tmpl")
@@ -41,9 +62,12 @@ def render(dir_: str, nodes: int, base_port: int, ack_replicas: int | None, name
     names = [f"node{i}" for i in range(1, nodes + 1)]
     for i, n in enumerate(names):
         port = base_port + 3 * i
-        node_txt.append(node_t.format(node=n, client_port=port + 1, repl_port=port + 2, metrics_port=port + 3))
+        key_line = f'public_key = "{public_keys[n]}"\n' if public_keys else ""
+        node_txt.append(node_t.format(node=n, client_port=port + 1, repl_port=port + 2, metrics_port=port + 3,
+                                      public_key_line=key_line))
         progs.append(prog_t.format(node=n, zwal=zwal_command()))
-    cluster = _template("cluster.toml.tmpl").format(name=name, ack_replicas=k, nodes="".join(node_txt))
+    cluster = _template("cluster.toml.tmpl").format(name=name, ack_replicas=k, nodes="".join(node_txt),
+                                                    security="curve" if public_keys else "none")
     sup = _template("supervisord.conf.tmpl").format(dir=os.path.abspath(dir_), programs=",".join(names),
                                                     program_sections="".join(progs))
     return cluster, sup
@@ -62,7 +86,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise CLIError(f"--ack-replicas must be between 0 and {args.nodes - 1}", 2)
     if not 1024 <= args.base_port <= 65000:
         raise CLIError("--base-port must be between 1024 and 65000", 2)
-    cluster, sup = render(d, args.nodes, args.base_port, args.ack_replicas, args.name)
+    keys_dir = os.path.join(d, "keys")
+    if os.path.exists(keys_dir):
+        raise CLIError(f"{keys_dir} already exists: refusing to overwrite keys (remove {d} to start afresh)")
+    cluster, sup = render(d, args.nodes, args.base_port, args.ack_replicas, args.name,
+                          create_keys(d, args.nodes))
     os.makedirs(os.path.join(d, "log"), exist_ok=True)
     with open(cluster_path, "w") as f:
         f.write(cluster)
@@ -70,6 +98,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         f.write(sup)
     cfg = config_mod.load(cluster_path)  # what we wrote must load
     print(f"wrote {cluster_path} ({len(cfg.nodes)} node(s), ack_replicas = {cfg.ack_replicas}) and {sup_path}")
+    print(f"keys:      {keys_dir}/ (nodes/, clients/client.key_secret, admins/admin.key_secret; "
+          "CurveZMQ on every socket, docs/security.md)")
     print(f"start it:  supervisord -c {sup_path}")
     print(f"then:      zwal status --config {cluster_path}")
     return 0

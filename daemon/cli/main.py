@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from daemon.cli import cmd_client, cmd_cluster, cmd_failover, cmd_log
+from daemon.cli import cmd_client, cmd_cluster, cmd_failover, cmd_keys, cmd_log
 from daemon.ops import logs
 from daemon.cli.cmd_log import CLIError
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_cluster.add_parsers(sub)
     cmd_client.add_parsers(sub)
     cmd_failover.add_parsers(sub)
+    cmd_keys.add_parsers(sub)
     return p
 
 

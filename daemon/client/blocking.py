@@ -21,6 +21,7 @@ import msgpack
 import zmq
 
 from daemon.wire.client import MAX_MESSAGE, Err
+from daemon.auth.creds import Credentials
 
 
 class ZwalError(Exception):
@@ -135,15 +136,22 @@ def _b(x: bytes | str) -> bytes:
     return x.encode("utf-8") if isinstance(x, str) else x
 
 
-def dealer(ctx: zmq.Context, endpoint: str, hwm: int | None = None) -> zmq.Socket:
+def dealer(ctx: zmq.Context, endpoint: str, hwm: int | None = None, creds: Credentials | None = None) -> zmq.Socket:
     """A DEALER to a node: no linger (a retry goes elsewhere, never queued behind a dead peer) and
-    the protocol's message size cap, so a broken or hostile peer cannot make us allocate without bound."""
+    the protocol's message size cap, so a broken or hostile peer cannot make us allocate without bound.
+    With `creds` it is a CURVE client that accepts only the node's own public key."""
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
     if hwm is not None:
         s.setsockopt(zmq.SNDHWM, hwm)
         s.setsockopt(zmq.RCVHWM, hwm)
+    if creds is not None:
+        try:
+            creds.apply(s, endpoint)
+        except Exception:
+            s.close(linger=0)
+            raise
     s.connect(endpoint)
     return s
 
@@ -164,9 +172,27 @@ class Client:
         deadline: float = 10.0,
         client_id: bytes | None = None,
         context: zmq.Context | None = None,
+        role: str = "client",
+        cert: str | None = None,
+        server_key: str | None = None,
+        creds: Credentials | None = None,
     ) -> None:
+        """`config` gives the endpoints (unless `endpoints` narrows them) and, with
+        security = "curve", the certificate of `role` (keys/<role>s/<role>.key_secret,
+        or `cert`) and each node's public key. Without a cluster file, `cert` and
+        `server_key` give them by hand."""
         if config is not None:
-            endpoints = endpoints_from_config(config)
+            from daemon import config as config_mod
+            from daemon.auth.creds import for_config
+
+            cfg = config_mod.load(config)
+            endpoints = endpoints or [n.client_endpoint for n in cfg.nodes]
+            creds = creds or for_config(cfg, role, cert=cert)
+        elif cert is not None and creds is None:
+            from daemon.auth.creds import by_hand
+
+            creds = by_hand(cert, server_key)
+        self.creds = creds
         if not endpoints:
             raise ValueError("a client needs endpoints or a cluster file")
         self.endpoints = list(endpoints)
@@ -184,7 +210,7 @@ class Client:
 
     def _connect(self, endpoint: str) -> None:
         self.close()
-        self.sock = dealer(self.ctx, endpoint)
+        self.sock = dealer(self.ctx, endpoint, creds=self.creds)
         self.current = endpoint
 
     def close(self) -> None:
@@ -300,11 +326,12 @@ class Client:
         return self.request(op, endpoint=endpoint, deadline=deadline, args=args)
 
 
-def fetch_statuses(targets: list[tuple[str, str]], timeout: float) -> dict[str, dict[str, Any] | None]:
+def fetch_statuses(targets: list[tuple[str, str]], timeout: float,
+                   creds: Credentials | None = None) -> dict[str, dict[str, Any] | None]:
     """Ask every node for its status at once; None for those that do not answer."""
 
     def one(ep: str) -> dict[str, Any] | None:
-        with Client([ep], timeout=timeout, deadline=timeout) as c:
+        with Client([ep], timeout=timeout, deadline=timeout, creds=creds) as c:
             try:
                 return c.status(endpoint=ep, deadline=timeout)
             except ZwalError:

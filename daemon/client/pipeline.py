@@ -43,8 +43,9 @@ class PipelineResult:
 
 class Pipeline:
     def __init__(self, endpoints: list[str], *, client_id: bytes | None = None, timeout: float = 2.0,
-                 deadline: float = 30.0, context: zmq.Context | None = None) -> None:
+                 deadline: float = 30.0, context: zmq.Context | None = None, creds: Any = None) -> None:
         self.endpoints = endpoints
+        self.creds = creds  # daemon.auth.creds.Credentials, or None for security = "none"
         self.client_id = client_id or os.urandom(12)
         self.timeout = timeout
         self.deadline = deadline
@@ -59,7 +60,7 @@ class Pipeline:
     def _connect(self, ep: str) -> None:
         if self.sock is not None:
             self.sock.close(linger=0)
-        self.sock = dealer(self.ctx, ep, hwm=100000)  # a whole window may be queued at once
+        self.sock = dealer(self.ctx, ep, hwm=100000, creds=self.creds)  # a whole window may be queued at once
         self.current = ep
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from daemon.client.blocking import Client, ZwalError
 from daemon.config import ClusterConfig
 from daemon.failover.linearizability import Op, Verdict, check
-from daemon.failover.promote import most_advanced, run_promote, statuses_of
+from daemon.failover.promote import most_advanced, operator_creds, run_promote, statuses_of
 from daemon.wal import CLEAN, iter_frames, scan_path
 from daemon.wal.reader import LogOpenError, sha256_file
 
@@ -117,8 +117,13 @@ class Load:
     """Clients writing unique keys until stopped, recording every answer."""
 
     def __init__(self, cfg: ClusterConfig | list[str], clients: int, tag: str, ledger: Ledger, *,
-                 read_share: float = 0.3, registers: int = 8, deadline: float = 20.0) -> None:
+                 read_share: float = 0.3, registers: int = 8, deadline: float = 20.0, creds: Any = None) -> None:
         self.endpoints = cfg if isinstance(cfg, list) else [n.client_endpoint for n in cfg.nodes]
+        if creds is None and not isinstance(cfg, list) and cfg.security == "curve":
+            from daemon.auth.creds import for_config
+
+            creds = for_config(cfg, "client")
+        self.creds = creds
         self.read_share = read_share
         self.registers = registers
         self.deadline = deadline
@@ -135,7 +140,7 @@ class Load:
         self.sent = 0
 
     def _run(self, i: int) -> None:
-        c = Client(self.endpoints, timeout=1.0, deadline=self.deadline)
+        c = Client(self.endpoints, timeout=1.0, deadline=self.deadline, creds=self.creds)
         rng = random.Random(f"{self.tag}-{i}")
         seq = 0
         try:
@@ -175,7 +180,7 @@ class Load:
             self.ledger.op(Op(key, "get", r.value, t0, time.monotonic(), f"c{i}"))
 
     def _pinned(self, endpoint: str, j: int) -> None:
-        c = Client([endpoint], timeout=1.0, deadline=1.0)
+        c = Client([endpoint], timeout=1.0, deadline=1.0, creds=self.creds)
         rng = random.Random(f"{self.tag}-p{j}")
         try:
             while not self.stop.is_set():
@@ -354,7 +359,8 @@ class Drill:
             time.sleep(0.2)
         new = res.name
         # Time to promote: until the new leader acknowledges a write.
-        with Client([self.cfg.node(new).client_endpoint], timeout=1.0, deadline=self.timeout) as c:
+        with Client([self.cfg.node(new).client_endpoint], timeout=1.0, deadline=self.timeout,
+                    creds=operator_creds(self.cfg)) as c:
             c.set(f"drill-probe-{rnd}".encode(), b"1")
         promote_s = time.monotonic() - t_kill
         self.say(f"round {rnd}: {new} leads epoch {res.epoch} ({promote_s:.2f} s after the fault); load continues")
@@ -387,7 +393,8 @@ class Drill:
                 self.say(f"  cannot read {p}: {e}")
                 logs_clean = False
         identical = len(set(hashes.values())) == 1 and len(hashes) == len(paths)
-        with Client([self.cfg.node(new).client_endpoint], timeout=2.0, deadline=10.0) as c:
+        with Client([self.cfg.node(new).client_endpoint], timeout=2.0, deadline=10.0,
+                    creds=operator_creds(self.cfg)) as c:
             check = check_ledger(ledger, log_records(paths[new]), lambda k: c.read(k).value)
         errors: dict[str, int] = {}
         for _, _, why in ledger.unacked:

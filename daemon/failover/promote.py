@@ -22,6 +22,7 @@ different roles claiming one epoch.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -190,7 +191,7 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
     epoch = d.epoch
     eps = {n.name: n.client_endpoint for n in cfg.nodes}
     majority = len(cfg.nodes) // 2 + 1
-    with Client(list(eps.values()), timeout=timeout, deadline=timeout) as c:
+    with Client(list(eps.values()), timeout=timeout, deadline=timeout, creds=operator_creds(cfg, "admin")) as c:
         # The fence is a vote for `name` in `epoch` (one per node per epoch,
         # like Raft's): a majority of votes makes this the only promotion of
         # `epoch` that can win, whatever else runs at the same time.
@@ -250,4 +251,17 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
 
 
 def statuses_of(cfg: ClusterConfig, timeout: float) -> dict[str, dict[str, Any] | None]:
-    return fetch_statuses([(n.name, n.client_endpoint) for n in cfg.nodes], timeout)
+    return fetch_statuses([(n.name, n.client_endpoint) for n in cfg.nodes], timeout, operator_creds(cfg))
+
+
+def operator_creds(cfg: ClusterConfig, role: str | None = None) -> Any:
+    """An operator's certificate: the admin one for admin ops; for status,
+    the admin one if this machine has it, else the client one."""
+    from daemon.auth.creds import for_config
+    from daemon.auth.keys import secret_path
+
+    if cfg.security == "none":
+        return None
+    if role is None:
+        role = "admin" if os.path.exists(secret_path(cfg.keys_dir, "admin", "admin")) else "client"
+    return for_config(cfg, role)

@@ -15,7 +15,8 @@ from typing import Any
 import zmq
 
 from daemon.ops import logs
-from daemon.node.node import FsyncFailure, Node, Transition, decode_client
+from daemon.auth import policy
+from daemon.node.node import REVOKED, FsyncFailure, Node, Transition, decode_client
 from daemon.node.peers import PeerProbe
 from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, ok_reply
 from daemon.node.leader_core import (CheckPeers, Confirmed, LeaderCore, Reply, SendChunk, SendControl, ServeRead,
@@ -59,7 +60,7 @@ class LeaderRole:
                       reason="recovery cut this leader's log; no writes until followers show they hold nothing it lost")
         self.fsync_lat = LatencyWindow()
         self.batch_sizes = LatencyWindow()
-        self.probe = PeerProbe(node.ctx, cfg.peers(node.name), cfg.peer_probe_interval)
+        self.probe = PeerProbe(node.ctx, cfg.peers(node.name), cfg.peer_probe_interval, node.creds)
         self.syncer = Syncer(node.writer)
         self.transition: Transition | None = None
         self._in_sync: set[str] = set()
@@ -159,10 +160,10 @@ class LeaderRole:
             if core.batch_full():
                 return
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames, who = self.node.recv(sock)
             except zmq.Again:
                 return
-            decoded = decode_client(sock, frames, core.counters)
+            decoded = decode_client(sock, frames, core.counters, who)
             if decoded is None:
                 continue
             envelope, req = decoded
@@ -240,9 +241,14 @@ class LeaderRole:
         sock = self.node.repl_sock
         for _ in range(MAX_DRAIN):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames, who = self.node.recv(sock)
             except zmq.Again:
                 return
+            if who is not None and (who is REVOKED or not policy.may_replicate(who.role)):
+                # Only node keys replicate: a client or admin key, or a
+                # revoked one, gets no log bytes and changes nothing.
+                self.core.counters.dropped += 1
+                continue
             try:
                 fetch = decode_fetch(frames)
             except BadMessage:

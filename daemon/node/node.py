@@ -20,6 +20,10 @@ from typing import Any, Protocol
 import zmq
 
 from daemon import config as config_mod
+from daemon.auth import policy
+from daemon.auth.creds import Credentials, for_config
+from daemon.auth.keys import KeyError_, secret_path
+from daemon.auth.zap import Gate
 from daemon.ops import logs
 from daemon.node import identity as nodestate
 from daemon.node import epochs
@@ -74,10 +78,18 @@ class Node:
         self.started = time.monotonic()
         self.fsync_lat: list[float] = []
         self.notifier = Notifier()
-        self.metrics = Metrics(name, self.me.metrics_port)
+        self.metrics = Metrics(name, self.me.metrics_port, cfg.metrics_bind)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        # CurveZMQ (docs/security.md): the gate guards this node's sockets;
+        # `creds` is what it shows other nodes (its own certificate).
+        self.gate: Gate | None = None
+        self.creds: Credentials | None = None
+        self._reload_keys = False
+        if cfg.security == "curve":
+            self.gate = Gate(self.ctx, cfg.keys_dir, secret_path(cfg.keys_dir, "node", name))
+            self.creds = for_config(cfg, "node", name)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -145,18 +157,47 @@ class Node:
         )
 
     def _bind(self) -> None:
+        if self.gate is not None:
+            self.gate.start()
         c = self.ctx.socket(zmq.ROUTER)
+        if self.gate is not None:
+            self.gate.serve(c)
         c.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         c.setsockopt(zmq.RCVHWM, 10000)
         c.setsockopt(zmq.SNDHWM, 10000)
         c.setsockopt(zmq.LINGER, 500)
         c.bind(self.me.client_endpoint)
         r = self.ctx.socket(zmq.ROUTER)
+        if self.gate is not None:
+            self.gate.serve(r)
         r.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
         r.setsockopt(zmq.LINGER, 0)
         r.bind(self.me.repl_endpoint)
         self.client_sock = c
         self.repl_sock = r
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self._reload_keys = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def recv(self, sock: zmq.Socket) -> tuple[list[bytes], Sender]:
+        """One message from a server socket, and who sent it (raises zmq.Again).
+
+        With CURVE on, the sender is the identity of the key ZAP accepted
+        for the connection, looked up in the current allow-list (REVOKED if
+        it has been removed since)."""
+        if self.gate is None:
+            return sock.recv_multipart(zmq.NOBLOCK), None
+        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        try:
+            uid = frames[-1].get("User-Id")
+        except zmq.ZMQError:
+            uid = None
+        who = self.gate.who(uid)
+        return [f.bytes for f in frames], (who if who is not None else REVOKED)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stopping = True
@@ -178,6 +219,7 @@ class Node:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
         try:
             self.open_log()
         except LogCorrupt as e:
@@ -238,8 +280,14 @@ class Node:
         return f"{self.state.role} epoch={self.state.epoch} end={end} leader={self.state.leader or '-'}"
 
     def service_tick(self, now: float, snapshot: Any) -> None:
-        """Called by every role loop each turn: watchdog, STATUS=, metrics snapshot."""
+        """Called by every role loop each turn: watchdog, STATUS=, metrics snapshot, SIGHUP."""
         self.notifier.tick(now)
+        if self._reload_keys:
+            self._reload_keys = False
+            if self.gate is not None:
+                self.gate.reload()
+            else:
+                logs.event("keys_reloaded", keys=0, reason="security = none: no allow-list")
         if self.metrics.due(now):
             self.metrics.publish(snapshot())
             self.notifier.status(self.status_line())
@@ -258,6 +306,8 @@ class Node:
         for s in (getattr(self, "client_sock", None), getattr(self, "repl_sock", None)):
             if s is not None:
                 s.close(linger=200)
+        if self.gate is not None:
+            self.gate.stop()
 
     # -- requests every role answers the same way ----------------------------------
 
@@ -343,8 +393,16 @@ class FsyncFailure(Exception):
     """Raised out of a role loop: the node must exit non-zero and be restarted."""
 
 
-def decode_client(sock: zmq.Socket, frames: list[bytes], counters: Any) -> tuple[list[bytes], Request] | None:
-    """Decode a client message; bad input gets an error reply and None."""
+def decode_client(sock: zmq.Socket, frames: list[bytes], counters: Any,
+                  who: "Sender" = None) -> tuple[list[bytes], Request] | None:
+    """Decode a client message; bad input gets an error reply and None.
+
+    With CURVE on, `who` is the sender's identity (or REVOKED): a revoked
+    key's message is dropped unanswered, and a known key whose role may not
+    send the op gets `forbidden`; either way nothing changes."""
+    if who is REVOKED:
+        counters.error("revoked")
+        return None
     envelope, body, problem = split_envelope(frames)
     if body is None:
         counters.bad_requests += 1
@@ -353,12 +411,27 @@ def decode_client(sock: zmq.Socket, frames: list[bytes], counters: Any) -> tuple
             sock.send_multipart([*envelope, error_reply(None, Err.BAD_REQUEST, problem or "bad message")])
         return None
     try:
-        return envelope, decode_request(body)
+        req = decode_request(body)
     except ProtocolError as e:
         counters.bad_requests += 1
         counters.error(e.code)
         sock.send_multipart([*envelope, error_reply(e.request_id, e.code, str(e))])
         return None
+    if who is not None and not policy.allowed(who.role, req.op):
+        counters.error(Err.FORBIDDEN)
+        logs.warn("forbidden", key=str(who), op=req.op)
+        sock.send_multipart([*envelope, error_reply(req.id, Err.FORBIDDEN,
+                                                    f"key {who} (role {who.role}) may not send {req.op!r}")])
+        return None
+    return envelope, req
+
+
+class _Revoked:
+    """The sender's key is no longer in the allow-list (revoked since it connected)."""
+
+
+REVOKED: Any = _Revoked()
+Sender = Any  # Identity | REVOKED | None (security = "none")
 
 
 def main_node(config_path: str, name: str) -> int:
@@ -366,6 +439,9 @@ def main_node(config_path: str, name: str) -> int:
     logs.setup(node=name)
     try:
         node = Node(cfg, name)
+    except KeyError_ as e:
+        logs.error("refusing_to_start", reason=str(e))
+        return EXIT_FATAL
     except OSError as e:
         # node-state.json could not be read back from the disk or saved.
         logs.error("stopping_after_fsync_failure", reason=f"node state: {e}")

@@ -18,7 +18,7 @@ from daemon.config import NodeConfig
 
 
 class PeerProbe:
-    def __init__(self, ctx: zmq.Context, peers: list[NodeConfig], interval: float) -> None:
+    def __init__(self, ctx: zmq.Context, peers: list[NodeConfig], interval: float, creds: Any = None) -> None:
         self.interval = interval
         self.next_at = 0.0
         self._ids = itertools.count(1)
@@ -30,6 +30,8 @@ class PeerProbe:
             s.setsockopt(zmq.RCVHWM, 16)
             s.setsockopt(zmq.IMMEDIATE, 1)  # never queue probes for a peer that is down
             s.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+            if creds is not None:
+                creds.apply(s, p.client_endpoint)
             s.connect(p.client_endpoint)
             self.socks[s] = p
         self.latest: dict[str, dict[str, Any]] = {}

@@ -62,9 +62,10 @@ class _Snapshot:
 
 
 class Metrics:
-    def __init__(self, node: str, port: int | None) -> None:
+    def __init__(self, node: str, port: int | None, bind: str = "127.0.0.1") -> None:
         self.node = node
         self.port = port
+        self.bind = bind  # metrics_bind in the cluster file; loopback unless an operator opens it
         self.registry = CollectorRegistry()
         self.fsync_seconds = Histogram("zwal_fsync_seconds", "fdatasync latency per batch", ["node"],
                                        buckets=_LAT_BUCKETS, registry=self.registry).labels(node)
@@ -80,7 +81,7 @@ class Metrics:
 
     def start(self) -> None:
         if self.port:
-            start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+            start_http_server(self.port, addr=self.bind, registry=self.registry)
 
     def batch(self, records: int, nbytes: int, append_s: float, fsync_s: float) -> None:
         self.records_appended += records

@@ -37,6 +37,7 @@ class Err:
     STALE_EPOCH = "stale_epoch"  # an admin request from an older epoch
     REFUSED = "refused"  # an admin request the node will not carry out
     SHUTTING_DOWN = "shutting_down"
+    FORBIDDEN = "forbidden"  # an authenticated key whose role may not send this op; nothing changed
 
     RETRYABLE = frozenset({NOT_LEADER, NOT_ENOUGH_REPLICAS, FSYNC_FAILED, NO_SPACE, WRITE_FAILED, SHUTTING_DOWN})
 

@@ -20,7 +20,7 @@ import time
 from typing import Callable
 
 from daemon import config as config_mod
-from daemon.cli.cmd_cluster import render
+from daemon.cli.cmd_cluster import create_keys, render
 from daemon.failover.faults.disk import FailingDisk
 from daemon.failover.faults.netns import Net
 
@@ -68,7 +68,8 @@ class ScratchCluster:
             base = random.randrange(20000, 50000)  # each namespace has its own ports
         else:
             base = free_base_port(3 * len(self.names) + 3)
-        text, _ = render(self.root, len(self.names), base, self.k, "drill-scratch")
+        text, _ = render(self.root, len(self.names), base, self.k, "drill-scratch",
+                         create_keys(self.root, len(self.names)))
         if self.net is not None:
             for i, n in enumerate(self.names):
                 for port in (base + 3 * i + 1, base + 3 * i + 2):

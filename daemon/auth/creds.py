@@ -1,0 +1,54 @@
+"""A client's side of CurveZMQ: its own certificate and each server's public key.
+
+Resolved from the cluster file (`for_config`) or given by hand (`--cert`,
+`--server-key`). With security = "none" there are no credentials (None).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import zmq
+
+from daemon.auth.keys import KeyError_, load_secret, secret_path
+from daemon.auth.zap import as_client
+
+
+@dataclass(frozen=True)
+class Credentials:
+    public: bytes
+    secret: bytes
+    server_keys: dict[str, str] = field(default_factory=dict)  # endpoint -> Z85 public key
+    default_server_key: str | None = None
+
+    def apply(self, sock: zmq.Socket, endpoint: str) -> None:
+        key = self.server_keys.get(endpoint, self.default_server_key)
+        if key is None:
+            raise KeyError_(f"no public key known for {endpoint}: add public_key to its [[node]] in the cluster "
+                            "file, or pass --server-key")
+        as_client(sock, self.public, self.secret, key)
+
+
+def for_config(cfg, role: str = "client", name: str | None = None,  # type: ignore[no-untyped-def]
+               cert: str | None = None) -> Credentials | None:
+    """The credentials a `role` uses to reach this cluster's nodes."""
+    if cfg.security == "none":
+        return None
+    path = cert or secret_path(cfg.keys_dir, role, name or role)
+    if not os.path.exists(path):
+        raise KeyError_(f"{path}: no such certificate. The cluster uses CURVE (security = \"curve\"): "
+                        f"create one with 'zwal keys new {name or role} --role {role} --config {cfg.path}', "
+                        "or pass --cert FILE")
+    public, secret = load_secret(path)
+    keys: dict[str, str] = {}
+    for n in cfg.nodes:
+        if n.public_key:
+            keys[n.client_endpoint] = n.public_key
+            keys[n.repl_endpoint] = n.public_key
+    return Credentials(public, secret, keys)
+
+
+def by_hand(cert: str, server_key: str | None) -> Credentials:
+    public, secret = load_secret(cert)
+    return Credentials(public, secret, {}, server_key)

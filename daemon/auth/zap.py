@@ -1,0 +1,99 @@
+"""The node's gate: CurveZMQ on its server sockets, pyzmq's ZAP authenticator
+deciding which keys get a session, and the role of each message's sender.
+
+Invariants:
+- with security = "curve", every server socket is a CURVE server with the
+  node's own secret key, so only peers that know its public key (from the
+  cluster file) can talk to it, and every byte is encrypted and
+  authenticated;
+- a key not in the allow-list gets no session (ZAP denies it; logged as
+  `event=auth_denied`, at most once per key per minute);
+- the allow-list is re-read on SIGHUP; a message whose sender's key is no
+  longer in it is dropped unanswered, so a revoked key's open connections
+  stop working at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from daemon.auth.keys import Identity, load_registry, load_secret
+from daemon.ops import logs
+
+DOMAIN = "zwal"
+DENY_LOG_EVERY_S = 60.0
+
+
+class Gate:
+    def __init__(self, ctx: zmq.Context, keys_dir: str, secret_file: str) -> None:
+        self.ctx = ctx
+        self.keys_dir = keys_dir
+        self.public, self.secret = load_secret(secret_file)
+        self._registry: dict[str, Identity] = load_registry(keys_dir)
+        self._lock = threading.Lock()
+        self._denied_at: dict[bytes, float] = {}
+        self.denied = 0
+        self.auth: ThreadAuthenticator | None = None
+
+    # -- ZAP (runs on the authenticator's thread) ---------------------------------------------
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        with self._lock:
+            ok = key.decode("ascii", "replace") in self._registry
+        if not ok:
+            self.denied += 1
+            now = time.monotonic()
+            if now - self._denied_at.get(key, -1e9) >= DENY_LOG_EVERY_S:
+                if len(self._denied_at) > 10000:
+                    self._denied_at.clear()  # bounded, whatever a flood of fresh keys does
+                self._denied_at[key] = now
+                logs.warn("auth_denied", key=key.decode("ascii", "replace"), reason="unknown key",
+                          denied_total=self.denied)
+        return ok
+
+    def start(self) -> None:
+        self.auth = ThreadAuthenticator(self.ctx)
+        self.auth.start()
+        self.auth.configure_curve_callback(domain=DOMAIN, credentials_provider=self)
+
+    def stop(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+
+    # -- the allow-list -----------------------------------------------------------------------
+
+    def reload(self) -> int:
+        reg = load_registry(self.keys_dir)
+        with self._lock:
+            gone = set(self._registry) - set(reg)
+            self._registry = reg
+        logs.event("keys_reloaded", keys=len(reg), revoked=len(gone), keys_dir=self.keys_dir)
+        return len(reg)
+
+    def who(self, user_id: str | None) -> Identity | None:
+        """The sender of a message, by the User-Id ZAP gave its connection."""
+        if user_id is None:
+            return None
+        with self._lock:
+            return self._registry.get(user_id)
+
+    # -- sockets ------------------------------------------------------------------------------
+
+    def serve(self, sock: zmq.Socket) -> None:
+        """Make `sock` (before bind) a CURVE server that asks this gate."""
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_server = True
+        sock.zap_domain = DOMAIN.encode()
+
+
+def as_client(sock: zmq.Socket, public: bytes, secret: bytes, server_public: str | bytes) -> None:
+    """Make `sock` (before connect) a CURVE client of the server with that public key."""
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_serverkey = server_public.encode("ascii") if isinstance(server_public, str) else server_public
