@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup run stop demo test simulate soak bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
+.PHONY: setup sysdeps run stop demo test simulate soak bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
 
 help:
 	@echo "make run    - set up .venv and start a local 3-node cluster under supervisord (in var/)"
@@ -28,6 +28,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The tools the real-fault tests use (strace, ip, losetup, mkfs.ext4): installed
+# with apt-get when missing and running as root (CI); otherwise those tests skip
+# and say why.
+SYSTEM_TOOLS := strace ip losetup mkfs.ext4 setpriv
+sysdeps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing the fault-test tools:$$missing"; \
+			apt-get update -qq && apt-get install -y -qq strace iproute2 util-linux e2fsprogs >/dev/null; \
+		else \
+			echo "note: missing$$missing (not root or no apt-get): the tests that need them will skip"; \
+		fi; \
+	fi
 
 # A local 3-node cluster (1 leader, 2 followers, ack_replicas = 1) under supervisord, in var/.
 run: setup
@@ -58,7 +73,7 @@ demo: setup
 	@mkdir -p var
 	$(BIN)/zwal demo --path var/demo.wal
 
-test: setup
+test: setup sysdeps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Deterministic simulation (tests/sim/): a failing seed prints its trace; replay it with
