@@ -194,7 +194,19 @@ def parse(doc: dict, path: str) -> ClusterConfig:
 
 
 def is_loopback(endpoint: str) -> bool:
+    """Only a literal loopback address (or `localhost`, ipc://) counts: a name
+    like 127.0.0.1.example.com resolves wherever DNS says."""
+    import ipaddress
+
     if endpoint.startswith(("ipc://", "inproc://")):
         return True
-    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
-    return host.startswith("127.") or host in LOOPBACK_HOSTS
+    rest = endpoint.split("://", 1)[-1]
+    if ";" in rest:
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -276,6 +276,8 @@ class FollowerRole:
                 fetch = decode_fetch(frames)
             except BadMessage:
                 continue
+            if who is not None and fetch.name != who.name:
+                continue  # a node key speaks only for its own node
             if fetch.epoch > self.core.epoch:
                 self.probe.next_at = 0.0
             node.repl_sock.send_multipart([frames[0], *encode(NotLeader(self.core.epoch, node.state.leader))])

@@ -199,3 +199,72 @@ def test_fuzzing_the_replication_endpoint_with_a_node_key_changes_nothing(make_c
     assert c.status("node1")["epoch"] == 1
     c.start("node2")
     c.wait_converged()
+
+
+def test_a_node_key_cannot_acknowledge_in_another_nodes_name(make_cluster):
+    """K = 2 with only node1 up: node2's key sending fetches as node2 and node3
+    must not make a write count as on three disks."""
+    c = make_cluster(3, ack_replicas=2, replication_timeout=1.0)
+    c.start("node1")
+    cfg = config_mod.load(c.config)
+    leader = cfg.node("node1")
+    creds = c.creds("node", "node2")
+    s = with_key(leader.repl_endpoint, leader.public_key, creds.public, creds.secret)
+    with Client(config=c.config, timeout=1.0, deadline=2.5) as cl:
+        import threading
+
+        stop = threading.Event()
+
+        def forge() -> None:
+            while not stop.is_set():
+                for name in ("node2", "node3"):
+                    s.send(encode_fetch(Fetch(name, 1, 10**6, 1)))
+                    s.send(encode_fetch(Fetch(name, 1, 89, 1)))
+                stop.wait(0.02)
+
+        t = threading.Thread(target=forge)
+        t.start()
+        try:
+            with pytest.raises(ZwalError):
+                cl.set("k", "v")  # node3's name is not node2's key: never two acks
+        finally:
+            stop.set()
+            t.join()
+    s.close()
+    assert "reason=\"fetch in the name of 'node3'\"" in open(c.node_log("node1")).read()
+
+
+def test_a_broken_reload_keeps_the_previous_allow_list(make_cluster, tmp_path):
+    c = make_cluster(1, ack_replicas=0)
+    c.start("node1")
+    cfg = config_mod.load(c.config)
+    moved = str(tmp_path / "moved-keys")
+    os.rename(cfg.keys_dir, moved)  # an operator's slip: the keys directory is gone
+    os.makedirs(cfg.keys_dir)
+    c.signal("node1", signal.SIGHUP)
+    wait_until(lambda: "event=keys_reload_refused" in open(c.node_log("node1")).read(), 10, "the refusal")
+    os.rmdir(cfg.keys_dir)
+    os.rename(moved, cfg.keys_dir)
+    with c.client() as cl:
+        assert cl.set("still", "in").offset == 0  # nobody was locked out
+    assert c.alive("node1")
+
+
+def test_loopback_means_a_literal_loopback_address():
+    from daemon.config import is_loopback
+
+    for ep in ("tcp://127.0.0.1:7101", "tcp://127.1.2.3:1", "tcp://localhost:7101", "tcp://[::1]:7101", "ipc:///tmp/x"):
+        assert is_loopback(ep), ep
+    for ep in ("tcp://127.0.0.1.attacker.example:7101", "tcp://0.0.0.0:7101", "tcp://*:7101",
+               "tcp://10.0.0.1:7101", "tcp://127.0.0.1:1;10.0.0.1:7101", "tcp://[::]:7101"):
+        assert not is_loopback(ep), ep
+
+
+def test_a_secret_others_can_read_is_refused(tmp_path):
+    d = str(tmp_path / "keys")
+    keys.create(d, "client", "bob")
+    path = keys.secret_path(d, "client", "bob")
+    keys.load_secret(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(keys.KeyError_, match="chmod 600"):
+        keys.load_secret(path)

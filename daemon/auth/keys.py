@@ -54,10 +54,16 @@ def create(keys_dir: str, role: str, name: str) -> Identity:
         raise KeyError_(f"bad key name {name!r}: use letters, digits, '-' or '_'")
     d = folder(keys_dir, role)
     os.makedirs(d, mode=0o700, exist_ok=True)
+    os.chmod(keys_dir, 0o700)
+    os.chmod(d, 0o700)
     for p in (os.path.join(d, f"{name}.key"), os.path.join(d, f"{name}.key_secret")):
         if os.path.exists(p):
             raise KeyError_(f"{p} already exists: refusing to replace a key (revoke it first by removing it)")
-    pub_file, sec_file = zmq.auth.create_certificates(d, name, metadata={"role": role, "cluster-key": name})
+    old_umask = os.umask(0o077)  # the secret is 0600 from its first byte, not after a chmod
+    try:
+        pub_file, sec_file = zmq.auth.create_certificates(d, name, metadata={"role": role, "cluster-key": name})
+    finally:
+        os.umask(old_umask)
     os.chmod(sec_file, 0o600)
     os.chmod(pub_file, 0o644)
     public, _ = zmq.auth.load_certificate(pub_file)
@@ -65,7 +71,14 @@ def create(keys_dir: str, role: str, name: str) -> Identity:
 
 
 def load_secret(path: str) -> tuple[bytes, bytes]:
-    """(public, secret) from a `.key_secret` file."""
+    """(public, secret) from a `.key_secret` file; refuses one others may read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise KeyError_(f"cannot read the certificate {path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise KeyError_(f"{path} is readable or writable by others (mode {mode & 0o777:o}): "
+                        f"run 'chmod 600 {path}' (and consider the key compromised if others could read it)")
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
@@ -76,7 +89,8 @@ def load_secret(path: str) -> tuple[bytes, bytes]:
 
 
 def load_registry(keys_dir: str) -> dict[str, Identity]:
-    """Every public key allowed in, by its Z85 text."""
+    """Every public key allowed in, by its Z85 text. Raises KeyError_ when a
+    folder cannot be read (a missing folder is empty, not an error)."""
     out: dict[str, Identity] = {}
     for role in FOLDERS:
         d = folder(keys_dir, role)
@@ -84,6 +98,12 @@ def load_registry(keys_dir: str) -> dict[str, Identity]:
             names = sorted(os.listdir(d))
         except FileNotFoundError:
             continue
+        except OSError as e:
+            raise KeyError_(f"cannot read the key folder {d}: {e.strerror or e}") from None
+        st = os.stat(d)
+        if st.st_mode & 0o022:
+            raise KeyError_(f"{d} is writable by others (mode {st.st_mode & 0o777:o}): anyone could add a "
+                            f"{role} key; run 'chmod 700 {d}'")
         for fn in names:
             if not fn.endswith(".key"):
                 continue

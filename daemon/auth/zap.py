@@ -21,21 +21,26 @@ import time
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from daemon.auth.keys import Identity, load_registry, load_secret
+from daemon.auth.keys import Identity, KeyError_, load_registry, load_secret
 from daemon.ops import logs
 
 DOMAIN = "zwal"
-DENY_LOG_EVERY_S = 60.0
+DENY_LOG_EVERY_S = 60.0  # per key
+DENY_LOG_BURST = 20  # lines per minute, all keys together (a key per connection must not flood the log)
+HANDSHAKE_S = 5.0  # a connection that has not finished its CURVE handshake by then is dropped
 
 
 class Gate:
-    def __init__(self, ctx: zmq.Context, keys_dir: str, secret_file: str) -> None:
+    def __init__(self, ctx: zmq.Context, keys_dir: str, secret_file: str, me: str | None = None) -> None:
         self.ctx = ctx
         self.keys_dir = keys_dir
+        self.me = me
         self.public, self.secret = load_secret(secret_file)
         self._registry: dict[str, Identity] = load_registry(keys_dir)
+        self._check(self._registry)
         self._lock = threading.Lock()
         self._denied_at: dict[bytes, float] = {}
+        self._window = (0.0, 0)  # (minute start, lines logged in it)
         self.denied = 0
         self.auth: ThreadAuthenticator | None = None
 
@@ -47,13 +52,24 @@ class Gate:
         if not ok:
             self.denied += 1
             now = time.monotonic()
-            if now - self._denied_at.get(key, -1e9) >= DENY_LOG_EVERY_S:
+            start, n = self._window
+            if now - start >= 60.0:
+                if n > DENY_LOG_BURST:
+                    logs.warn("auth_denied_summary", suppressed=n - DENY_LOG_BURST, denied_total=self.denied)
+                start, n = now, 0
+            self._window = (start, n + 1)
+            if n < DENY_LOG_BURST and now - self._denied_at.get(key, -1e9) >= DENY_LOG_EVERY_S:
                 if len(self._denied_at) > 10000:
                     self._denied_at.clear()  # bounded, whatever a flood of fresh keys does
                 self._denied_at[key] = now
                 logs.warn("auth_denied", key=key.decode("ascii", "replace"), reason="unknown key",
                           denied_total=self.denied)
         return ok
+
+    def alive(self) -> bool:
+        """Is the ZAP handler running? Without it no handshake can complete
+        (ZAP_ENFORCE_DOMAIN), so the node must restart rather than linger."""
+        return self.auth is not None and self.auth.is_alive()
 
     def start(self) -> None:
         self.auth = ThreadAuthenticator(self.ctx)
@@ -67,8 +83,22 @@ class Gate:
 
     # -- the allow-list -----------------------------------------------------------------------
 
+    def _check(self, reg: dict[str, Identity]) -> None:
+        """Refuse an allow-list that would cut this cluster off from itself."""
+        mine = self.public.decode("ascii")
+        if mine not in reg or reg[mine].role != "node":
+            raise KeyError_(f"{self.keys_dir}: this node's own public key is not among keys/nodes/*.key")
+        if self.me is not None and reg[mine].name != self.me:
+            raise KeyError_(f"{self.keys_dir}: this node's secret key is {reg[mine].name}'s, not {self.me}'s")
+
     def reload(self) -> int:
-        reg = load_registry(self.keys_dir)
+        """Re-read the allow-list (SIGHUP). On any error the old list stays."""
+        try:
+            reg = load_registry(self.keys_dir)
+            self._check(reg)
+        except KeyError_ as e:
+            logs.error("keys_reload_refused", reason=str(e), action="keeping the previous allow-list")
+            return -1
         with self._lock:
             gone = set(self._registry) - set(reg)
             self._registry = reg
@@ -90,6 +120,9 @@ class Gate:
         sock.curve_publickey = self.public
         sock.curve_server = True
         sock.zap_domain = DOMAIN.encode()
+        # Without a ZAP handler libzmq would let any key in: refuse instead.
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_S * 1000))
 
 
 def as_client(sock: zmq.Socket, public: bytes, secret: bytes, server_public: str | bytes) -> None:

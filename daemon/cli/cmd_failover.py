@@ -18,11 +18,15 @@ def _cfg(path: str) -> config_mod.ClusterConfig:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from daemon.auth.keys import KeyError_
     from daemon.failover.promote import run_promote
 
     cfg = _cfg(args.config)
-    res = run_promote(cfg, args.name, force=args.force, timeout=args.timeout,
-                      say=lambda s: print(s, file=sys.stderr))
+    try:
+        res = run_promote(cfg, args.name, force=args.force, timeout=args.timeout,
+                          say=lambda s: print(s, file=sys.stderr), cert=args.cert)
+    except KeyError_ as e:
+        raise CLIError(f"{e} (promote needs an admin certificate: --cert FILE)", 2) from None
     if not res.ok:
         raise CLIError(f"refusing to promote {args.name}: {res.message}", 1)
     print(f"promoted: {res.message} ({res.seconds:.2f} s)")
@@ -141,6 +145,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--config", required=True, help="cluster file")
+    p.add_argument("--cert", help="admin certificate (default: the cluster's keys/admins/admin.key_secret)")
     p.add_argument("--force", action="store_true", help="promote even when the checks fail (may lose acknowledged writes)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each node (default: %(default)s)")
     p.set_defaults(func=cmd_promote)

@@ -179,7 +179,7 @@ class PromoteResult:
 
 def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: float = 2.0,
                 statuses_fn: Callable[[ClusterConfig, float], dict[str, dict[str, Any] | None]] | None = None,
-                say: Callable[[str], None] = lambda s: None) -> PromoteResult:
+                say: Callable[[str], None] = lambda s: None, cert: str | None = None) -> PromoteResult:
     t0 = time.monotonic()
     get_statuses = statuses_fn or statuses_of
     sts = get_statuses(cfg, timeout)
@@ -191,7 +191,7 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
     epoch = d.epoch
     eps = {n.name: n.client_endpoint for n in cfg.nodes}
     majority = len(cfg.nodes) // 2 + 1
-    with Client(list(eps.values()), timeout=timeout, deadline=timeout, creds=operator_creds(cfg, "admin")) as c:
+    with Client(list(eps.values()), timeout=timeout, deadline=timeout, creds=operator_creds(cfg, "admin", cert)) as c:
         # The fence is a vote for `name` in `epoch` (one per node per epoch,
         # like Raft's): a majority of votes makes this the only promotion of
         # `epoch` that can win, whatever else runs at the same time.
@@ -254,14 +254,14 @@ def statuses_of(cfg: ClusterConfig, timeout: float) -> dict[str, dict[str, Any] 
     return fetch_statuses([(n.name, n.client_endpoint) for n in cfg.nodes], timeout, operator_creds(cfg))
 
 
-def operator_creds(cfg: ClusterConfig, role: str | None = None) -> Any:
-    """An operator's certificate: the admin one for admin ops; for status,
-    the admin one if this machine has it, else the client one."""
+def operator_creds(cfg: ClusterConfig, role: str | None = None, cert: str | None = None) -> Any:
+    """An operator's certificate: the admin one (or `cert`) for admin ops; for
+    status, the client one if this machine has it, else the admin one."""
     from daemon.auth.creds import for_config
     from daemon.auth.keys import secret_path
 
     if cfg.security == "none":
         return None
     if role is None:
-        role = "admin" if os.path.exists(secret_path(cfg.keys_dir, "admin", "admin")) else "client"
-    return for_config(cfg, role)
+        role = "client" if os.path.exists(secret_path(cfg.keys_dir, "client", "client")) else "admin"
+    return for_config(cfg, role, cert=cert if role == "admin" else None)

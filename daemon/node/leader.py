@@ -254,6 +254,12 @@ class LeaderRole:
             except BadMessage:
                 self.core.counters.dropped += 1
                 continue
+            if who is not None and (fetch.name != who.name or fetch.name not in self.node.cfg.names):
+                # A node key speaks only for its own node: a fetch in another
+                # node's name would be a forged acknowledgement.
+                self.core.counters.dropped += 1
+                logs.warn("forbidden", key=str(who), op="fetch", reason=f"fetch in the name of {fetch.name!r}")
+                continue
             self._perform(self.core.on_fetch(fetch, frames[:1], time.monotonic()))
 
     def _perform(self, actions: list[Any]) -> None:

@@ -88,7 +88,11 @@ class Node:
         self.creds: Credentials | None = None
         self._reload_keys = False
         if cfg.security == "curve":
-            self.gate = Gate(self.ctx, cfg.keys_dir, secret_path(cfg.keys_dir, "node", name))
+            self.gate = Gate(self.ctx, cfg.keys_dir, secret_path(cfg.keys_dir, "node", name), me=name)
+            if self.me.public_key != self.gate.public.decode("ascii"):
+                raise KeyError_(f"{cfg.path}: {name}'s public_key is {self.me.public_key} but its secret key "
+                                f"belongs to {self.gate.public.decode('ascii')}: clients would never reach it. "
+                                f"Copy keys/nodes/{name}.key's public key into its [[node]] section")
             self.creds = for_config(cfg, "node", name)
 
     # -- lifecycle -------------------------------------------------------------
@@ -282,6 +286,8 @@ class Node:
     def service_tick(self, now: float, snapshot: Any) -> None:
         """Called by every role loop each turn: watchdog, STATUS=, metrics snapshot, SIGHUP."""
         self.notifier.tick(now)
+        if self.gate is not None and not self.gate.alive():
+            raise FsyncFailure("the ZAP authenticator thread stopped: no client could connect; restarting")
         if self._reload_keys:
             self._reload_keys = False
             if self.gate is not None:
