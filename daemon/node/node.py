@@ -445,7 +445,10 @@ def main_node(config_path: str, name: str) -> int:
     logs.setup(node=name)
     try:
         node = Node(cfg, name)
-    except KeyError_ as e:
+    except (KeyError_, nodestate.StateError) as e:
+        # A damaged node-state.json (a disk that lost a write it reported
+        # done) holds this node's votes: guessing them could let it vote
+        # twice in one epoch. Refuse, say how to restore.
         logs.error("refusing_to_start", reason=str(e))
         return EXIT_FATAL
     except OSError as e:
