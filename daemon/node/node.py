@@ -221,6 +221,7 @@ class Node:
             pass
 
     def run(self) -> int:
+        raise_fd_limit()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -438,6 +439,23 @@ class _Revoked:
 
 REVOKED: Any = _Revoked()
 Sender = Any  # Identity | REVOKED | None (security = "none")
+
+
+def raise_fd_limit() -> None:
+    """Every connection costs a file descriptor; the log, the state file and
+    the evidence files need some too. Take the hard limit the supervisor
+    allows (systemd: LimitNOFILE) so a crowd of connections meets the
+    handshake limit and ZAP long before the node cannot open a file."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    logs.event("fd_limit", nofile=soft)
 
 
 def main_node(config_path: str, name: str) -> int:
