@@ -35,6 +35,13 @@ from daemon.ops.metrics import Metrics
 from daemon.ops.sdnotify import Notifier
 from daemon.wal.reader import ScanResult
 
+# Replies queued for one connection that is not reading them (ZeroMQ's send
+# high-water mark counts messages, not bytes): at most this many, so a client
+# that never reads costs at most REPLY_QUEUE x the largest reply (about 1 MiB)
+# plus the kernel's socket buffer. Past it the ROUTER drops replies to that
+# connection; a client that reads again retries by request id and is
+# answered from the retry window (writes) or afresh (reads).
+REPLY_QUEUE = 64
 EXIT_FSYNC = 3  # the supervisor restarts us; recovery runs on the next start
 EXIT_FATAL = 2
 
@@ -168,7 +175,7 @@ class Node:
             self.gate.serve(c)
         c.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         c.setsockopt(zmq.RCVHWM, 10000)
-        c.setsockopt(zmq.SNDHWM, 10000)
+        c.setsockopt(zmq.SNDHWM, REPLY_QUEUE)
         c.setsockopt(zmq.LINGER, 500)
         c.bind(self.me.client_endpoint)
         r = self.ctx.socket(zmq.ROUTER)
