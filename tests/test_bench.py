@@ -69,7 +69,8 @@ def test_bench_run_writes_report_plots_and_names_missing_peers(tmp_path) -> None
     data = json.loads((out / "results.json").read_text())
     rows = {(x["scenario"], x["clients"]): x for x in data["rows"]}
     assert set(rows) == {(n, c) for n in ("disk floor, per record", "disk floor, batched",
-                                          "zwal 1 node, group commit") for c in (1, 4)}
+                                          "zwal 1 node, group commit", "zwal 1 node, group commit, no CURVE")
+                         for c in (1, 4)}
     for x in rows.values():
         assert x["runs"] == 2
         assert 0 < x["ops_min"] <= x["ops"] <= x["ops_max"]

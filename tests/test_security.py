@@ -268,3 +268,55 @@ def test_a_secret_others_can_read_is_refused(tmp_path):
     os.chmod(path, 0o644)
     with pytest.raises(keys.KeyError_, match="chmod 600"):
         keys.load_secret(path)
+
+
+def test_a_flood_of_strangers_does_not_stop_good_clients(make_cluster):
+    """300 connections with unknown keys keep handshaking and sending while a
+    good client writes: its writes keep flowing, the strangers change nothing,
+    and the log gets at most a bounded number of denial lines."""
+    import threading
+    import time as time_
+
+    c = make_cluster(1, ack_replicas=0)
+    c.start("node1")
+    cfg = config_mod.load(c.config)
+    ep, server_key = c.endpoint("node1"), cfg.node("node1").public_key
+    stop = threading.Event()
+    made = [0]
+
+    def strangers() -> None:
+        socks = []
+        while not stop.is_set():
+            for _ in range(50):
+                pub, sec = zmq.curve_keypair()
+                s = with_key(ep, server_key, pub, sec)
+                s.send(FENCE)
+                socks.append(s)
+                made[0] += 1
+            while len(socks) > 300:
+                socks.pop(0).close()
+            stop.wait(0.05)
+        for s in socks:
+            s.close()
+
+    t = threading.Thread(target=strangers)
+    t.start()
+    lat = []
+    try:
+        with c.client() as cl:
+            end = time_.monotonic() + 4.0
+            while time_.monotonic() < end:
+                t0 = time_.monotonic()
+                cl.set(f"good{len(lat)}", "v")
+                lat.append(time_.monotonic() - t0)
+    finally:
+        stop.set()
+        t.join()
+    lat.sort()
+    assert made[0] > 1000 and len(lat) > 100, (made[0], len(lat))
+    assert lat[int(len(lat) * 0.99)] < 0.5, lat[-5:]
+    assert c.status("node1")["epoch"] == 1
+    denials = open(c.node_log("node1")).read().count("event=auth_denied ")
+    assert denials <= 25, denials
+    print(f"\n{made[0]} stranger connections; good client: {len(lat)} writes in 4 s, "
+          f"p50 {lat[len(lat) // 2] * 1e3:.1f} ms, p99 {lat[int(len(lat) * 0.99)] * 1e3:.1f} ms; {denials} denial lines")
