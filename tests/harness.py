@@ -8,10 +8,8 @@ with the real client.
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,26 +17,10 @@ from typing import Any, Callable
 
 from daemon.client.blocking import Client
 from daemon.cli.cmd_cluster import create_keys, render
+from daemon.ops.ports import free_base_port  # noqa: F401  (tests import it from here)
 from daemon.wal.reader import sha256_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_base_port(span: int = 30) -> int:
-    """A base port with `span` free ports after it (best effort, randomised)."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - span)
-        ok = True
-        for p in range(base + 1, base + span):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range")
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

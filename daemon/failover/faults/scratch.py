@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,19 +22,7 @@ from daemon import config as config_mod
 from daemon.cli.cmd_cluster import create_keys, render
 from daemon.failover.faults.disk import FailingDisk
 from daemon.failover.faults.netns import Net
-
-
-def free_base_port(span: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - span)
-        try:
-            for p in range(base + 1, base + span):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free range of ports on 127.0.0.1")
+from daemon.ops.ports import free_base_port
 
 
 class ScratchCluster:
