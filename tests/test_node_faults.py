@@ -173,3 +173,41 @@ def test_a_client_that_never_reads_its_replies_costs_bounded_memory(make_cluster
         assert time.monotonic() - t0 < 1.0
     s.close()
     assert peak - before < 200, f"RSS grew from {before} MB to {peak} MB"
+
+
+@pytest.mark.slow
+def test_running_out_of_file_descriptors_refuses_an_admin_op_and_the_node_stays_up(make_cluster):
+    """A crowd of connections exhausts the node's descriptors (limit 80): a
+    fence that needs to save node-state.json is refused, nothing changes,
+    and the node is still up to serve once the crowd leaves."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit is not installed (util-linux)")
+    c = make_cluster(1, ack_replicas=0)
+    c.start("node1", wrap=["prlimit", "--nofile=80:80"])
+    adm = zmq.Context.instance().socket(zmq.DEALER)
+    adm.setsockopt(zmq.LINGER, 0)
+    c.secure(adm, c.endpoint("node1"), role="admin")
+    adm.connect(c.endpoint("node1"))
+    adm.send(msgpack.packb({"id": 0, "op": "ping"}))
+    assert adm.poll(3000) and msgpack.unpackb(adm.recv())["ok"]
+    ctx = zmq.Context()
+    ctx.max_sockets = 5000
+    crowd = []
+    for _ in range(150):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        c.secure(s, c.endpoint("node1"))
+        s.connect(c.endpoint("node1"))
+        crowd.append(s)
+    time.sleep(2.0)
+    adm.send(msgpack.packb({"id": 1, "op": "fence", "args": {"epoch": 2}}))
+    assert adm.poll(5000)
+    reply = msgpack.unpackb(adm.recv())
+    assert reply["ok"] is False and reply["error"] == "refused" and "retry" in reply["message"], reply
+    assert c.alive("node1")
+    for s in crowd:
+        s.close()
+    ctx.term()
+    adm.close()
+    assert c.status("node1")["epoch"] == 1
+    assert "event=state_not_saved" in open(c.node_log("node1")).read()

@@ -8,6 +8,7 @@ handling. A role (leader or follower) is looked up by name through the
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -119,6 +120,13 @@ class Node:
         try:
             nodestate.save(self.me.state_path, st)
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of file descriptors (a crowd of connections): nothing
+                # about the disk is in doubt, so this is not a reason to die.
+                # The caller refuses what it was doing and the state stays.
+                logs.error("state_not_saved", path=self.me.state_path, error=str(e))
+                raise StateNotSaved(f"{self.me.state_path}: cannot save the node state now ({e.strerror}): "
+                                    "nothing changed; retry when fewer connections are open") from None
             # Whether the new state reached the disk is unknown: the same
             # rule as a failed fsync of the log (exit 3, restart, re-read).
             raise FsyncFailure(f"{self.me.state_path}: saving the node state failed: {e}") from None
@@ -396,7 +404,10 @@ class Node:
             logs.warn("admin_refused", op=req.op, epoch=(req.args or {}).get("epoch"), code=d.code, reason=d.message)
             return error_reply(req.id, d.code, d.message, **d.fields), None
         if d.state is not None:
-            self.save_state(d.state)
+            try:
+                self.save_state(d.state)
+            except StateNotSaved as e:
+                return error_reply(req.id, Err.REFUSED, str(e)), None
             if d.state.role == LEADER:
                 logs.event("promoted", epoch=d.state.epoch, start_offset=self.writer.end)
         t = Transition(self.state, d.transition, reload=d.reload) if d.transition else None
@@ -405,6 +416,11 @@ class Node:
 
 class FsyncFailure(Exception):
     """Raised out of a role loop: the node must exit non-zero and be restarted."""
+
+
+class StateNotSaved(FsyncFailure):
+    """The node state could not be saved for want of a file descriptor. An
+    admin op is refused (nothing changed); anywhere else it still restarts."""
 
 
 def decode_client(sock: zmq.Socket, frames: list[bytes], counters: Any,
