@@ -41,6 +41,7 @@ class Gate:
         self._lock = threading.Lock()
         self._denied_at: dict[bytes, float] = {}
         self._window = (0.0, 0)  # (minute start, lines logged in it)
+        self._suppressed = 0
         self.denied = 0
         self.auth: ThreadAuthenticator | None = None
 
@@ -52,18 +53,23 @@ class Gate:
         if not ok:
             self.denied += 1
             now = time.monotonic()
-            start, n = self._window
+            start, n = self._window  # lines logged in the current minute
             if now - start >= 60.0:
-                if n > DENY_LOG_BURST:
-                    logs.warn("auth_denied_summary", suppressed=n - DENY_LOG_BURST, denied_total=self.denied)
+                if self._suppressed:
+                    logs.warn("auth_denied_summary", suppressed=self._suppressed, denied_total=self.denied)
+                    self._suppressed = 0
                 start, n = now, 0
-            self._window = (start, n + 1)
-            if n < DENY_LOG_BURST and now - self._denied_at.get(key, -1e9) >= DENY_LOG_EVERY_S:
-                if len(self._denied_at) > 10000:
-                    self._denied_at.clear()  # bounded, whatever a flood of fresh keys does
-                self._denied_at[key] = now
-                logs.warn("auth_denied", key=key.decode("ascii", "replace"), reason="unknown key",
-                          denied_total=self.denied)
+            if now - self._denied_at.get(key, -1e9) >= DENY_LOG_EVERY_S:
+                if n < DENY_LOG_BURST:
+                    if len(self._denied_at) > 10000:
+                        self._denied_at.clear()  # bounded, whatever a flood of fresh keys does
+                    self._denied_at[key] = now
+                    logs.warn("auth_denied", key=key.decode("ascii", "replace"), reason="unknown key",
+                              denied_total=self.denied)
+                    n += 1
+                else:
+                    self._suppressed += 1
+            self._window = (start, n)
         return ok
 
     def alive(self) -> bool:

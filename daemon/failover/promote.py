@@ -181,6 +181,10 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
                 statuses_fn: Callable[[ClusterConfig, float], dict[str, dict[str, Any] | None]] | None = None,
                 say: Callable[[str], None] = lambda s: None, cert: str | None = None) -> PromoteResult:
     t0 = time.monotonic()
+    if statuses_fn is None and cert is not None:
+        # Only the given (admin) certificate may exist on this machine.
+        def statuses_fn(c: ClusterConfig, t: float) -> dict[str, dict[str, Any] | None]:
+            return fetch_statuses([(n.name, n.client_endpoint) for n in c.nodes], t, operator_creds(c, "admin", cert))
     get_statuses = statuses_fn or statuses_of
     sts = get_statuses(cfg, timeout)
     d = decide(name, sts, cfg.ack_replicas, force)

@@ -102,7 +102,7 @@ class NodeState:
         except StateError:
             raise
         except Exception as e:
-            raise StateError(f"{path}: unreadable node state ({e}); restore it or remove the node's data directory") from None
+            raise StateError(f"{path}: unreadable node state ({e}); restore it from a backup; or, to rebuild this node from its peers, move its whole data directory aside and start it while the cluster has a leader") from None
         return cls(role, epoch, leader, history, led_epoch, voted_for, confirm_from, damaged_end)
 
     def note_epoch_start(self, epoch: int, offset: int) -> bool:
