@@ -320,3 +320,12 @@ def test_a_flood_of_strangers_does_not_stop_good_clients(make_cluster):
     assert denials <= 25, denials
     print(f"\n{made[0]} stranger connections; good client: {len(lat)} writes in 4 s, "
           f"p50 {lat[len(lat) // 2] * 1e3:.1f} ms, p99 {lat[int(len(lat) * 0.99)] * 1e3:.1f} ms; {denials} denial lines")
+
+
+def test_a_public_key_file_others_can_write_is_refused(tmp_path):
+    d = str(tmp_path / "keys")
+    keys.create(d, "admin", "root")
+    keys.load_registry(d)
+    os.chmod(os.path.join(keys.folder(d, "admin"), "root.key"), 0o666)
+    with pytest.raises(keys.KeyError_, match="writable by others"):
+        keys.load_registry(d)

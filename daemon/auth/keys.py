@@ -17,6 +17,7 @@ moving away) its `.key` file, then SIGHUP to the nodes.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 import zmq.auth
@@ -107,8 +108,13 @@ def load_registry(keys_dir: str) -> dict[str, Identity]:
         for fn in names:
             if not fn.endswith(".key"):
                 continue
+            path = os.path.join(d, fn)
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o022:
+                raise KeyError_(f"{path} is a symlink or writable by others: anyone could swap in their own "
+                                f"key with the {role} role; make it a plain file with 'chmod 644'")
             try:
-                public, _ = zmq.auth.load_certificate(os.path.join(d, fn))
+                public, _ = zmq.auth.load_certificate(path)
             except (OSError, ValueError):
                 continue  # a half-copied file: skip it, never crash the gate
             out[public.decode("ascii")] = Identity(fn[: -len(".key")], role, public.decode("ascii"))
