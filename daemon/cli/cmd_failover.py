@@ -67,6 +67,12 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if args.config is not None:
         cfg = _cfg(args.config)
     else:
+        import signal
+
+        def _stop(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt  # unwind, so the scratch cluster is removed (mounts, loop devices, namespaces)
+
+        signal.signal(signal.SIGTERM, _stop)
         from daemon.failover.faults.scratch import ScratchCluster
 
         root = tempfile.mkdtemp(prefix="zwal-drill-")
