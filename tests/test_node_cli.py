@@ -29,7 +29,7 @@ def test_single_node_cluster_under_supervisord(tmp_path):
     assert again.returncode != 0 and "refusing to overwrite" in again.stderr
     conf, cfg = os.path.join(d, "supervisord.conf"), os.path.join(d, "cluster.toml")
     sup = open(conf).read()
-    for key in ("stopsignal=TERM", "stopwaitsecs=15", "autorestart=true", "startsecs=1", "[group:zwal]",
+    for key in ("stopsignal=TERM", "stopwaitsecs=15", "autorestart=unexpected", "exitcodes=0,2", "startsecs=1", "[group:zwal]",
                 "stdout_logfile_maxbytes"):
         assert key in sup
     subprocess.run([os.path.join(BIN, "supervisord"), "-c", conf], check=True, timeout=30)

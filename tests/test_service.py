@@ -62,8 +62,11 @@ class FakeSystemd:
 
 def test_notify_ready_after_recovery_watchdog_and_stopping(make_cluster, tmp_path):
     c = make_cluster(1, ack_replicas=0)
-    # Give recovery real work: a log with records and a torn tail.
-    os.makedirs(os.path.dirname(c.log_path("node1")), exist_ok=True)
+    # Give recovery real work: a log with records and a torn tail. The node
+    # runs once first so its node-state.json exists (a log without one is
+    # refused: its votes would be unknown).
+    c.start("node1")
+    c.stop("node1")
     w, _ = open_log(c.log_path("node1"))
     for i in range(2000):
         w.append(Record("set", f"k{i}".encode(), b"v" * 50), 1)
