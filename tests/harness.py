@@ -110,7 +110,8 @@ class Cluster:
         out = open(self.node_log(name), "ab")
         cmd = [*self.wraps.get(name, []), *(wrap or []), sys.executable, "-m", "daemon.cli", "node",
                "--config", self.config, "--name", name]
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
+        # Its own process group: close() kills a wrapper (strace) and the node under it together.
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
                              env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         out.close()
         self.procs[name] = p
@@ -146,9 +147,12 @@ class Cluster:
         for c in self._clients:
             c.close()
         for name, p in self.procs.items():
+            try:
+                os.killpg(p.pid, signal.SIGCONT)
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.send_signal(signal.SIGKILL)
                 p.wait(10)
 
     # -- talking to it ---------------------------------------------------------------
