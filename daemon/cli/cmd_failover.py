@@ -6,22 +6,14 @@ import argparse
 import os
 import sys
 
-from daemon import config as config_mod
-from daemon.cli.cmd_log import CLIError
-
-
-def _cfg(path: str) -> config_mod.ClusterConfig:
-    try:
-        return config_mod.load(path)
-    except config_mod.ConfigError as e:
-        raise CLIError(str(e), 2) from None
+from daemon.cli.cmd_log import CLIError, load_cluster
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from daemon.auth.keys import KeyError_
     from daemon.failover.promote import run_promote
 
-    cfg = _cfg(args.config)
+    cfg = load_cluster(args.config)
     try:
         res = run_promote(cfg, args.name, force=args.force, timeout=args.timeout,
                           say=lambda s: print(s, file=sys.stderr), cert=args.cert)
@@ -65,7 +57,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
                            "network namespaces and loop-device disks. Run it as root, or use --fault kill,pause", 1)
     scratch = None
     if args.config is not None:
-        cfg = _cfg(args.config)
+        cfg = load_cluster(args.config)
     else:
         import signal
 

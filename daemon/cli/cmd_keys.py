@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from daemon import config as config_mod
-from daemon.cli.cmd_log import CLIError
-
-
-def _cfg(path: str) -> config_mod.ClusterConfig:
-    try:
-        return config_mod.load(path)
-    except config_mod.ConfigError as e:
-        raise CLIError(str(e), 2) from None
+from daemon.cli.cmd_log import CLIError, load_cluster
 
 
 def cmd_new(args: argparse.Namespace) -> int:
     from daemon.auth import keys
 
-    cfg = _cfg(args.config)
+    cfg = load_cluster(args.config)
     try:
         ident = keys.create(cfg.keys_dir, args.role, args.name)
     except keys.KeyError_ as e:
@@ -34,7 +26,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from daemon.auth import keys
 
-    cfg = _cfg(args.config)
+    cfg = load_cluster(args.config)
     reg = keys.load_registry(cfg.keys_dir)
     for ident in sorted(reg.values(), key=lambda i: (i.role, i.name)):
         print(f"{ident.role:7} {ident.name:20} {ident.public}")

@@ -25,6 +25,16 @@ class CLIError(Exception):
         self.exit_code = code
 
 
+def load_cluster(path: str):  # type: ignore[no-untyped-def]
+    """The cluster file, or a one-line error (exit 2) that says what is wrong with it."""
+    from daemon import config as config_mod
+
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as e:
+        raise CLIError(str(e), 2) from None
+
+
 def _show(b: bytes) -> object:
     try:
         return b.decode("utf-8")
