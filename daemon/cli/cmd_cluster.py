@@ -1,25 +1,40 @@
-"""`zwal cluster init` and `zwal node`: create a cluster directory, run a node."""
+"""`zwal cluster init` and `zwal node`: create a cluster directory, run a node.
+
+The templates ship inside the package (daemon/templates/, read with
+importlib.resources), so an installed wheel needs no checkout;
+deploy/templates/ and deploy/systemd/ in the repository link to them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
+import socket
 import sys
+from importlib import resources
 
 from daemon import config as config_mod
 from daemon.cli.cmd_log import CLIError
 
-TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "deploy", "templates")
+SYSTEMD_UNIT = "systemd/zwal@.service"
+SYSUSERS = "systemd/zwal.sysusers.conf"
 
 
-def _template(name: str) -> str:
-    path = os.path.join(TEMPLATES, name)
+def template_text(name: str) -> str:
+    """A file of daemon/templates/ (`name` may be `systemd/...`), from the installed package."""
+    node = resources.files("daemon").joinpath("templates")
+    for part in name.split("/"):
+        node = node.joinpath(part)
     try:
-        with open(path) as f:
-            return f.read()
+        return node.read_text(encoding="utf-8")
     except OSError:
-        raise CLIError(f"template {path} is missing: run zwal from a checkout of the zwal repository") from None
+        raise CLIError(f"template daemon/templates/{name} is missing from this installation of zwal "
+                       "(reinstall it: pip install zwal, or pip install . in a checkout)") from None
+
+
+_template = template_text
 
 
 def zwal_command() -> str:
@@ -51,26 +66,93 @@ def create_keys(dir_: str, nodes: int) -> dict[str, str]:
     return out
 
 
+def layout(nodes: int, base_port: int, hosts: list[str] | None = None,
+           data_root: str | None = None) -> list[dict]:
+    """Where each node lives: name, host, its three ports and its data_dir.
+
+    Node i is on host i (127.0.0.1 without `hosts`). Ports count from BASE on
+    each host separately: nodes on different hosts share the same ports, nodes
+    on one host get BASE+1..3, BASE+4..6, ... Without `data_root` a node's data
+    lives in DIR/<node> (relative to the cluster file); with it, in the
+    absolute <data_root>/<node>."""
+    if hosts is not None and len(hosts) != nodes:
+        raise ValueError("one host per node")
+    out, seen = [], {}
+    for i in range(nodes):
+        name = f"node{i + 1}"
+        host = hosts[i] if hosts else "127.0.0.1"
+        slot = seen.get(host, 0)
+        seen[host] = slot + 1
+        port = base_port + 3 * slot
+        out.append({"node": name, "host": host, "client_port": port + 1, "repl_port": port + 2,
+                    "metrics_port": port + 3,
+                    "data_dir": os.path.join(data_root, name) if data_root else name})
+    return out
+
+
+def _endpoint_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def render(dir_: str, nodes: int, base_port: int, ack_replicas: int | None, name: str,
-           public_keys: dict[str, str] | None = None) -> tuple[str, str]:
+           public_keys: dict[str, str] | None = None, *, hosts: list[str] | None = None,
+           data_root: str | None = None) -> tuple[str, str]:
     """The cluster file and supervisord.conf; `public_keys` (from create_keys) turns
-    CURVE on, None writes security = "none" (loopback only)."""
+    CURVE on, None writes security = "none" (loopback only). `hosts` and
+    `data_root`: see layout()."""
     k = ack_replicas if ack_replicas is not None else (1 if nodes > 1 else 0)
     node_t = _template("node.toml.tmpl")
     prog_t = _template("program.conf.tmpl")
     node_txt, progs = [], []
-    names = [f"node{i}" for i in range(1, nodes + 1)]
-    for i, n in enumerate(names):
-        port = base_port + 3 * i
+    places = layout(nodes, base_port, hosts, data_root)
+    names = [p["node"] for p in places]
+    for p in places:
+        n = p["node"]
         key_line = f'public_key = "{public_keys[n]}"\n' if public_keys else ""
-        node_txt.append(node_t.format(node=n, client_port=port + 1, repl_port=port + 2, metrics_port=port + 3,
-                                      public_key_line=key_line))
+        node_txt.append(node_t.format(**{**p, "host": _endpoint_host(p["host"])}, public_key_line=key_line))
         progs.append(prog_t.format(node=n, zwal=zwal_command()))
-    cluster = _template("cluster.toml.tmpl").format(name=name, ack_replicas=k, nodes="".join(node_txt),
-                                                    security="curve" if public_keys else "none")
+    # One dict of fields for the cluster template, so a new [cluster] key is one entry here.
+    cluster_fields = {"name": name, "ack_replicas": k, "nodes": "".join(node_txt),
+                      "security": "curve" if public_keys else "none"}
+    cluster = _template("cluster.toml.tmpl").format(**cluster_fields)
     sup = _template("supervisord.conf.tmpl").format(dir=os.path.abspath(dir_), programs=",".join(names),
                                                     program_sections="".join(progs))
     return cluster, sup
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could not bind host:port now (SO_REUSEADDR, as ZeroMQ and the metrics
+    server set it, so a connection in TIME_WAIT does not count; a listener does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+def check_ports_free(places: list[dict]) -> None:
+    """Refuse, naming the port, when a port of a local cluster is taken (another cluster,
+    e.g. `make run`'s on 7100, would answer its clients instead)."""
+    for p in places:
+        for what in ("client_port", "repl_port", "metrics_port"):
+            port = p[what]
+            if port_in_use(port, p["host"]):
+                raise CLIError(
+                    f"port {port} ({p['node']}'s {what.replace('_', ' ')}) is already in use on {p['host']}: "
+                    "another cluster or program is listening there (make run's cluster uses 7100-7109). "
+                    "Choose other ports with --base-port, or stop that program", 1)
+
+
+def parse_hosts(text: str) -> list[str]:
+    hosts = [h.strip() for h in text.split(",")]
+    for h in hosts:
+        if not h or any(c in h for c in ' "\'/\t[]') or h.startswith("-"):
+            raise CLIError(f"--hosts: {h!r} is not a host name or address (give them comma-separated: h1,h2,h3)", 2)
+    return hosts
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -80,28 +162,50 @@ def cmd_init(args: argparse.Namespace) -> int:
     for p in (cluster_path, sup_path):
         if os.path.exists(p):
             raise CLIError(f"{p} already exists: refusing to overwrite a cluster (remove {d} to start afresh)")
-    if not 1 <= args.nodes <= 9:
+    hosts = parse_hosts(args.hosts) if args.hosts else None
+    nodes = args.nodes if args.nodes is not None else (len(hosts) if hosts else 3)
+    if hosts and len(hosts) != nodes:
+        raise CLIError(f"--nodes {nodes} but --hosts names {len(hosts)} host(s): give one host per node", 2)
+    if not 1 <= nodes <= 9:
         raise CLIError("--nodes must be between 1 and 9", 2)
-    if args.ack_replicas is not None and not 0 <= args.ack_replicas < args.nodes:
-        raise CLIError(f"--ack-replicas must be between 0 and {args.nodes - 1}", 2)
+    if args.ack_replicas is not None and not 0 <= args.ack_replicas < nodes:
+        raise CLIError(f"--ack-replicas must be between 0 and {nodes - 1}", 2)
     if not 1024 <= args.base_port <= 65000:
         raise CLIError("--base-port must be between 1024 and 65000", 2)
+    if args.data_root is not None and not os.path.isabs(args.data_root):
+        raise CLIError(f"--data-root must be an absolute path (got {args.data_root!r})", 2)
     keys_dir = os.path.join(d, "keys")
     if os.path.exists(keys_dir):
         raise CLIError(f"{keys_dir} already exists: refusing to overwrite keys (remove {d} to start afresh)")
-    cluster, sup = render(d, args.nodes, args.base_port, args.ack_replicas, args.name,
-                          create_keys(d, args.nodes))
-    os.makedirs(os.path.join(d, "log"), exist_ok=True)
+    if not hosts:
+        check_ports_free(layout(nodes, args.base_port, None, None))
+    cluster, sup = render(d, nodes, args.base_port, args.ack_replicas, args.name,
+                          create_keys(d, nodes), hosts=hosts, data_root=args.data_root)
     with open(cluster_path, "w") as f:
         f.write(cluster)
-    with open(sup_path, "w") as f:
-        f.write(sup)
+    if not hosts:
+        os.makedirs(os.path.join(d, "log"), exist_ok=True)
+        with open(sup_path, "w") as f:
+            f.write(sup)
     cfg = config_mod.load(cluster_path)  # what we wrote must load
-    print(f"wrote {cluster_path} ({len(cfg.nodes)} node(s), ack_replicas = {cfg.ack_replicas}) and {sup_path}")
+    print(f"wrote {cluster_path} ({len(cfg.nodes)} node(s), ack_replicas = {cfg.ack_replicas})"
+          + ("" if hosts else f" and {sup_path}"))
     print(f"keys:      {keys_dir}/ (nodes/, clients/client.key_secret, admins/admin.key_secret; "
           "CurveZMQ on every socket, docs/security.md)")
+    if hosts:
+        for n in cfg.nodes:
+            print(f"  {n.name}: {n.client_endpoint} (data {n.data_dir})")
+        print(f"on each host: copy {d}/ to /etc/zwal/ (each host needs only its own node's "
+              "keys/nodes/<node>.key_secret), then: systemctl enable --now zwal@<node>  (deploy/README.md)")
+        print(f"then:      zwal status --config {cluster_path}")
+        return 0
     print(f"start it:  supervisord -c {sup_path}")
     print(f"then:      zwal status --config {cluster_path}")
+    return 0
+
+
+def cmd_systemd_unit(args: argparse.Namespace) -> int:
+    sys.stdout.write(template_text(SYSUSERS if args.sysusers else SYSTEMD_UNIT))
     return 0
 
 
@@ -115,21 +219,40 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("cluster", help="create a cluster directory (cluster.toml + supervisord.conf)")
+    c = sub.add_parser("cluster", help="create a cluster directory (cluster.toml + supervisord.conf); print the systemd unit")
     cs = c.add_subparsers(dest="cluster_cmd", required=True, metavar="COMMAND")
     i = cs.add_parser(
-        "init", help="write DIR/cluster.toml and DIR/supervisord.conf for a local cluster",
-        description="Write a cluster file and a supervisord configuration for N nodes on 127.0.0.1. "
-        "Node i uses ports BASE+3(i-1)+1 (clients), +2 (replication), +3 (metrics); its data lives in "
-        "DIR/node<i>/ and its log in DIR/log/node<i>.log. Refuses to overwrite an existing cluster.",
+        "init", help="write DIR/cluster.toml (and DIR/supervisord.conf for a local cluster)",
+        description="Write a cluster file, CurveZMQ keys and (for a local cluster) a supervisord "
+        "configuration for N nodes. Local (no --hosts): every node on 127.0.0.1, node i on ports "
+        "BASE+3(i-1)+1 (clients), +2 (replication), +3 (metrics), its data in DIR/node<i>/ and its log in "
+        "DIR/log/node<i>.log; init refuses, naming the port, when one of these ports is already taken. "
+        "With --hosts h1,h2,h3: node i on host i, nodes on different hosts use the same ports "
+        "(BASE+1..3), no supervisord.conf (run each node with systemd: deploy/README.md). "
+        "Refuses to overwrite an existing cluster.",
     )
     i.add_argument("dir", metavar="DIR")
-    i.add_argument("--nodes", type=int, default=3, help="number of nodes (default: %(default)s)")
+    i.add_argument("--nodes", type=int, default=None,
+                   help="number of nodes (default: 3, or one per --hosts entry)")
     i.add_argument("--base-port", type=int, default=7100, help="first port (default: %(default)s)")
     i.add_argument("--ack-replicas", type=int, default=None,
                    help="K: followers that must fsync before a write is acknowledged (default: 1 if there are followers)")
     i.add_argument("--name", default="zwal-local", help="cluster name (default: %(default)s)")
+    i.add_argument("--hosts", metavar="H1,H2,...", default=None,
+                   help="one host name or address per node, comma-separated: node i listens on host i")
+    i.add_argument("--data-root", metavar="PATH", default=None,
+                   help="absolute folder holding each node's data directory, PATH/<node> "
+                   "(e.g. /var/lib/zwal, what the systemd unit writes); default: DIR/<node>")
     i.set_defaults(func=cmd_init)
+
+    u = cs.add_parser(
+        "systemd-unit", help="print the systemd template unit zwal@.service shipped with zwal",
+        description="Print the systemd template unit (one instance per node: zwal@node1) that ships "
+        "inside the zwal package, e.g. zwal cluster systemd-unit | sudo tee /etc/systemd/system/zwal@.service. "
+        "--sysusers prints the systemd-sysusers file for the zwal user instead. See deploy/README.md.",
+    )
+    u.add_argument("--sysusers", action="store_true", help="print zwal.sysusers.conf instead")
+    u.set_defaults(func=cmd_systemd_unit)
 
     n = sub.add_parser(
         "node", help="run one node of a cluster (what supervisord or systemd starts)",
