@@ -39,7 +39,8 @@ def draw(rows: list[Row], groups: dict[str, str], machine: str, out_dir: str) ->
     ax.set_xticks(clients, [str(c) for c in clients])
     ax.set_xlabel("concurrent clients (writes in flight)")
     ax.set_ylabel("acknowledged writes per second (log scale)")
-    ax.set_title("Durable writes/s against concurrency (median of runs, bars: slowest-fastest run)\n" + machine,
+    ax.set_title("Acknowledged writes/s against concurrency (median of runs, bars: slowest-fastest run)\n"
+                 "every system fsyncs before it answers except pysyncobj, which is not durable (no fsync)\n" + machine,
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")

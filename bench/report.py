@@ -115,12 +115,12 @@ def markdown(title: str, machine: str, settings: str, rows: list[Row], samples: 
         target("1 client: p50 within 150 us of the disk floor's p50",
                f"{_us(med(g1, lambda s: s.q(0.5)))} us vs {_us(floor_p50)} us: +{_us(gap)} us", gap <= 150e-6)
     if g64 and floor1:
-        target("zwal 1 node, 64 clients >= 8x the per-record floor (issue 3)", f"{med(g64) / floor_ops:.2f}x",
+        target("group commit: zwal 1 node, 64 clients >= 8x the per-record floor", f"{med(g64) / floor_ops:.2f}x",
                med(g64) >= 8 * floor_ops)
     if k64 and g64:
-        target("K=1, 64 clients >= 0.5x leader-only (issue 4)", _ratio(k64, g64), med(k64) >= 0.5 * med(g64))
+        target("replication cost: K=1, 64 clients >= 0.5x leader-only", _ratio(k64, g64), med(k64) >= 0.5 * med(g64))
     k1 = get(K1, 1)
     if k1 and g1:
         x = med(k1, lambda s: s.q(0.5)) / med(g1, lambda s: s.q(0.5))
-        target("K=1, 1 client p50 <= 2x leader-only p50 (issue 4)", f"{x:.2f}x", x <= 2)
+        target("replication latency: K=1, 1 client p50 <= 2x leader-only p50", f"{x:.2f}x", x <= 2)
     return "\n".join(out) + "\n"

@@ -110,7 +110,7 @@ def all_scenarios(quick: bool) -> list[Scenario]:
         s.append(Scenario(f"zwal 3 nodes, K={k}", "zwal", lambda w, k=k: zwal_cluster(w, 3, k, "group"),
                           "a leader and 2 followers on this machine; a write is answered after the leader's "
                           + ("fsync (followers copy it afterwards)" if k == 0 else
-                             f"fsync and {k} follower{'s' if k > 1 else ''}' fsync acknowledgements")))
+                             ("fsync and one follower's fsync" if k == 1 else f"fsync and {k} followers' fsyncs"))))
     s += [
         Scenario("Redis, appendfsync always + replica", "peer", redis_peer.running, redis_peer.NOTE),
         Scenario("SQLite WAL, synchronous=FULL", "peer", sqlite_peer.running, sqlite_peer.NOTE),
