@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import time
@@ -11,6 +12,7 @@ from typing import Any
 from daemon import config as config_mod
 from daemon.client.blocking import Client, Unavailable, ZwalError, fetch_statuses
 from daemon.cli.cmd_log import CLIError
+from daemon.wal.format import MAX_VALUE
 
 
 def _endpoints(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -21,7 +23,7 @@ def _endpoints(args: argparse.Namespace) -> list[tuple[str, str]]:
         try:
             cfg = config_mod.load(args.config)
         except config_mod.ConfigError as e:
-            raise CLIError(str(e), 2) from None
+            raise CLIError(str(e), 2, "config") from None
         return [(n.name, n.client_endpoint) for n in cfg.nodes]
     raise CLIError("say where the cluster is: --config CLUSTER.toml or --endpoint tcp://HOST:PORT", 2)
 
@@ -42,9 +44,9 @@ def _creds(args: argparse.Namespace) -> Any:
         if args.config:
             return for_config(config_mod.load(args.config), "client", cert=args.cert)
     except KeyError_ as e:
-        raise CLIError(str(e), 2) from None
+        raise CLIError(str(e), 2, "credentials") from None
     except config_mod.ConfigError as e:
-        raise CLIError(str(e), 2) from None
+        raise CLIError(str(e), 2, "config") from None
     return None
 
 
@@ -55,8 +57,20 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _fail(e: ZwalError) -> CLIError:
     if isinstance(e, Unavailable):
-        return CLIError(f"{e} (is the cluster running? try 'zwal status')", 1)
-    return CLIError(str(e), 1)
+        return CLIError(f"{e} (is the cluster running? try 'zwal status')", 1, e.code)
+    return CLIError(str(e), 1, e.code)
+
+
+def show_bytes(b: bytes) -> object:
+    """A key or value in JSON: its text when it is UTF-8, else {"base64": ...} (as `zwal log dump`)."""
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(b).decode("ascii")}
+
+
+def _emit(doc: dict[str, Any]) -> None:
+    print(json.dumps(doc, ensure_ascii=False, default=str))
 
 
 def _write(args: argparse.Namespace, value: bytes | None) -> int:
@@ -66,12 +80,45 @@ def _write(args: argparse.Namespace, value: bytes | None) -> int:
             r = c.set(args.key.encode(), value) if value is not None else c.delete(args.key.encode())
         except ZwalError as e:
             raise _fail(e) from None
-    print(f"ok offset={r.offset} end={r.end} epoch={r.epoch}")
+    if args.json:
+        _emit({"ok": True, "op": "set" if value is not None else "del", "key": args.key, "offset": r.offset,
+               "end": r.end, "epoch": r.epoch})
+    else:
+        print(f"ok offset={r.offset} end={r.end} epoch={r.epoch}")
     return 0
 
 
+def read_value(args: argparse.Namespace) -> bytes:
+    """The value of `zwal set`: the VALUE argument, stdin for "-", or --value-file; binary-safe,
+    refused before anything is sent when it is empty or over the protocol's limit."""
+    if args.value_file is not None and args.value is not None:
+        raise CLIError("give the value once: VALUE, '-' (stdin) or --value-file FILE", 2)
+    if args.value_file is not None:
+        try:
+            with open(args.value_file, "rb") as f:
+                data = f.read(MAX_VALUE + 1)
+        except OSError as e:
+            raise CLIError(f"--value-file {args.value_file}: {e.strerror or e}", 2) from None
+        source = args.value_file
+    elif args.value == "-":
+        data = sys.stdin.buffer.read(MAX_VALUE + 1)
+        source = "stdin"
+    elif args.value is not None:
+        data = args.value.encode()
+        source = "VALUE"
+    else:
+        raise CLIError("zwal set KEY VALUE: give VALUE, '-' to read it from stdin, or --value-file FILE", 2)
+    if len(data) > MAX_VALUE:
+        raise CLIError(f"the value from {source} is over the protocol's limit of {MAX_VALUE} bytes (1 MiB); "
+                       "nothing was written", 2, "value_too_large")
+    if not data:
+        raise CLIError(f"the value from {source} is empty; a value is 1..{MAX_VALUE} bytes "
+                       "(to remove a key use 'zwal del')", 2, "invalid_record")
+    return data
+
+
 def cmd_set(args: argparse.Namespace) -> int:
-    return _write(args, args.value.encode())
+    return _write(args, read_value(args))
 
 
 def cmd_del(args: argparse.Namespace) -> int:
@@ -84,10 +131,18 @@ def cmd_get(args: argparse.Namespace) -> int:
             r = c.read(args.key.encode())
         except ZwalError as e:
             raise _fail(e) from None
+    if args.json:
+        doc: dict[str, Any] = {"ok": True, "key": args.key, "found": r.value is not None, "node": r.node,
+                               "offset": r.offset, "stale": r.stale, "linearizable": r.linearizable}
+        if r.value is not None:
+            doc["value"] = show_bytes(r.value)
+        _emit(doc)
+        return 0 if r.value is not None else 1
     if r.value is None:
         print(f"zwal: key {args.key!r} not found", file=sys.stderr)
         return 1
-    sys.stdout.buffer.write(r.value + b"\n")
+    sys.stdout.buffer.write(r.value if args.raw else r.value + b"\n")
+    sys.stdout.buffer.flush()
     return 0
 
 
@@ -102,14 +157,14 @@ def _fmt_bytes(n: int | None) -> str:
 
 
 def render_status(targets: list[tuple[str, str]], sts: dict[str, dict[str, Any] | None]) -> str:
-    rows = [("NODE", "ROLE", "EPOCH", "END", "RECORDS", "LEADER", "ENDPOINT")]
+    rows = [("NODE", "ROLE", "EPOCH", "END", "RECORDS", "LEADER", "PID", "ENDPOINT")]
     for name, ep in targets:
         st = sts.get(name)
         if st is None:
-            rows.append((name, "unreachable", "-", "-", "-", "-", ep))
+            rows.append((name, "unreachable", "-", "-", "-", "-", "-", ep))
         else:
             rows.append((st["name"], st["role"], str(st["epoch"]), str(st["end"]), str(st["records"]),
-                         str(st.get("leader") or "-"), ep))
+                         str(st.get("leader") or "-"), str(st.get("pid") or "-"), ep))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     for st in sts.values():
@@ -143,11 +198,71 @@ def render_status(targets: list[tuple[str, str]], sts: dict[str, dict[str, Any] 
     return "\n".join(lines)
 
 
+# `zwal status` exit codes (documented in its --help and docs/cli.md).
+STATUS_OK = 0  # some node answered (plain status); a leader answered (--check)
+STATUS_NOTHING_ANSWERED = 1  # no node answered at all
+STATUS_NO_LEADER = 3  # --check: nodes answered, but none of them is a leader at the highest epoch seen
+
+
+def leader_of(sts: dict[str, dict[str, Any] | None]) -> str | None:
+    """The node that answered as leader at the highest epoch any node reported, if one did."""
+    up = {n: s for n, s in sts.items() if s}
+    if not up:
+        return None
+    top = max(s["epoch"] for s in up.values())
+    leaders = [n for n, s in up.items() if s["role"] == "leader" and s["epoch"] == top]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+def _status_doc(targets: list[tuple[str, str]], sts: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    up = [s for s in sts.values() if s]
+    return {"ok": bool(up), "leader": leader_of(sts), "answered": len(up), "nodes_total": len(targets),
+            "endpoints": {n: ep for n, ep in targets}, "nodes": sts}
+
+
+def _fetch(args: argparse.Namespace, targets: list[tuple[str, str]], creds: Any) -> dict[str, dict[str, Any] | None]:
+    return fetch_statuses(targets, min(args.timeout, 2.0), creds)
+
+
+def _watch(args: argparse.Namespace, targets: list[tuple[str, str]], creds: Any) -> int:
+    """Refresh the table every --interval seconds until Ctrl-C (exit 0). On a terminal the
+    screen is redrawn in place; otherwise (a pipe, a file) each refresh is appended,
+    with --json as one JSON line per refresh."""
+    tty = sys.stdout.isatty() and not args.json
+    try:
+        while True:
+            t0 = time.monotonic()
+            sts = _fetch(args, targets, creds)
+            if args.json:
+                doc = _status_doc(targets, sts)
+                doc["time"] = round(time.time(), 3)
+                print(json.dumps(doc, default=str), flush=True)
+            else:
+                text = (f"{time.strftime('%H:%M:%S')}  every {args.interval:g}s, Ctrl-C to stop\n\n"
+                        + render_status(targets, sts))
+                # Home, draw, clear what is left of the old frame: no blank flash between frames.
+                sys.stdout.write(("\x1b[H" + text.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J") if tty
+                                 else text + "\n\n")
+                sys.stdout.flush()
+            time.sleep(max(0.0, args.interval - (time.monotonic() - t0)))
+    except KeyboardInterrupt:
+        if tty:
+            sys.stdout.write("\n")
+        return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     targets = _endpoints(args)
+    creds = _creds(args)
+    if args.watch:
+        if args.check:
+            raise CLIError("--check and --watch do not go together: --check answers once, with its exit code", 2)
+        if args.interval <= 0:
+            raise CLIError("--interval must be positive", 2)
+        return _watch(args, targets, creds)
     deadline = time.monotonic() + args.wait
     while True:
-        sts = fetch_statuses(targets, min(args.timeout, 2.0), _creds(args))
+        sts = _fetch(args, targets, creds)
         up = [s for s in sts.values() if s]
         leaders = [s for s in up if s["role"] == "leader"]
         ready = (len(up) == len(targets) and len(leaders) == 1
@@ -156,46 +271,100 @@ def cmd_status(args: argparse.Namespace) -> int:
         if ready or time.monotonic() >= deadline:
             break
         time.sleep(0.3)
+    leader = leader_of(sts)
     if args.json:
-        print(json.dumps(sts, indent=1, default=str))
+        _emit(_status_doc(targets, sts))
     else:
         print(render_status(targets, sts))
     if not up:
-        print("zwal: no node answered (is the cluster running? 'make run' starts the local one)", file=sys.stderr)
-        return 1
-    return 0
+        if not args.json:
+            print(f"zwal: no node answered within {min(args.timeout, 2.0):g}s ({', '.join(ep for _, ep in targets)}; "
+                  "is the cluster running? 'make run' starts the local one)", file=sys.stderr)
+        return STATUS_NOTHING_ANSWERED
+    if leader is None:
+        if not args.json:
+            print(f"zwal: no leader answered ({len(up)} of {len(targets)} node(s) answered, none leads the "
+                  "highest epoch; see 'zwal promote')", file=sys.stderr)
+        if args.check:
+            return STATUS_NO_LEADER
+    return STATUS_OK
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, json_help: str) -> None:
     p.add_argument("--config", help="cluster file (finds every node)")
-    p.add_argument("--endpoint", action="append", help="a node's client endpoint, e.g. tcp://127.0.0.1:7101 (repeatable)")
-    p.add_argument("--timeout", type=float, default=5.0, help="give up after this many seconds (default: %(default)s)")
+    p.add_argument("--endpoint", action="append", help="a node's client endpoint, e.g. tcp://127.0.0.1:7101 "
+                   "(repeatable; wins over --config and $ZWAL_CONFIG)")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="give up after this many seconds in all, retries and failovers included "
+                   "(default: %(default)s)")
     p.add_argument("--cert", help="client certificate (.key_secret) to use instead of the cluster's "
                    "keys/clients/client.key_secret; with --endpoint, also give --server-key")
     p.add_argument("--server-key", help="with --endpoint and --cert: the node's public key (Z85, 40 characters)")
+    p.add_argument("--json", action="store_true",
+                   help=f"print one JSON document on stdout: {json_help}; an error is "
+                   '{"ok": false, "error": KIND, "message": TEXT, "exit_code": N} (docs/cli.md)')
+
+
+_ERRORS = ("Exit 0 on success; 1 when the cluster refused or did not answer within --timeout (the message names "
+           "every endpoint tried); 2 for a usage or cluster-file error.")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("set", help="write KEY=VALUE durably; prints its offset and epoch",
-                       description="Send a SET to the leader (found from the cluster file). Returns only after "
-                       "the record is fsynced on the leader and on ack_replicas followers.")
+    s = sub.add_parser(
+        "set", help="write KEY=VALUE durably; prints its offset and epoch",
+        description="Send a SET to the leader (found from the cluster file). Returns only after the record is "
+        "fsynced on the leader and on ack_replicas followers. The value is VALUE, or stdin when VALUE is '-', or "
+        f"the bytes of --value-file FILE: binary-safe, 1 to {MAX_VALUE} bytes (1 MiB, the protocol's limit; a "
+        "larger value is refused before anything is sent, exit 2). " + _ERRORS,
+        epilog="  zwal set user:1 alice --config var/cluster.toml\n"
+        "  zwal set photo - < photo.jpg                 # value from stdin, exactly these bytes\n"
+        "  zwal set photo --value-file photo.jpg\n"
+        "  zwal set user:1 alice --json                 # {\"ok\": true, \"op\": \"set\", \"offset\": ...}")
     s.add_argument("key", metavar="KEY")
-    s.add_argument("value", metavar="VALUE")
-    _common(s)
+    s.add_argument("value", metavar="VALUE", nargs="?",
+                   help="the value as text; '-' reads it from stdin (to store a literal '-', pipe it in)")
+    s.add_argument("--value-file", metavar="FILE", help="read the value from FILE (binary-safe), instead of VALUE")
+    _common(s, '{"ok": true, "op": "set", "key", "offset", "end", "epoch"}')
     s.set_defaults(func=cmd_set)
-    d = sub.add_parser("del", help="delete KEY durably", description="Send a DEL to the leader.")
+    d = sub.add_parser("del", help="delete KEY durably",
+                       description="Send a DEL to the leader; acknowledged like a SET (fsynced on the leader and "
+                       "on ack_replicas followers). " + _ERRORS,
+                       epilog="  zwal del user:1 --config var/cluster.toml")
     d.add_argument("key", metavar="KEY")
-    _common(d)
+    _common(d, '{"ok": true, "op": "del", "key", "offset", "end", "epoch"}')
     d.set_defaults(func=cmd_del)
-    g = sub.add_parser("get", help="print KEY's value (exit 1 if absent)",
-                       description="Read KEY from the leader's state. Exit 1 when the key is absent.")
+    g = sub.add_parser(
+        "get", help="print KEY's value (exit 1 if absent)",
+        description="Read KEY from the leader's state. By default the value is printed followed by a newline; "
+        "--raw writes exactly the stored bytes (binary-safe) and nothing else. Exit 1 when the key is absent "
+        "(with --json too: found is false) or the cluster does not answer; 2 for a usage error.",
+        epilog="  zwal get user:1 --config var/cluster.toml\n"
+        "  zwal get photo --raw > photo.jpg             # the exact bytes, no newline added\n"
+        "  zwal get photo --json                        # value as text, or {\"base64\": ...} when not UTF-8")
     g.add_argument("key", metavar="KEY")
-    _common(g)
+    g.add_argument("--raw", action="store_true", help="write the value's bytes exactly, without a newline")
+    _common(g, '{"ok": true, "key", "found", "value" (text, or {"base64": ...}), "node", "offset", "stale", '
+            '"linearizable"}')
     g.set_defaults(func=cmd_get)
-    st = sub.add_parser("status", help="a table of every node: role, epoch, end offset, follower lag",
-                        description="Ask every node of the cluster for its status. Exit 1 when no node answers.")
-    _common(st)
-    st.add_argument("--json", action="store_true", help="print the raw status maps as JSON")
+    st = sub.add_parser(
+        "status", help="a table of every node: role, epoch, end offset, PID, follower lag",
+        description="Ask every node of the cluster for its status and print a table (with each node's PID), "
+        "then the leader's view of its followers. Exit codes: 0 when at least one node answered (plain status "
+        "exits 0 even with no leader, and says so on stderr); 1 when no node answered at all; with --check, 3 "
+        "when nodes answered but none of them leads the highest epoch seen. --watch redraws the table every "
+        "--interval seconds until Ctrl-C (exit 0).",
+        epilog="  zwal status --config var/cluster.toml\n"
+        "  zwal status --wait 30                        # until every node answers and one leads\n"
+        "  zwal status --check || alert 'no leader'     # for scripts and health checks\n"
+        "  zwal status --watch --interval 0.5           # a live table; Ctrl-C stops it\n"
+        "  kill -9 $(zwal status --json | jq '.nodes[.leader].pid')   # the leader's PID")
+    _common(st, '{"ok", "leader" (name or null), "answered", "nodes_total", "endpoints", "nodes": {NAME: '
+            'status map or null}}; with --watch, one such line per refresh')
     st.add_argument("--wait", type=float, default=0.0,
                     help="wait up to this many seconds for every node to answer and a leader to exist")
+    st.add_argument("--check", action="store_true",
+                    help=f"exit {STATUS_NO_LEADER} when no leader answers (1 when no node answers at all)")
+    st.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")
+    st.add_argument("--interval", type=float, default=2.0, metavar="S",
+                    help="seconds between refreshes with --watch (default: %(default)s)")
     st.set_defaults(func=cmd_status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -18,10 +19,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
         res = run_promote(cfg, args.name, force=args.force, timeout=args.timeout,
                           say=lambda s: print(s, file=sys.stderr), cert=args.cert)
     except KeyError_ as e:
-        raise CLIError(f"{e} (promote needs an admin certificate: --cert FILE)", 2) from None
+        raise CLIError(f"{e} (promote needs an admin certificate: --cert FILE)", 2, "credentials") from None
     if not res.ok:
-        raise CLIError(f"refusing to promote {args.name}: {res.message}", 1)
-    print(f"promoted: {res.message} ({res.seconds:.2f} s)")
+        raise CLIError(f"refusing to promote {args.name}: {res.message}", 1, "refused")
+    if args.json:
+        print(json.dumps({"ok": True, "name": res.name, "epoch": res.epoch, "start_offset": res.start_offset,
+                          "message": res.message, "warnings": res.warnings, "seconds": round(res.seconds, 3)}))
+    else:
+        print(f"promoted: {res.message} ({res.seconds:.2f} s)")
     return 0
 
 
@@ -35,30 +40,70 @@ def parse_faults(text: str) -> list[str]:
     return faults
 
 
+def refuse_k0(cfg) -> None:  # type: ignore[no-untyped-def]
+    """A drill on a K = 0 cluster cannot pass: refuse before touching anything, saying why."""
+    if cfg.ack_replicas == 0:
+        raise CLIError(
+            f"refusing to drill {cfg.path}: ack_replicas = 0, so writes are acknowledged before any follower has "
+            "them and no follower is guaranteed to hold every acknowledged write; 'zwal promote' refuses such a "
+            "cluster without --force, and a drill could only report losses. Set ack_replicas = 1 or more in "
+            "[cluster] and restart the nodes, or run 'zwal drill' without --config (a scratch cluster, K = 1)",
+            2, "ack_replicas_0")
+
+
+def _report_doc(r) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    c = r.check
+    return {"round": r.round, "fault": r.fault, "old_leader": r.old_leader, "new_leader": r.new_leader,
+            "epoch": r.epoch, "acked": c.acked, "lost": c.lost, "unacked_present": c.unacked_present,
+            "unacked_absent": c.unacked_absent, "duplicated": [k.decode("utf-8", "replace") for k in c.duplicated],
+            "promote_seconds": round(r.promote_s, 3), "converge_seconds": round(r.converge_s, 3),
+            "logs_identical": r.logs_identical, "logs_clean": r.logs_clean, "client_errors": r.errors,
+            "reads_checked": r.reads, "linearizable": r.verdict.ok,
+            "linearizability_undecided": bool(r.verdict.ok and r.verdict.unknown)}
+
+
 def cmd_drill(args: argparse.Namespace) -> int:
     import random
     import tempfile
 
+    from daemon.cli.cmd_log import FromEnv
     from daemon.failover.drill import FAULTS, NEEDS_SCRATCH, Drill, DrillError
     from daemon.failover.faults import FaultUnavailable
 
+    # With --json, progress goes to stderr and stdout holds one JSON document.
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
     faults = parse_faults(args.fault) if args.fault else (list(FAULTS) if args.soak else ["kill"])
-    scratch_needed = any(f in NEEDS_SCRATCH for f in faults) or args.config is None
+    needs_scratch = [f for f in faults if f in NEEDS_SCRATCH]
+    if isinstance(args.config, FromEnv):
+        if needs_scratch:
+            say(f"zwal: not using $ZWAL_CONFIG ({args.config}): --fault {','.join(needs_scratch)} runs on a "
+                "scratch cluster the drill builds itself")
+            args.config = None
+        else:
+            say(f"zwal: drilling the cluster of $ZWAL_CONFIG ({args.config})")
+    scratch_needed = bool(needs_scratch) or args.config is None
     if scratch_needed and args.config is not None:
-        raise CLIError(f"--fault {','.join(f for f in faults if f in NEEDS_SCRATCH)} runs on a scratch cluster the "
+        raise CLIError(f"--fault {','.join(needs_scratch)} runs on a scratch cluster the "
                        "drill builds itself (network namespaces, failing disks): leave out --config", 2)
+    if args.config is not None:
+        cfg = load_cluster(args.config)
+        refuse_k0(cfg)  # at once, before any fault: a K = 0 promotion is refused
+        if len(cfg.nodes) < 2:
+            raise CLIError("a drill needs at least 2 nodes", 2)
     if scratch_needed and os.geteuid() != 0:
         if args.soak and not args.fault:
             faults = ["kill", "pause"]
-            print("zwal: not root: the soak mixes kill and pause only (partition and disk need root "
-                  "for network namespaces and loop devices)", file=sys.stderr)
-        elif any(f in NEEDS_SCRATCH for f in faults):
-            raise CLIError(f"--fault {','.join(f for f in faults if f in NEEDS_SCRATCH)} needs root: it builds "
+            say("zwal: not root: the soak mixes kill and pause only (partition and disk need root "
+                "for network namespaces and loop devices)")
+        elif needs_scratch:
+            raise CLIError(f"--fault {','.join(needs_scratch)} needs root: it builds "
                            "network namespaces and loop-device disks. Run it as root, or use --fault kill,pause", 1)
     scratch = None
-    if args.config is not None:
-        cfg = load_cluster(args.config)
-    else:
+    if args.config is None:
         import signal
 
         def _stop(signum: int, frame: object) -> None:
@@ -68,24 +113,18 @@ def cmd_drill(args: argparse.Namespace) -> int:
         from daemon.failover.faults.scratch import ScratchCluster
 
         root = tempfile.mkdtemp(prefix="zwal-drill-")
-        print(f"building a scratch cluster of 3 nodes in {root} (K = 1"
-              + (", network namespaces" if "partition" in faults else "")
-              + (", failing disks" if "disk" in faults else "") + ")", flush=True)
-        scratch = ScratchCluster(root, 3, 1, netns="partition" in faults, disks="disk" in faults,
-                                 say=lambda s: print(s, flush=True))
+        say(f"building a scratch cluster of 3 nodes in {root} (K = 1"
+            + (", network namespaces" if "partition" in faults else "")
+            + (", failing disks" if "disk" in faults else "") + ")")
+        scratch = ScratchCluster(root, 3, 1, netns="partition" in faults, disks="disk" in faults, say=say)
         try:
             cfg = scratch.start()
         except FaultUnavailable as e:
             scratch.close()
             raise CLIError(f"cannot build the scratch cluster: {e}", 1) from None
     try:
-        if cfg.ack_replicas == 0:
-            print("WARNING: ack_replicas = 0: acknowledged writes may be lost on failover; the drill reports, "
-                  "it cannot pass a loss-free verdict", file=sys.stderr)
-        if len(cfg.nodes) < 2:
-            raise CLIError("a drill needs at least 2 nodes", 2)
-        d = Drill(cfg, clients=args.clients, load_seconds=args.seconds, timeout=args.timeout,
-                  say=lambda s: print(s, flush=True), scratch=scratch)
+        d = Drill(cfg, clients=args.clients, load_seconds=args.seconds, timeout=args.timeout, say=say,
+                  scratch=scratch)
         seed = args.seed if args.seed is not None else random.randrange(1 << 31)
         try:
             if args.soak:
@@ -93,18 +132,23 @@ def cmd_drill(args: argparse.Namespace) -> int:
             else:
                 reports, rerun = d.run(args.rounds, faults), ""
         except DrillError as e:
-            raise CLIError(f"drill failed: {e}", 1) from None
+            raise CLIError(f"drill failed: {e}", 1, "drill_failed") from None
         lost = sum(len(r.check.lost) for r in reports)
         rounds = args.rounds if not args.soak else len(reports)
         ok = len(reports) == rounds and all(r.passed(cfg.ack_replicas) for r in reports) and lost == 0
         acked = sum(r.check.acked for r in reports)
         reads = sum(r.reads for r in reports)
         kinds = ", ".join(f"{f} x{sum(r.fault == f for r in reports)}" for f in dict.fromkeys(r.fault for r in reports))
-        print(f"drill {'PASSED' if ok else 'FAILED'}: {len(reports)} round(s) ({kinds}), {acked} writes "
-              f"acknowledged, {lost} acknowledged writes lost, {reads} fresh reads checked"
-              + ("" if all(r.verdict.ok for r in reports) else ", reads NOT linearizable"))
-        if not ok and rerun:
-            print(rerun)
+        if args.json:
+            print(json.dumps({"ok": ok, "rounds": [_report_doc(r) for r in reports], "acked": acked, "lost": lost,
+                              "reads_checked": reads, "linearizable": all(r.verdict.ok for r in reports),
+                              "seed": seed if args.soak else None, "rerun": rerun or None}))
+        else:
+            print(f"drill {'PASSED' if ok else 'FAILED'}: {len(reports)} round(s) ({kinds}), {acked} writes "
+                  f"acknowledged, {lost} acknowledged writes lost, {reads} fresh reads checked"
+                  + ("" if all(r.verdict.ok for r in reports) else ", reads NOT linearizable"))
+            if not ok and rerun:
+                print(rerun)
         return 0 if ok else 1
     finally:
         if scratch is not None:
@@ -138,14 +182,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "promote", help="make a follower the leader of a new epoch (refuses when unsafe)",
         description="Fence every reachable node at a new epoch, then promote NAME and point the others at it. "
-        "Refuses when NAME is not the most advanced reachable follower, or when too few followers answer to be "
-        "sure one of them holds every acknowledged write (with F followers and ack_replicas K, F-K+1 must answer).",
+        "Refuses when NAME is not the most advanced reachable follower, when too few followers answer to be "
+        "sure one of them holds every acknowledged write (with F followers and ack_replicas K, F-K+1 must "
+        "answer), when fewer than a majority of the nodes answer, or when ack_replicas = 0 (without --force). "
+        "Progress goes to stderr. Exit 0 promoted; 1 refused (the message says why); 2 for a usage, "
+        "cluster-file or certificate error.",
+        epilog="  zwal status --config mycluster/cluster.toml          # which follower is the most advanced\n"
+        "  zwal promote node2 --config mycluster/cluster.toml\n"
+        "  zwal promote node2 --json        # {\"ok\": true, \"name\", \"epoch\", \"start_offset\", ...}",
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--config", required=True, help="cluster file")
     p.add_argument("--cert", help="admin certificate (default: the cluster's keys/admins/admin.key_secret)")
     p.add_argument("--force", action="store_true", help="promote even when the checks fail (may lose acknowledged writes)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each node (default: %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON document on stdout: {"ok": true, "name", "epoch", "start_offset", "message", '
+                   '"warnings", "seconds"}; a refusal is {"ok": false, "error": "refused", "message", "exit_code": 1} '
+                   "(docs/cli.md)")
     p.set_defaults(func=cmd_promote)
 
     d = sub.add_parser(
@@ -153,13 +207,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Run load with a ledger of acknowledged writes and a history of fresh reads, cause a fault on "
         "the leader (kill, pause, partition or disk), promote the most advanced follower, let the old leader "
         "rejoin and all logs converge, then check every acknowledged write is on the new leader, every log is "
-        "byte-identical, and the writes and fresh reads are linearizable. With --config it runs against that "
-        "running cluster (e.g. the one 'make run' starts under supervisord, which restarts killed nodes; it "
-        "must run on the cluster's host: it kills by PID and reads the log files). Without --config, or for "
-        "partition and disk faults, it builds a scratch cluster of its own (as root). Exit 1 on any loss.",
+        "byte-identical, and the writes and fresh reads are linearizable. With --config (or $ZWAL_CONFIG) it "
+        "runs against that running cluster (e.g. the one 'make run' starts under supervisord, which restarts "
+        "killed nodes; it must run on the cluster's host: it kills by PID and reads the log files). Without it, "
+        "or for partition and disk faults, it builds a scratch cluster of its own (as root). A cluster with "
+        "ack_replicas = 0 is refused at once (exit 2): its promotions are refused without --force. Exit 0 "
+        "passed; 1 on any loss or failed step; 2 for a usage or cluster-file error.",
+        epilog="  zwal drill --config var/cluster.toml --rounds 3\n"
+        "  zwal drill --fault kill,pause --rounds 2              # a scratch cluster, K = 1\n"
+        "  zwal drill --config var/cluster.toml --json           # progress on stderr, the verdict on stdout",
     )
     d.add_argument("--config", help="cluster file (kill and pause faults only; without it the drill builds a "
-                   "scratch cluster of 3 nodes, K = 1, in a temporary directory)")
+                   "scratch cluster of 3 nodes, K = 1, in a temporary directory; $ZWAL_CONFIG is not used for "
+                   "partition and disk faults)")
     d.add_argument("--fault", metavar="LIST",
                    help="comma-separated faults, used in turn each round: kill (SIGKILL the leader), pause "
                    "(SIGSTOP it, SIGCONT after the promotion), partition (cut it off from its followers; needs "
@@ -171,4 +231,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--clients", type=int, default=4, help="concurrent writers (default: %(default)s)")
     d.add_argument("--seconds", type=float, default=3.0, help="load before the kill (default: %(default)s)")
     d.add_argument("--timeout", type=float, default=60.0, help="give up a step after this long (default: %(default)s)")
+    d.add_argument("--json", action="store_true",
+                   help='progress on stderr, and one JSON document on stdout: {"ok", "rounds": [{"round", "fault", '
+                   '"old_leader", "new_leader", "epoch", "acked", "lost", ...}], "acked", "lost", "reads_checked", '
+                   '"linearizable", "seed", "rerun"} (docs/cli.md)')
     d.set_defaults(func=cmd_drill)

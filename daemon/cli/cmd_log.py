@@ -9,8 +9,8 @@ import os
 import sys
 
 from daemon.wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, iter_frames, open_log, scan_path
-from daemon.wal.format import decode_payload
-from daemon.wal.reader import LogOpenError, ScanResult
+from daemon.wal.format import FrameStatus, decode_payload, parse_frame
+from daemon.wal.reader import LogOpenError, ScanResult, _Mapped, classify_tail, find_valid_frame_after, open_for_read
 from daemon.wal.writer import unsynced_note_path
 
 EXIT_OK, EXIT_TORN, EXIT_CORRUPT, EXIT_CANNOT_OPEN = 0, 1, 2, 3
@@ -18,11 +18,17 @@ _EXIT_FOR = {CLEAN: EXIT_OK, TORN: EXIT_TORN, CORRUPT: EXIT_CORRUPT}
 
 
 class CLIError(Exception):
-    """A one-line error for the user, with the exit code to leave with."""
+    """A one-line error for the user, with the exit code to leave with, and a
+    short machine-readable kind (the "error" field of --json output)."""
 
-    def __init__(self, msg: str, code: int = 1) -> None:
+    def __init__(self, msg: str, code: int = 1, kind: str | None = None) -> None:
         super().__init__(msg)
         self.exit_code = code
+        self.kind = kind or ("usage" if code == 2 else "error")
+
+
+class FromEnv(str):
+    """A --config value taken from $ZWAL_CONFIG rather than given on the command line."""
 
 
 def load_cluster(path: str):  # type: ignore[no-untyped-def]
@@ -32,7 +38,7 @@ def load_cluster(path: str):  # type: ignore[no-untyped-def]
     try:
         return config_mod.load(path)
     except config_mod.ConfigError as e:
-        raise CLIError(str(e), 2) from None
+        raise CLIError(str(e), 2, "config") from None
 
 
 def _show(b: bytes) -> object:
@@ -126,23 +132,145 @@ def _scan(path: str) -> ScanResult:
         raise CLIError(f"{path}: {e.strerror or e}", EXIT_CANNOT_OPEN) from None
 
 
-def cmd_dump(args: argparse.Namespace) -> int:
-    result = _scan(args.path)
-    out = sys.stdout
-    for f in iter_frames(args.path):
-        if f.offset >= result.valid_end:
+EXIT_BAD_FROM = 4  # dump --from OFFSET is not where a frame starts (without --skip-damaged)
+
+
+def _record_obj(f) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    rec = decode_payload(f.payload)
+    obj: dict[str, object] = {"offset": f.offset, "size": f.size, "epoch": f.epoch, "op": rec.op, "key": _show(rec.key)}
+    if rec.value is not None:
+        obj["value"] = _show(rec.value)
+    if rec.client_id is not None:
+        obj["client_id"] = _show(rec.client_id)
+        obj["request_id"] = rec.request_id
+    return obj
+
+
+def _boundary(buf, offset: int) -> tuple[str, int, int]:  # type: ignore[no-untyped-def]
+    """Is `offset` where a frame starts? Walks the valid frames from 0:
+    ("yes", offset, 0); ("inside", frame offset, frame size) when it falls inside
+    a valid frame; ("unknown", damage offset, 0) when damage comes first."""
+    pos = 0
+    while pos < offset:
+        _, frame = parse_frame(buf, pos)
+        if frame is None:
+            return "unknown", pos, 0
+        if frame.end > offset:
+            return "inside", pos, frame.size
+        pos = frame.end
+    return "yes", offset, 0
+
+
+def dump_from(buf, start: int, skip_damaged: bool, emit, warn) -> tuple[str, int]:  # type: ignore[no-untyped-def]
+    """Print every valid record from `start` (read-only). Without skip_damaged, stop at the first bad
+    frame; with it, report each damaged range (offset, length) and resync at the next offset where a
+    whole frame parses with a good CRC (the corruption scanner's own search). Returns the worst status
+    seen (CLEAN, TORN: bad bytes with nothing valid after them, CORRUPT) and the damaged-range count."""
+    size = len(buf)
+    pos = start
+    worst = CLEAN
+    ranges = 0
+    last_epoch = None
+    while pos < size:
+        status, frame = parse_frame(buf, pos)
+        reason = status
+        if frame is not None:
+            try:
+                obj = _record_obj(frame)
+            except RecordError as e:
+                reason = f"frame passes its checksum but its payload is invalid: {e}"
+                frame_len = frame.size
+            else:
+                if last_epoch is not None and frame.epoch < last_epoch:
+                    warn(f"offset {pos}: epoch goes backwards ({last_epoch} -> {frame.epoch})")
+                    if not skip_damaged:
+                        return CORRUPT, ranges
+                    worst = CORRUPT
+                last_epoch = frame.epoch
+                emit(obj)
+                pos = frame.end
+                continue
+        else:
+            frame_len = 0
+        nxt = find_valid_frame_after(buf, pos + max(frame_len, 1) - 1) if frame_len else find_valid_frame_after(buf, pos)
+        verdict = CORRUPT if nxt is not None else classify_tail(buf, pos, status)[0]
+        if frame_len and nxt is None:
+            verdict = CORRUPT  # a checksummed frame with a bad payload is never a torn write
+        end = nxt if nxt is not None else size
+        why = reason if frame is not None else {
+            FrameStatus.BAD_HEADER: "bad header (magic, version, flags or length)",
+            FrameStatus.BAD_CRC: "checksum mismatch", FrameStatus.SHORT: "incomplete frame"}.get(status, status)
+        if not skip_damaged:
+            warn(f"offset {pos}: {why}; " + (f"the next valid frame is at offset {nxt}: " if nxt is not None else
+                                              "no valid frame after it: ")
+                 + ("corruption" if verdict == CORRUPT else "a torn tail")
+                 + ("; add --skip-damaged to go past it" if nxt is not None else ""))
+            return verdict, ranges
+        ranges += 1
+        emit({"damaged": True, "offset": pos, "length": end - pos, "reason": why, "resync": nxt})
+        warn(f"offset {pos}: {end - pos} damaged byte(s) ({why}); "
+             + (f"resynced at offset {nxt}" if nxt is not None else "nothing valid after them"))
+        worst = CORRUPT if CORRUPT in (worst, verdict) else TORN
+        if nxt is None:
             break
-        rec = decode_payload(f.payload)
-        obj: dict[str, object] = {"offset": f.offset, "size": f.size, "epoch": f.epoch, "op": rec.op, "key": _show(rec.key)}
-        if rec.value is not None:
-            obj["value"] = _show(rec.value)
-        if rec.client_id is not None:
-            obj["client_id"] = _show(rec.client_id)
-            obj["request_id"] = rec.request_id
+        pos = nxt
+        last_epoch = None  # the frame after damage starts a fresh comparison
+    return worst, ranges
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    out = sys.stdout
+
+    def emit(obj: dict[str, object]) -> None:
         out.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    if result.status != CLEAN:
-        print(f"{args.path}: {result.describe()}", file=sys.stderr)
-    return _EXIT_FOR[result.status]
+
+    if args.from_offset is None and not args.skip_damaged:
+        result = _scan(args.path)
+        for f in iter_frames(args.path):
+            if f.offset >= result.valid_end:
+                break
+            emit(_record_obj(f))
+        if result.status != CLEAN:
+            hint = (f" (to go past it: zwal log dump --skip-damaged {args.path}, or --from OFFSET)"
+                    if result.status == CORRUPT else "")
+            print(f"{args.path}: {result.describe()}{hint}", file=sys.stderr)
+        return _EXIT_FOR[result.status]
+
+    start = args.from_offset or 0
+    if start < 0:
+        raise CLIError("--from takes a byte offset of 0 or more", 2)
+    try:
+        fd = open_for_read(args.path)
+    except LogOpenError as e:
+        raise CLIError(str(e), EXIT_CANNOT_OPEN) from None
+    try:
+        with _Mapped(fd) as m:
+            buf = m.buf
+            if start > len(buf):
+                raise CLIError(f"--from {start} is past the end of {args.path} ({len(buf)} bytes)", EXIT_BAD_FROM)
+            where, at, size = _boundary(buf, start) if start else ("yes", 0, 0)
+            if where == "inside":
+                msg = (f"--from {start} is inside the frame at offset {at} ({size} bytes); frames start at "
+                       f"{at} and {at + size}")
+                if not args.skip_damaged:
+                    raise CLIError(msg, EXIT_BAD_FROM, "not_a_frame_boundary")
+                print(f"{args.path}: {msg}: resyncing", file=sys.stderr)
+            elif where == "unknown":
+                status, _ = parse_frame(buf, start)
+                print(f"{args.path}: damage at offset {at} before --from {start}: cannot confirm a frame starts "
+                      f"there" + ("; a valid frame parses there" if status == FrameStatus.OK else ""),
+                      file=sys.stderr)
+                if status != FrameStatus.OK and not args.skip_damaged:
+                    raise CLIError(f"--from {start}: no valid frame starts there ({status}); add --skip-damaged "
+                                   "to resync from it", EXIT_BAD_FROM, "not_a_frame_boundary")
+            status, ranges = dump_from(buf, start, args.skip_damaged,
+                                       emit, lambda t: print(f"{args.path}: {t}", file=sys.stderr))
+    finally:
+        os.close(fd)
+    if args.skip_damaged and ranges:
+        print(f"{args.path}: {ranges} damaged range(s) skipped (listed as {{\"damaged\": true, ...}} lines); "
+              "nothing was changed", file=sys.stderr)
+    return _EXIT_FOR[status]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -191,10 +319,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument("key", metavar="KEY")
     a.add_argument("value", nargs="?", metavar="VALUE")
     a.set_defaults(func=cmd_append)
-    d = ls.add_parser("dump", help="one JSON object per record: offset, size, epoch, op, key, value",
-                      description="Print every valid record as a JSON line. Keys and values are "
-                      "UTF-8 text where valid, else {\"base64\": ...}. Exit codes as for verify.")
+    d = ls.add_parser(
+        "dump", help="one JSON object per record: offset, size, epoch, op, key, value",
+        description="Print every valid record as a JSON line. Keys and values are UTF-8 text where valid, else "
+        "{\"base64\": ...}. Read-only: nothing is changed, whatever the damage. By default the dump stops at the "
+        "first bad frame. --from OFFSET starts at a byte offset, which must be where a frame starts (the byte "
+        "offsets of the dump, a status's end, or an error message's offset). --skip-damaged goes on past damage: "
+        "each damaged range is printed as {\"damaged\": true, \"offset\", \"length\", \"reason\", "
+        "\"resync\"} (and on stderr), and the dump resumes at the next offset where a whole frame with a good "
+        "checksum starts; with --from it also resyncs from an OFFSET that is not a frame start. Exit codes as "
+        "for verify (0 clean, 1 torn tail, 2 corruption, 3 cannot open; with --from, of the part dumped), and 4 "
+        "when --from is not a frame start (without --skip-damaged).",
+        epilog="  zwal log dump node1/wal.log\n"
+        "  zwal log dump node1/wal.log --skip-damaged     # every readable record, damaged ranges listed\n"
+        "  zwal log dump node1/wal.log --from 4096        # from the frame at byte 4096 on")
     d.add_argument("path", metavar="PATH")
+    d.add_argument("--from", dest="from_offset", type=int, metavar="OFFSET",
+                   help="start at this byte offset (a frame boundary; with --skip-damaged, resync from it)")
+    d.add_argument("--skip-damaged", action="store_true",
+                   help="report each damaged range (offset, length) and resync at the next valid frame")
     d.set_defaults(func=cmd_dump)
     v = ls.add_parser("verify", help="read-only check: exit 0 clean, 1 torn tail, 2 corruption",
                       description="Read the whole log without changing it. Exit 0: clean. Exit 1: "

@@ -235,27 +235,35 @@ class Client:
         msg = {"id": rid, "op": op, **fields}
         if op in ("set", "del"):
             msg["cid"] = self.client_id
-        end_at = time.monotonic() + (self.deadline if deadline is None else deadline)
+        total = self.deadline if deadline is None else deadline
+        end_at = time.monotonic() + total
         if endpoint is not None:
             self._connect(endpoint)
         elif self.sock is None:
             self._connect(self._next_endpoint())
         last_err: ZwalError | None = None
+        tried: list[str] = []  # every endpoint asked, in order: a timeout names them all
+        attempts = 0
         backoff = 0.05
         while True:
             remaining = end_at - time.monotonic()
             if remaining <= 0:
-                if last_err is not None:
+                if last_err is not None and not isinstance(last_err, Unavailable):
                     raise last_err
-                raise Unavailable(f"no answer from {', '.join(self.endpoints)} within {self.deadline if deadline is None else deadline}s")
+                where = ", ".join(tried or ([endpoint] if endpoint else self.endpoints))
+                raise Unavailable(f"no answer within {total:g}s from {where} ({attempts} attempt(s) of up to "
+                                  f"{self.timeout:g}s each)")
             msg["epoch"] = self.epoch
             assert self.sock is not None
+            if self.current is not None and self.current not in tried:
+                tried.append(self.current)
+            attempts += 1
             self.sock.send(msgpack.packb(msg, use_bin_type=True))
             reply = self._await(rid, min(self.timeout, remaining))
             if reply is None:
                 # Lazy Pirate: the socket may hold a dead connection; start afresh,
                 # on the next node if we have several, with the same request id.
-                last_err = Unavailable(f"no answer from {self.current} within {self.timeout}s")
+                last_err = Unavailable(f"no answer from {self.current} within {self.timeout:g}s")
                 if endpoint is None:
                     self._connect(self._next_endpoint())
                 else:

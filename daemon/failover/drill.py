@@ -277,6 +277,12 @@ class Drill:
 
     def __init__(self, cfg: ClusterConfig, *, clients: int = 4, load_seconds: float = 3.0,
                  timeout: float = 60.0, say: Callable[[str], None] = print, scratch: Any = None) -> None:
+        if cfg.ack_replicas == 0:
+            # Every promotion would be refused (run_promote needs --force with K = 0), so a
+            # round could only retry until its timeout: refuse up front, with the reason.
+            raise DrillError(f"{cfg.path}: ack_replicas = 0: no follower is guaranteed to hold every acknowledged "
+                             "write, so promotion is refused without --force and the drill cannot pass; set "
+                             "ack_replicas to 1 or more")
         self.cfg = cfg
         self.clients = clients
         self.load_seconds = load_seconds
