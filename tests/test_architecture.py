@@ -30,6 +30,19 @@ def test_daemon_never_imports_follower():
     assert offenders == []
 
 
+def test_daemon_and_follower_never_import_the_public_zwal_package():
+    """`zwal` is the public face over `daemon` (from zwal import Client): it imports daemon, not the reverse."""
+    offenders = []
+    for top in ("daemon", "follower"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            for f in files:
+                if f.endswith(".py"):
+                    p = os.path.join(dirpath, f)
+                    if any(m == "zwal" or m.startswith("zwal.") for m in imported_modules(p)):
+                        offenders.append(os.path.relpath(p, ROOT))
+    assert offenders == []
+
+
 def test_follower_role_is_found_through_the_entry_point():
     from daemon.node.node import load_role
 
