@@ -221,7 +221,7 @@ def _status_doc(targets: list[tuple[str, str]], sts: dict[str, dict[str, Any] | 
 
 
 def _fetch(args: argparse.Namespace, targets: list[tuple[str, str]], creds: Any) -> dict[str, dict[str, Any] | None]:
-    return fetch_statuses(targets, min(args.timeout, 2.0), creds)
+    return fetch_statuses(targets, args.timeout, creds)
 
 
 def _watch(args: argparse.Namespace, targets: list[tuple[str, str]], creds: Any) -> int:
@@ -278,7 +278,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(render_status(targets, sts))
     if not up:
         if not args.json:
-            print(f"zwal: no node answered within {min(args.timeout, 2.0):g}s ({', '.join(ep for _, ep in targets)}; "
+            print(f"zwal: no node answered within {args.timeout:g}s ({', '.join(ep for _, ep in targets)}; "
                   "is the cluster running? 'make run' starts the local one)", file=sys.stderr)
         return STATUS_NOTHING_ANSWERED
     if leader is None:
@@ -290,13 +290,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return STATUS_OK
 
 
-def _common(p: argparse.ArgumentParser, json_help: str) -> None:
+def _common(p: argparse.ArgumentParser, json_help: str, timeout: float = 5.0,
+            timeout_help: str = "give up after this many seconds in all, retries and failovers included") -> None:
     p.add_argument("--config", help="cluster file (finds every node)")
     p.add_argument("--endpoint", action="append", help="a node's client endpoint, e.g. tcp://127.0.0.1:7101 "
                    "(repeatable; wins over --config and $ZWAL_CONFIG)")
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="give up after this many seconds in all, retries and failovers included "
-                   "(default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=timeout, help=timeout_help + " (default: %(default)s)")
     p.add_argument("--cert", help="client certificate (.key_secret) to use instead of the cluster's "
                    "keys/clients/client.key_secret; with --endpoint, also give --server-key")
     p.add_argument("--server-key", help="with --endpoint and --cert: the node's public key (Z85, 40 characters)")
@@ -359,7 +358,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "  zwal status --watch --interval 0.5           # a live table; Ctrl-C stops it\n"
         "  kill -9 $(zwal status --json | jq '.nodes[.leader].pid')   # the leader's PID")
     _common(st, '{"ok", "leader" (name or null), "answered", "nodes_total", "endpoints", "nodes": {NAME: '
-            'status map or null}}; with --watch, one such line per refresh')
+            'status map or null}}; with --watch, one such line per refresh', 2.0,
+            "seconds to wait for each node's answer (all nodes are asked at once)")
     st.add_argument("--wait", type=float, default=0.0,
                     help="wait up to this many seconds for every node to answer and a leader to exist")
     st.add_argument("--check", action="store_true",
