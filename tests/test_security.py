@@ -149,8 +149,12 @@ def test_cluster_init_makes_keys_with_private_secrets(tmp_path):
     import subprocess
     import sys
 
+    from harness import free_base_port
+
     d = str(tmp_path / "c")
-    r = subprocess.run([sys.executable, "-m", "daemon.cli", "cluster", "init", d, "--nodes", "3"],
+    # Free ports: init refuses ports already taken (make run's cluster may be up on 7100).
+    r = subprocess.run([sys.executable, "-m", "daemon.cli", "cluster", "init", d, "--nodes", "3",
+                        "--base-port", str(free_base_port(12))],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     cfg = config_mod.load(os.path.join(d, "cluster.toml"))
