@@ -90,7 +90,7 @@ def test_completion_of_zwal_s_offers_set_and_status(tmp_path):
 def test_zwal_config_is_the_default_config_and_an_explicit_one_wins(tmp_path):
     envf, explicit = str(tmp_path / "from-env.toml"), str(tmp_path / "explicit.toml")
     for args in (("status",), ("set", "k", "v"), ("get", "k"), ("del", "k"), ("promote", "node2"),
-                 ("keys", "list")):
+                 ("keys", "list"), ("node", "--name", "node1")):
         r = zwal(*args, ZWAL_CONFIG=envf)
         assert r.returncode == 2 and "from-env.toml: no such cluster file" in err(r), (args, err(r))
         r = zwal(*args, "--config", explicit, ZWAL_CONFIG=envf)
@@ -147,6 +147,8 @@ def test_drill_refuses_a_k0_cluster_at_once_with_the_reason(tmp_path):
     assert r.returncode == 2 and "ack_replicas = 0" in err(r) and "retrying" not in out(r) + err(r), err(r)
     doc = one_json(zwal("drill", "--config", cfg, "--json"))
     assert doc["ok"] is False and doc["error"] == "ack_replicas_0"
+    r = zwal("drill", ZWAL_CONFIG=cfg)  # the cluster of $ZWAL_CONFIG, refused the same way
+    assert r.returncode == 2 and "ack_replicas = 0" in err(r) and "ZWAL_CONFIG" in err(r)
     from daemon import config
     from daemon.failover.drill import Drill, DrillError
 

@@ -80,11 +80,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
     needs_scratch = [f for f in faults if f in NEEDS_SCRATCH]
     if isinstance(args.config, FromEnv):
         if needs_scratch:
-            say(f"zwal: not using $ZWAL_CONFIG ({args.config}): --fault {','.join(needs_scratch)} runs on a "
-                "scratch cluster the drill builds itself")
+            print(f"zwal: not using $ZWAL_CONFIG ({args.config}): --fault {','.join(needs_scratch)} runs on a "
+                  "scratch cluster the drill builds itself", file=sys.stderr)
             args.config = None
         else:
-            say(f"zwal: drilling the cluster of $ZWAL_CONFIG ({args.config})")
+            print(f"zwal: drilling the cluster of $ZWAL_CONFIG ({args.config})", file=sys.stderr)
     scratch_needed = bool(needs_scratch) or args.config is None
     if scratch_needed and args.config is not None:
         raise CLIError(f"--fault {','.join(needs_scratch)} runs on a scratch cluster the "
