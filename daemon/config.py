@@ -56,6 +56,10 @@ class ClusterConfig:
     security: str = "curve"
     keys_dir: str = ""  # absolute; "" = <cluster file's directory>/keys
     metrics_bind: str = "127.0.0.1"
+    # Connections from client keys each node accepts at once (0: its file limit
+    # minus FD_HEADROOM, so peers, admins, the log and the state file always
+    # have descriptors left). Only enforced with security = "curve".
+    max_client_connections: int = 0
     extra: dict = field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
@@ -87,6 +91,7 @@ _CLUSTER_KEYS = {
     "security": str,
     "keys_dir": str,
     "metrics_bind": str,
+    "max_client_connections": int,
 }
 _NODE_KEYS = {"name": str, "data_dir": str, "client_endpoint": str, "repl_endpoint": str, "metrics_port": int,
               "public_key": str}
@@ -174,6 +179,8 @@ def parse(doc: dict, path: str) -> ClusterConfig:
         raise ConfigError(f"{path}: replication_timeout and heartbeat_interval must be positive")
     if cfg.batch_max_records < 1 or cfg.batch_max_bytes < 1:
         raise ConfigError(f"{path}: batch limits must be at least 1")
+    if cfg.max_client_connections < 0:
+        raise ConfigError(f"{path}: max_client_connections must be 0 (automatic) or more")
     if cfg.security not in SECURITY_MODES:
         raise ConfigError(f"{path}: security must be one of {', '.join(SECURITY_MODES)}")
     if cfg.security == "none":

@@ -119,7 +119,9 @@ class FollowerRole:
                 wait = min(self.last_heard + self.silence_limit, self.probe.next_at if self.dealer is None else now + 1.0,
                            node.notifier.next_due(now),
                            self._refetch_at if self._refetch_at is not None else now + 1.0) - now
-                events = dict(p.poll(max(0.0, wait) * 1000 + 1))
+                timeout_ms = max(0.0, wait) * 1000 + 1
+                timeout_ms = node.outbox.poll_timeout(timeout_ms)  # replies waiting: retry them soon
+                events = dict(p.poll(timeout_ms))
                 if node.wake_fd().fileno() in events:
                     node.drain_wake()
                 if self.dealer is not None and self.dealer in events:
@@ -132,6 +134,7 @@ class FollowerRole:
                     if s in events:
                         self.probe.read(s)
                 self._check_peers()
+                node.outbox.flush()
                 node.service_tick(time.monotonic(), self._snapshot)
             return self.transition
         finally:
@@ -242,22 +245,22 @@ class FollowerRole:
                 frames, who = node.recv(sock)
             except zmq.Again:
                 return
-            decoded = decode_client(sock, frames, self.counters, who)
+            decoded = decode_client(node.outbox, frames, self.counters, who)
             if decoded is None:
                 continue
             envelope, req = decoded
             if req.op in WRITE_OPS:
-                sock.send_multipart([*envelope, node.not_leader(req.id)])
+                node.reply([*envelope, node.not_leader(req.id)])
             elif req.op == "status":
-                sock.send_multipart([*envelope, ok_reply(req.id, status=node.status({
+                node.reply([*envelope, ok_reply(req.id, status=node.status({
                     "leader_end": self.core.leader_end, "leader_commit": self.core.leader_commit,
                     "connected": self.dealer is not None and time.monotonic() - self.last_heard < self.silence_limit,
                 }))])
             elif req.op in ("get", "ping"):
-                sock.send_multipart([*envelope, node.read_reply(req, stale=True)])
+                node.reply([*envelope, node.read_reply(req, stale=True, envelope=envelope)])
             else:
                 body, t = node.admin(req)
-                sock.send_multipart([*envelope, body])
+                node.reply([*envelope, body])
                 if t is not None:
                     self.transition = t
                     return

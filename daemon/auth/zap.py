@@ -10,7 +10,11 @@ Invariants:
   `event=auth_denied`, at most once per key per minute);
 - the allow-list is re-read on SIGHUP; a message whose sender's key is no
   longer in it is dropped unanswered, so a revoked key's open connections
-  stop working at once.
+  stop working at once;
+- the replication socket admits node keys only, and the client socket
+  admits a client key only while fewer than `max_clients` connections are
+  open on it (counted from the socket's monitor): a crowd of clients cannot
+  take the descriptors that peers, admins and the log need.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import time
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 from daemon.auth.keys import Identity, KeyError_, load_registry, load_secret
 from daemon.ops import logs
 
-DOMAIN = "zwal"
+DOMAIN = "zwal"  # the client socket's ZAP domain
+REPL_DOMAIN = "zwal-repl"  # the replication socket's: node keys only
 DENY_LOG_EVERY_S = 60.0  # per key
 DENY_LOG_BURST = 20  # lines per minute, all keys together (a key per connection must not flood the log)
 HANDSHAKE_S = 5.0  # a connection that has not finished its CURVE handshake by then is dropped
@@ -44,12 +50,31 @@ class Gate:
         self._suppressed = 0
         self.denied = 0
         self.auth: ThreadAuthenticator | None = None
+        self.max_clients = 0  # 0: no cap
+        self.capped = 0  # client connections refused at the cap
+        self._cap_log = logs.Limited(burst=20)
+        self._monitor: zmq.Socket | None = None
+        self._open = 0  # connections open on the client socket
 
     # -- ZAP (runs on the authenticator's thread) ---------------------------------------------
 
     def callback(self, domain: str, key: bytes) -> bool:
         with self._lock:
-            ok = key.decode("ascii", "replace") in self._registry
+            who = self._registry.get(key.decode("ascii", "replace"))
+        if who is not None and domain == REPL_DOMAIN and who.role != "node":
+            # Only nodes replicate: another key would hold a descriptor for nothing.
+            self._cap_log.warn("auth_denied", key=str(who), reason="only node keys may use the replication endpoint")
+            return False
+        if who is not None and who.role == "client" and self.max_clients:
+            n = self.open_connections()
+            if n > self.max_clients:
+                self.capped += 1
+                self._cap_log.warn("connection_limit", key=str(who), open=n, max_client_connections=self.max_clients,
+                                   refused_total=self.capped,
+                                   action="refusing new client connections until some close (admins and nodes "
+                                   "still get in)")
+                return False
+        ok = who is not None
         if not ok:
             self.denied += 1
             now = time.monotonic()
@@ -81,8 +106,40 @@ class Gate:
         self.auth = ThreadAuthenticator(self.ctx)
         self.auth.start()
         self.auth.configure_curve_callback(domain=DOMAIN, credentials_provider=self)
+        self.auth.configure_curve_callback(domain=REPL_DOMAIN, credentials_provider=self)
+
+    # -- counting connections (from the client socket's monitor) ------------------------------
+
+    def watch(self, sock: zmq.Socket, max_clients: int) -> None:
+        """Count the connections open on `sock` (the client socket) and cap client keys at `max_clients`."""
+        self.max_clients = max_clients
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._monitor.setsockopt(zmq.RCVHWM, 0)
+
+    def open_connections(self) -> int:
+        """Connections open on the client socket now (either thread may ask; the monitor is read under the lock)."""
+        with self._lock:
+            m = self._monitor
+            if m is None:
+                return 0
+            while True:
+                try:
+                    ev = parse_monitor_message(m.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:
+                    break  # the socket is closing
+                if ev["event"] == zmq.EVENT_ACCEPTED:
+                    self._open += 1
+                elif ev["event"] == zmq.EVENT_DISCONNECTED:
+                    self._open = max(0, self._open - 1)
+            return self._open
 
     def stop(self) -> None:
+        with self._lock:
+            if self._monitor is not None:
+                self._monitor.close(linger=0)
+                self._monitor = None
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
@@ -120,12 +177,12 @@ class Gate:
 
     # -- sockets ------------------------------------------------------------------------------
 
-    def serve(self, sock: zmq.Socket) -> None:
+    def serve(self, sock: zmq.Socket, domain: str = DOMAIN) -> None:
         """Make `sock` (before bind) a CURVE server that asks this gate."""
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
-        sock.zap_domain = DOMAIN.encode()
+        sock.zap_domain = domain.encode()
         # Without a ZAP handler libzmq would let any key in: refuse instead.
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_S * 1000))

@@ -85,6 +85,19 @@ class ShuttingDown(ZwalError):
     retryable = True
 
 
+class Forbidden(ZwalError):
+    """This key's role may not send that op (docs/security.md); nothing changed."""
+
+    code = Err.FORBIDDEN
+
+
+class Busy(ZwalError):
+    """A read not served because this connection left too many replies unread."""
+
+    code = Err.BUSY
+    retryable = True
+
+
 class Unavailable(ZwalError):
     """No node answered within the deadline."""
 
@@ -95,7 +108,7 @@ class Unavailable(ZwalError):
 ERRORS: dict[str, type[ZwalError]] = {
     c.code: c
     for c in (BadRequest, UnknownOp, InvalidRecord, NotLeader, NotEnoughReplicas, FsyncFailed, NoSpace,
-              WriteFailed, StaleEpoch, Refused, ShuttingDown)
+              WriteFailed, StaleEpoch, Refused, ShuttingDown, Forbidden, Busy)
 }
 
 

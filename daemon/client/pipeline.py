@@ -18,7 +18,7 @@ import msgpack
 import zmq
 
 from daemon.client.blocking import dealer
-from daemon.wire.client import Err
+from daemon.wire.client import RETRY_WINDOW, Err
 
 RETRYABLE = Err.RETRYABLE
 SCAN = 0.005  # seconds between passes over the outstanding window
@@ -82,6 +82,10 @@ class Pipeline:
         Stops taking new items when `items` ends or `stop()` is true, then
         waits for what is outstanding (up to each request's deadline).
         """
+        if not 1 <= window <= RETRY_WINDOW:
+            # A resend of an id the node no longer remembers would be written twice.
+            raise ValueError(f"window {window} is outside 1..{RETRY_WINDOW}: the node's retry window "
+                             f"(docs/protocol.md, Retries) covers the last {RETRY_WINDOW} ids of a client")
         res = PipelineResult()
         out: dict[int, Outstanding] = {}
         exhausted = False

@@ -13,9 +13,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from daemon.wal.format import OP_SET, Frame, Record
+from daemon.wire.client import RETRY_WINDOW
 
 # Bounds of the retry window (documented in docs/protocol.md).
-WINDOW_PER_CLIENT = 1024
+WINDOW_PER_CLIENT = RETRY_WINDOW
 WINDOW_CLIENTS = 4096
 
 

@@ -85,6 +85,7 @@ class LeaderRole:
                 self.probe.maybe_send(now, self.core.epoch)
                 wake_at = min(self.core.next_deadline(now), self.probe.next_at, node.notifier.next_due(now))
                 timeout_ms = max(0.0, wake_at - now) * 1000
+                timeout_ms = node.outbox.poll_timeout(timeout_ms)  # replies waiting: retry them soon
                 events = dict(poller.poll(timeout_ms))
                 if node.wake_fd().fileno() in events:
                     node.drain_wake()
@@ -103,6 +104,7 @@ class LeaderRole:
                 now = time.monotonic()
                 self._perform(self.core.tick(now))
                 self._log_follower_changes(now)
+                node.outbox.flush()
                 node.service_tick(now, self._snapshot)
             self._finish_in_flight()
             return self.transition
@@ -163,7 +165,7 @@ class LeaderRole:
                 frames, who = self.node.recv(sock)
             except zmq.Again:
                 return
-            decoded = decode_client(sock, frames, core.counters, who)
+            decoded = decode_client(self.node.outbox, frames, core.counters, who)
             if decoded is None:
                 continue
             envelope, req = decoded
@@ -172,7 +174,7 @@ class LeaderRole:
                 # is told the truth about `written` before the role changes.
                 self._finish_in_flight()
                 body, t = self.node.admin(req)
-                sock.send_multipart([*envelope, body])
+                self.node.reply([*envelope, body])
                 if t is not None and self.transition is None:
                     self._perform(core.fail_all(Err.NOT_LEADER, f"{self.node.name} stopped leading: {t.reason}"))
                     self.transition = t
@@ -183,16 +185,16 @@ class LeaderRole:
                 self._hint_at = now + self.cfg.peer_probe_interval
                 self.probe.next_at = 0.0
             if self.transition is not None:
-                sock.send_multipart([*envelope, self.node.not_leader(req.id)])
+                self.node.reply([*envelope, self.node.not_leader(req.id)])
                 continue
             if req.op in WRITE_OPS:
                 self._perform(core.admit_write(req, envelope, now))
             elif req.op == "status":
-                sock.send_multipart([*envelope, ok_reply(req.id, status=self._status(now))])
+                self.node.reply([*envelope, ok_reply(req.id, status=self._status(now))])
             elif req.op == "get":
                 self._perform(core.admit_read(req, envelope, now))
             else:
-                sock.send_multipart([*envelope, self.node.read_reply(req, stale=False)])
+                self.node.reply([*envelope, self.node.read_reply(req, stale=False)])
 
     def _start_batch(self) -> None:
         frames = self.core.take_batch()
@@ -233,7 +235,9 @@ class LeaderRole:
 
     def _flush_replies(self) -> None:
         # Let queued error replies leave before the process exits.
-        time.sleep(0.05)
+        for _ in range(10):
+            self.node.outbox.flush()
+            time.sleep(0.005)
 
     # -- followers ------------------------------------------------------------------
 
@@ -266,10 +270,10 @@ class LeaderRole:
         node = self.node
         for a in actions:
             if isinstance(a, Reply):
-                node.client_sock.send_multipart([*a.envelope, a.body])
+                node.reply([*a.envelope, a.body])
             elif isinstance(a, ServeRead):
-                node.client_sock.send_multipart([*a.envelope, node.read_reply(a.request, stale=False,
-                                                                              linearizable=a.linearizable)])
+                node.reply([*a.envelope, node.read_reply(a.request, stale=False, linearizable=a.linearizable,
+                                                         envelope=a.envelope)])
             elif isinstance(a, SendChunk):
                 data = read_chunk(node.writer.read_fd, a.offset, self.core.end, self.cfg.fetch_max_bytes)
                 node.repl_sock.send_multipart([*a.envelope, *encode(self.core.chunk_msg(a.offset, data))])

@@ -24,6 +24,7 @@ from daemon import config as config_mod
 from daemon.auth import policy
 from daemon.auth.creds import Credentials, for_config
 from daemon.auth.keys import KeyError_, secret_path
+from daemon.auth import zap
 from daemon.auth.zap import Gate
 from daemon.ops import logs
 from daemon.node import identity as nodestate
@@ -31,21 +32,18 @@ from daemon.node import epochs
 from daemon.node.identity import FOLLOWER, LEADER, NodeState
 from daemon.wire.client import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
 from daemon.node.kv import KVState
+from daemon.node.outbox import Outbox
+from daemon.node import outbox as outbox_mod
 from daemon.wal import LogCorrupt, WalError, WalFsyncError, WalPoisoned, open_log
 from daemon.ops.metrics import Metrics
 from daemon.ops.sdnotify import Notifier
 from daemon.wal.reader import ScanResult
 
-# Replies queued for one connection (ZeroMQ's send high-water mark counts
-# messages, not bytes). It must stay well above a group-commit batch
-# (batch_max_records): past it the ROUTER drops replies silently, and a
-# pipelined client that resends a whole window after a lost reply can push
-# ids out of the retry window and get them written twice (measured with
-# 64: 991 duplicates in 30,000 writes). Bounding the bytes a non-reading
-# client pins is therefore still open (docs/security.md).
-REPLY_QUEUE = 10000
 EXIT_FSYNC = 3  # the supervisor restarts us; recovery runs on the next start
 EXIT_FATAL = 2
+# Descriptors kept back from client connections: peers' and admins'
+# connections, the log, node-state.json, evidence files, ZeroMQ's own.
+FD_HEADROOM = 256
 
 
 @dataclass
@@ -193,17 +191,24 @@ class Node:
             self.gate.serve(c)
         c.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         c.setsockopt(zmq.RCVHWM, 10000)
-        c.setsockopt(zmq.SNDHWM, REPLY_QUEUE)
+        outbox_mod.configure(c)  # ROUTER_MANDATORY, a small SNDHWM: replies wait in the outbox
         c.setsockopt(zmq.LINGER, 500)
         c.bind(self.me.client_endpoint)
+        if self.gate is not None:
+            self.gate.watch(c, self.cfg.max_client_connections or max(16, self.fd_limit - FD_HEADROOM))
         r = self.ctx.socket(zmq.ROUTER)
         if self.gate is not None:
-            self.gate.serve(r)
+            self.gate.serve(r, zap.REPL_DOMAIN)
         r.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
         r.setsockopt(zmq.LINGER, 0)
         r.bind(self.me.repl_endpoint)
         self.client_sock = c
         self.repl_sock = r
+        self.outbox = Outbox(c)
+
+    def reply(self, frames: list[bytes]) -> None:
+        """Send a reply to a client (through the outbox: never dropped while its connection lives)."""
+        self.outbox.send(frames)
 
     def _on_hup(self, signum: int, frame: Any) -> None:
         self._reload_keys = True
@@ -246,7 +251,7 @@ class Node:
             pass
 
     def run(self) -> int:
-        raise_fd_limit()
+        self.fd_limit = raise_fd_limit()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -272,7 +277,7 @@ class Node:
             logs.error("metrics_unavailable", port=self.me.metrics_port, reason=str(e))
         logs.event("ready", role=self.state.role, epoch=self.state.epoch, end=self.writer.end,
                    client=self.me.client_endpoint, repl=self.me.repl_endpoint, metrics_port=self.me.metrics_port,
-                   pid=os.getpid())
+                   pid=os.getpid(), max_client_connections=self.gate.max_clients if self.gate else "-")
         # READY only now: recovery has finished and the sockets are bound.
         self.notifier.ready(self.status_line())
         code = 0
@@ -335,6 +340,11 @@ class Node:
             except OSError:
                 pass
             self.writer = None
+        out = getattr(self, "outbox", None)
+        deadline = time.monotonic() + 0.2
+        while out is not None and out.pending and time.monotonic() < deadline:
+            out.flush()  # the last answers (shutting_down, ...) to clients that read slowly
+            time.sleep(0.002)
         for s in (getattr(self, "client_sock", None), getattr(self, "repl_sock", None)):
             if s is not None:
                 s.close(linger=200)
@@ -374,6 +384,7 @@ class Node:
             "records": self.kv.records,
             "keys": len(self.kv.data),
             "pid": os.getpid(),
+            "client_connections": self.gate.open_connections() if self.gate is not None else None,
             "uptime": round(time.monotonic() - self.started, 3),
             "history": [list(h) for h in self.state.history],
         }
@@ -390,11 +401,19 @@ class Node:
                 last = e
         return last
 
-    def read_reply(self, req: Request, stale: bool, linearizable: bool = False) -> bytes:
+    def read_reply(self, req: Request, stale: bool, linearizable: bool = False,
+                   envelope: list[bytes] | None = None) -> bytes:
         if req.op == "ping":
             return ok_reply(req.id, name=self.name, role=self.state.role, epoch=self.state.epoch)
         if req.op == "get":
             v = self.kv.get(req.key)  # type: ignore[arg-type]
+            if v is not None and envelope and self.outbox.would_exceed(envelope[0], len(v)):
+                # The connection is not reading what it already has: a read
+                # is safe to refuse (nothing changes), and `busy` is a few
+                # bytes where the value could be a MiB.
+                return error_reply(req.id, Err.BUSY, f"{len(v)}-byte value not sent: this connection has "
+                                   f"{self.outbox.waiting(envelope[0])} bytes of unread replies; read them, "
+                                   "then retry")
             return ok_reply(req.id, found=v is not None, value=v, offset=self.kv.end, stale=stale,
                             linearizable=linearizable and not stale, node=self.name, epoch=self.state.epoch,
                             leader_endpoint=self.leader_endpoint() if stale else None)
@@ -433,35 +452,44 @@ class StateNotSaved(FsyncFailure):
     admin op is refused (nothing changed); anywhere else it still restarts."""
 
 
-def decode_client(sock: zmq.Socket, frames: list[bytes], counters: Any,
+_FORBIDDEN_LOG = logs.Limited(burst=20)
+
+
+def decode_client(out: Outbox, frames: list[bytes], counters: Any,
                   who: "Sender" = None) -> tuple[list[bytes], Request] | None:
     """Decode a client message; bad input gets an error reply and None.
 
     With CURVE on, `who` is the sender's identity (or REVOKED): a revoked
     key's message is dropped unanswered, and a known key whose role may not
-    send the op gets `forbidden`; either way nothing changes."""
+    send the op gets `forbidden`; either way nothing changes. A connection
+    that does not read its replies (daemon/node/outbox.py) has its requests
+    dropped unread: nothing is executed, so a retry is safe."""
     if who is REVOKED:
         counters.error("revoked")
+        return None
+    if frames and out.congested(frames[0]):
+        counters.error("slow_reader")
+        out.refuse(frames[0])
         return None
     envelope, body, problem = split_envelope(frames)
     if body is None:
         counters.bad_requests += 1
         counters.error(Err.BAD_REQUEST)
         if envelope and envelope[0]:
-            sock.send_multipart([*envelope, error_reply(None, Err.BAD_REQUEST, problem or "bad message")])
+            out.send([*envelope, error_reply(None, Err.BAD_REQUEST, problem or "bad message")])
         return None
     try:
         req = decode_request(body)
     except ProtocolError as e:
         counters.bad_requests += 1
         counters.error(e.code)
-        sock.send_multipart([*envelope, error_reply(e.request_id, e.code, str(e))])
+        out.send([*envelope, error_reply(e.request_id, e.code, str(e))])
         return None
     if who is not None and not policy.allowed(who.role, req.op):
         counters.error(Err.FORBIDDEN)
-        logs.warn("forbidden", key=str(who), op=req.op)
-        sock.send_multipart([*envelope, error_reply(req.id, Err.FORBIDDEN,
-                                                    f"key {who} (role {who.role}) may not send {req.op!r}")])
+        _FORBIDDEN_LOG.warn("forbidden", key=str(who), op=req.op)
+        out.send([*envelope, error_reply(req.id, Err.FORBIDDEN,
+                                         f"key {who} (role {who.role}) may not send {req.op!r}")])
         return None
     return envelope, req
 
@@ -474,7 +502,7 @@ REVOKED: Any = _Revoked()
 Sender = Any  # Identity | REVOKED | None (security = "none")
 
 
-def raise_fd_limit() -> None:
+def raise_fd_limit() -> int:
     """Every connection costs a file descriptor; the log, the state file and
     the evidence files need some too. Take the hard limit the supervisor
     allows (systemd: LimitNOFILE) so a crowd of connections meets the
@@ -489,6 +517,7 @@ def raise_fd_limit() -> None:
         except (ValueError, OSError):
             pass
     logs.event("fd_limit", nofile=soft)
+    return int(soft) if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 def main_node(config_path: str, name: str) -> int:

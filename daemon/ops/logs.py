@@ -61,3 +61,32 @@ def warn(name: str, **kv: object) -> None:
 
 def error(name: str, **kv: object) -> None:
     event(name, logging.ERROR, **kv)
+
+
+class Limited:
+    """At most `burst` lines of one event a minute; the rest are counted and
+    reported in the next line (`suppressed=N`), so a flood of bad requests
+    can neither fill the disk nor hide how big it was."""
+
+    def __init__(self, burst: int = 20, period: float = 60.0) -> None:
+        self.burst = burst
+        self.period = period
+        self._start = -1e9
+        self._lines = 0
+        self.suppressed = 0
+
+    def warn(self, name: str, **kv: object) -> bool:
+        import time
+
+        now = time.monotonic()
+        if now - self._start >= self.period:
+            self._start, self._lines = now, 0
+        if self._lines >= self.burst:
+            self.suppressed += 1
+            return False
+        self._lines += 1
+        if self.suppressed:
+            kv["suppressed"] = self.suppressed
+            self.suppressed = 0
+        warn(name, **kv)
+        return True

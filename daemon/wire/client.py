@@ -16,6 +16,10 @@ from daemon.wal.format import MAX_CLIENT_ID, MAX_KEY, MAX_VALUE, Record, RecordE
 # Larger messages are cut off by ZeroMQ itself (ZMQ_MAXMSGSIZE) before they
 # reach Python: a maximal value plus a generous envelope.
 MAX_MESSAGE = MAX_VALUE + MAX_KEY + 4096
+# Every node remembers the last RETRY_WINDOW request ids of each client
+# (docs/protocol.md, "Retries"): a client must never have more than this many
+# writes outstanding, or a resend could fall outside it and be written twice.
+RETRY_WINDOW = 1024
 
 WRITE_OPS = ("set", "del")
 READ_OPS = ("get", "status", "ping")
@@ -38,8 +42,10 @@ class Err:
     REFUSED = "refused"  # an admin request the node will not carry out
     SHUTTING_DOWN = "shutting_down"
     FORBIDDEN = "forbidden"  # an authenticated key whose role may not send this op; nothing changed
+    BUSY = "busy"  # a read not served: this connection has too many unread replies; read them, retry
 
-    RETRYABLE = frozenset({NOT_LEADER, NOT_ENOUGH_REPLICAS, FSYNC_FAILED, NO_SPACE, WRITE_FAILED, SHUTTING_DOWN})
+    RETRYABLE = frozenset({NOT_LEADER, NOT_ENOUGH_REPLICAS, FSYNC_FAILED, NO_SPACE, WRITE_FAILED, SHUTTING_DOWN,
+                           BUSY})
 
 
 class ProtocolError(Exception):

@@ -1,0 +1,165 @@
+"""A connection that does not read its replies (docs/security.md, "Bounded resources").
+
+ZeroMQ bounds a connection's send queue in messages, not bytes, and a plain
+ROUTER drops what does not fit. The node's outbox (daemon/node/outbox.py)
+bounds what a connection pins in bytes and never drops a reply to a live
+connection; these tests hold it to both.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import psutil
+import pytest
+import zmq
+
+from daemon.client.blocking import Client
+from daemon.client.pipeline import Pipeline
+from daemon.node import outbox
+from daemon.wire.client import RETRY_WINDOW
+from harness import wait_until
+
+pytestmark = pytest.mark.slow
+
+MIB = 1024 * 1024
+
+
+def raw_client(c, name: str = "node1") -> zmq.Socket:
+    """A DEALER that buffers almost nothing on its own side, as a stuck client does."""
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, 1)
+    s.setsockopt(zmq.RCVBUF, 64 * 1024)
+    s.setsockopt(zmq.SNDHWM, 100000)
+    c.secure(s, c.endpoint(name))
+    s.connect(c.endpoint(name))
+    return s
+
+
+def rss(c, name: str = "node1") -> int:
+    return psutil.Process(c.procs[name].pid).memory_info().rss
+
+
+def drain(s: zmq.Socket, quiet: float = 1.0) -> list[dict]:
+    got = []
+    while s.poll(int(quiet * 1000)):
+        got.append(msgpack.unpackb(s.recv(), raw=False))
+    return got
+
+
+def test_a_client_that_never_reads_pins_bounded_memory_and_cannot_write(make_cluster):
+    c = make_cluster(nodes=1, ack_replicas=0)
+    c.start_all()
+    with c.client() as cl:
+        cl.set(b"big", b"x" * MIB)
+    before = rss(c)
+    s = raw_client(c)
+    n = 2000
+    for i in range(n):
+        s.send(msgpack.packb({"id": i + 1, "op": "get", "key": b"big"}))
+    # A write from the same connection, behind the unread gets: the node
+    # must drop it unread rather than queue yet another reply.
+    s.send(msgpack.packb({"id": n + 1, "op": "set", "key": b"late", "value": b"v", "cid": b"stuck-client"}))
+    wait_until(lambda: c.status("node1")["counters"]["errors"].get("slow_reader", 0) > 0, 30,
+               "the node to refuse the connection that does not read")
+    time.sleep(1.0)
+    grown = rss(c) - before
+    # Before the outbox this was about 1.9 GB (every reply queued in ZeroMQ).
+    bound = outbox.SNDHWM * (MIB + 4096) + outbox.REPLY_BUDGET + MIB
+    assert grown < bound + 64 * MIB, f"the leader grew {grown / MIB:.0f} MiB for one stuck connection"
+    # Good clients are served meanwhile, and the stuck connection's write did not happen.
+    with c.client() as good:
+        good.set(b"other", b"fine")
+        assert good.get(b"other").value == b"fine"
+        assert good.get(b"late").value is None
+    # Once it reads, it gets the replies the node took on, in order, then nothing
+    # for what was dropped: its retry (same id) is then written once.
+    got = drain(s)
+    assert got, "the replies the node admitted were lost"
+    ids = [g["id"] for g in got]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert n + 1 not in ids
+    served = [g for g in got if g.get("ok")]
+    assert served and all(len(g["value"]) == MIB for g in served)
+    assert all(g.get("ok") or g["error"] == "busy" for g in got)
+    s.send(msgpack.packb({"id": n + 1, "op": "set", "key": b"late", "value": b"v", "cid": b"stuck-client"}))
+    assert s.poll(5000), "a connection that reads again is served again"
+    assert msgpack.unpackb(s.recv(), raw=False)["ok"]
+    with c.client() as good:
+        assert good.get(b"late").value == b"v"
+    s.close()
+
+
+def test_replies_to_a_slow_pipelined_writer_are_never_dropped(make_cluster):
+    """More replies than ZeroMQ will queue for one connection: they wait, none is lost.
+
+    With a plain ROUTER and this SNDHWM the excess replies were dropped, and a
+    client that resent its window wrote some records twice."""
+    c = make_cluster(nodes=1, ack_replicas=0)
+    c.start_all()
+    s = raw_client(c)
+    n = outbox.SNDHWM * 20
+    for i in range(n):
+        s.send(msgpack.packb({"id": i + 1, "op": "set", "key": b"k%d" % i, "value": b"v" * 100, "cid": b"slow"}))
+    wait_until(lambda: c.status("node1")["records"] >= n, 30, "every write to land")
+    time.sleep(0.5)
+    got = drain(s)
+    assert [g["id"] for g in got] == list(range(1, n + 1))
+    assert all(g["ok"] for g in got)
+    s.close()
+
+
+def test_a_pipeline_window_beyond_the_retry_window_is_refused():
+    """Ids outside the node's retry window could be written twice on a resend."""
+    p = Pipeline(["tcp://127.0.0.1:9"])
+    try:
+        with pytest.raises(ValueError, match="retry window"):
+            p.run_writes(iter([("set", b"k", b"v")]), window=RETRY_WINDOW + 1)
+    finally:
+        p.close()
+
+
+def test_client_connections_are_capped_but_admins_and_nodes_still_get_in(make_cluster):
+    c = make_cluster(nodes=2, ack_replicas=1, max_client_connections=12)
+    c.start_all()
+    ep = c.endpoint("node1")
+    ctx = zmq.Context.instance()
+
+    def connect(role: str = "client") -> zmq.Socket:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        c.secure(s, ep, role)
+        s.connect(ep)
+        return s
+
+    def answers(s: zmq.Socket, i: int, wait_ms: int = 3000) -> bool:
+        s.send(msgpack.packb({"id": i, "op": "ping"}))
+        return bool(s.poll(wait_ms))
+
+    crowd = []
+    try:
+        for i in range(30):
+            crowd.append(connect())
+        served = sum(answers(s, i + 1) for i, s in enumerate(crowd))
+        # The cap counts every connection on the client socket (the follower's
+        # probes too), so a few of the 12 places may be taken by others.
+        assert 6 <= served <= 12, f"{served} of 30 client connections were served under a cap of 12"
+        assert "event=connection_limit" in open(c.node_log("node1")).read()
+        # An admin still gets in, and replication goes on.
+        adm = connect("admin")
+        assert answers(adm, 1)
+        adm.close()
+        with Client([ep], config=c.config, role="admin", timeout=2.0) as a:
+            st = a.status(endpoint=ep)
+        assert st["client_connections"] >= 12
+    finally:
+        for s in crowd:
+            s.close()
+    # Once the crowd leaves, clients get in again and the count falls back.
+    wait_until(lambda: c.status("node1")["client_connections"] <= 4, 15, "the connections to be counted closed")
+    with c.client() as cl:
+        cl.set(b"after", b"the crowd")
+        assert cl.get(b"after").value == b"the crowd"
+
