@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import msgpack
 import pytest
@@ -333,3 +334,23 @@ def test_a_public_key_file_others_can_write_is_refused(tmp_path):
     os.chmod(os.path.join(keys.folder(d, "admin"), "root.key"), 0o666)
     with pytest.raises(keys.KeyError_, match="writable by others"):
         keys.load_registry(d)
+
+
+def test_a_revoked_node_key_gets_not_even_its_parked_fetch_answered(make_cluster):
+    """A follower's fetch waits at the leader (long poll). Revoking that node's
+    key must stop it at once: the parked fetch gets no more log bytes."""
+    c = make_cluster(2, ack_replicas=1, heartbeat_interval=5.0)
+    c.start_all()
+    with c.client() as cl:
+        cl.set("before", "1")
+    c.wait_converged()
+    size = os.path.getsize(c.log_path("node2"))
+    cfg = config_mod.load(c.config)
+    os.unlink(os.path.join(keys.folder(cfg.keys_dir, "node"), "node2.key"))
+    c.signal("node1", signal.SIGHUP)
+    wait_until(lambda: "event=keys_reloaded" in open(c.node_log("node1")).read(), 10, "the reload")
+    with Client(config=c.config, timeout=3.0, deadline=3.0) as cl:
+        with pytest.raises(ZwalError):  # K=1 and the only follower is revoked
+            cl.set("after", "2")
+    time.sleep(0.5)
+    assert os.path.getsize(c.log_path("node2")) == size, "the revoked node was sent log bytes"

@@ -168,6 +168,11 @@ class Gate:
         logs.event("keys_reloaded", keys=len(reg), revoked=len(gone), keys_dir=self.keys_dir)
         return len(reg)
 
+    def node_names(self) -> set[str]:
+        """Nodes whose keys are in the allow-list now."""
+        with self._lock:
+            return {i.name for i in self._registry.values() if i.role == "node"}
+
     def who(self, user_id: str | None) -> Identity | None:
         """The sender of a message, by the User-Id ZAP gave its connection."""
         if user_id is None:

@@ -66,6 +66,7 @@ class LeaderRole:
         self._in_sync: set[str] = set()
         self._hint_at = 0.0
         self._draining = False
+        self._keys_seen = node.keys_generation
 
     # -- the loop -----------------------------------------------------------------
 
@@ -106,6 +107,9 @@ class LeaderRole:
                 self._log_follower_changes(now)
                 node.outbox.flush()
                 node.service_tick(now, self._snapshot)
+                if node.keys_generation != self._keys_seen and node.gate is not None:
+                    self._keys_seen = node.keys_generation
+                    self.core.revoke(set(self.cfg.names) - node.gate.node_names())
             self._finish_in_flight()
             return self.transition
         finally:

@@ -442,6 +442,15 @@ class LeaderCore:
             f.parked_at = now
         return out
 
+    def revoke(self, names: set[str]) -> None:
+        """These followers' keys were revoked: their parked fetches get no answer
+        (no log bytes, no heartbeat). Acks they gave before stay true: each was
+        an fsync that node really made."""
+        for n in names:
+            f = self.followers.get(n)
+            if f is not None:
+                f.parked = None
+
     def _lost_tail(self, name: str, offset: int) -> StepDown:
         sd = StepDown(self.epoch, None,
                       f"follower {name} holds records up to offset {offset}, beyond this leader's end {self.end} "

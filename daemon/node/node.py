@@ -103,6 +103,7 @@ class Node:
         self.gate: Gate | None = None
         self.creds: Credentials | None = None
         self._reload_keys = False
+        self.keys_generation = 0  # bumped on each SIGHUP reload: roles drop what revoked keys left parked
         if cfg.security == "curve":
             self.gate = Gate(self.ctx, cfg.keys_dir, secret_path(cfg.keys_dir, "node", name), me=name)
             if self.me.public_key != self.gate.public.decode("ascii"):
@@ -129,9 +130,10 @@ class Node:
             nodestate.save(self.me.state_path, st)
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
-                # Out of file descriptors (a crowd of connections): nothing
-                # about the disk is in doubt, so this is not a reason to die.
-                # The caller refuses what it was doing and the state stays.
+                # Out of file descriptors (connections that have not finished
+                # their handshake; client keys are capped below the limit):
+                # nothing about the disk is in doubt, so this is not a reason
+                # to die. The caller refuses what it was doing; the state stays.
                 logs.error("state_not_saved", path=self.me.state_path, error=str(e))
                 raise StateNotSaved(f"{self.me.state_path}: cannot save the node state now ({e.strerror}): "
                                     "nothing changed; retry when fewer connections are open") from None
@@ -321,8 +323,8 @@ class Node:
             raise FsyncFailure("the ZAP authenticator thread stopped: no client could connect; restarting")
         if self._reload_keys:
             self._reload_keys = False
-            if self.gate is not None:
-                self.gate.reload()
+            if self.gate is not None and self.gate.reload() >= 0:
+                self.keys_generation += 1
             else:
                 logs.event("keys_reloaded", keys=0, reason="security = none: no allow-list")
         if self.metrics.due(now):
