@@ -8,6 +8,7 @@ directory can be moved as a whole. README.md documents every key.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 
@@ -60,6 +61,10 @@ class ClusterConfig:
     # minus FD_HEADROOM, so peers, admins, the log and the state file always
     # have descriptors left). Only enforced with security = "curve".
     max_client_connections: int = 0
+    # Names this cluster on the wire (docs/protocol.md): a node answers a
+    # request that names another cluster with wrong_cluster and changes
+    # nothing. "" (a file from before cluster ids): not checked.
+    cluster_id: str = ""
     extra: dict = field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
@@ -78,6 +83,7 @@ class ClusterConfig:
 
 _CLUSTER_KEYS = {
     "name": str,
+    "cluster_id": str,
     "bootstrap_leader": str,
     "ack_replicas": int,
     "replication_timeout": (int, float),
@@ -179,6 +185,9 @@ def parse(doc: dict, path: str) -> ClusterConfig:
         raise ConfigError(f"{path}: replication_timeout and heartbeat_interval must be positive")
     if cfg.batch_max_records < 1 or cfg.batch_max_bytes < 1:
         raise ConfigError(f"{path}: batch limits must be at least 1")
+    if cfg.cluster_id and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.cluster_id):
+        raise ConfigError(f"{path}: cluster_id must be 1..64 letters, digits, '.', '_' or '-' "
+                          "('zwal cluster init' writes a random one)")
     if cfg.max_client_connections < 0:
         raise ConfigError(f"{path}: max_client_connections must be 0 (automatic) or more")
     if cfg.security not in SECURITY_MODES:

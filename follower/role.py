@@ -11,6 +11,7 @@ it is sent only what it asked for.
 from __future__ import annotations
 
 import os
+import dataclasses
 import time
 from typing import Any
 
@@ -40,7 +41,8 @@ class FollowerRole:
             max_backoff=node.cfg.heartbeat_interval,
         )
         self.counters = Counters()
-        self.probe = PeerProbe(node.ctx, node.cfg.peers(node.name), node.cfg.peer_probe_interval, node.creds)
+        self.probe = PeerProbe(node.ctx, node.cfg.peers(node.name), node.cfg.peer_probe_interval, node.creds,
+                               node.cfg.cluster_id)
         self.dealer: zmq.Socket | None = None
         self.leader = node.state.leader
         self.last_heard = time.monotonic()
@@ -72,7 +74,8 @@ class FollowerRole:
 
     def _fetch(self) -> None:
         if self.dealer is not None:
-            self.dealer.send(encode_fetch(self.core.fetch_msg()), zmq.NOBLOCK)
+            self.dealer.send(encode_fetch(dataclasses.replace(self.core.fetch_msg(), cluster=self.cfg.cluster_id)),
+                             zmq.NOBLOCK)
 
     def _follow(self, epoch: int, leader: str | None, why: str) -> None:
         """Adopt a newer epoch (durably first) and, if named, a new leader."""
@@ -245,7 +248,7 @@ class FollowerRole:
                 frames, who = node.recv(sock)
             except zmq.Again:
                 return
-            decoded = decode_client(node.outbox, frames, self.counters, who)
+            decoded = decode_client(node.outbox, frames, self.counters, who, node.cfg.cluster_id)
             if decoded is None:
                 continue
             envelope, req = decoded

@@ -21,6 +21,7 @@ class Credentials:
     secret: bytes
     server_keys: dict[str, str] = field(default_factory=dict)  # endpoint -> Z85 public key
     default_server_key: str | None = None
+    cluster_id: str = ""  # the cluster these keys are for: clients name it in every request
 
     def apply(self, sock: zmq.Socket, endpoint: str) -> None:
         key = self.server_keys.get(endpoint, self.default_server_key)
@@ -46,7 +47,7 @@ def for_config(cfg, role: str = "client", name: str | None = None,  # type: igno
         if n.public_key:
             keys[n.client_endpoint] = n.public_key
             keys[n.repl_endpoint] = n.public_key
-    return Credentials(public, secret, keys)
+    return Credentials(public, secret, keys, cluster_id=cfg.cluster_id)
 
 
 def by_hand(cert: str, server_key: str | None) -> Credentials:

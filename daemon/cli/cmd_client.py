@@ -167,6 +167,10 @@ def render_status(targets: list[tuple[str, str]], sts: dict[str, dict[str, Any] 
                          str(st.get("leader") or "-"), str(st.get("pid") or "-"), ep))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    ids = sorted({(st.get("cluster") or "?", st.get("cluster_id") or "-") for st in sts.values() if st})
+    if ids:
+        lines.append("cluster " + "; ".join(f"{n} (id {i})" for n, i in ids)
+                     + ("  WARNING: these nodes belong to different clusters" if len(ids) > 1 else ""))
     for st in sts.values():
         if st and st.get("role") == "leader" and st.get("followers") is not None:
             lines.append("")

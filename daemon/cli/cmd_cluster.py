@@ -94,6 +94,13 @@ def _endpoint_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def new_cluster_id() -> str:
+    """A random id naming one cluster on the wire: requests for another cluster are refused (wrong_cluster)."""
+    import secrets
+
+    return secrets.token_hex(8)
+
+
 def render(dir_: str, nodes: int, base_port: int, ack_replicas: int | None, name: str,
            public_keys: dict[str, str] | None = None, *, hosts: list[str] | None = None,
            data_root: str | None = None) -> tuple[str, str]:
@@ -112,7 +119,7 @@ def render(dir_: str, nodes: int, base_port: int, ack_replicas: int | None, name
         node_txt.append(node_t.format(**{**p, "host": _endpoint_host(p["host"])}, public_key_line=key_line))
         progs.append(prog_t.format(node=n, zwal=zwal_command()))
     # One dict of fields for the cluster template, so a new [cluster] key is one entry here.
-    cluster_fields = {"name": name, "ack_replicas": k, "nodes": "".join(node_txt),
+    cluster_fields = {"name": name, "cluster_id": new_cluster_id(), "ack_replicas": k, "nodes": "".join(node_txt),
                       "security": "curve" if public_keys else "none"}
     cluster = _template("cluster.toml.tmpl").format(**cluster_fields)
     sup = _template("supervisord.conf.tmpl").format(dir=os.path.abspath(dir_), programs=",".join(names),

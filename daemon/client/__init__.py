@@ -5,7 +5,9 @@ Each wire error code maps to one exception class (`error_from_reply`).
 
 from daemon.client.blocking import (
     BadRequest,
+    Busy,
     Client,
+    Forbidden,
     FsyncFailed,
     InvalidRecord,
     NoSpace,
@@ -19,12 +21,13 @@ from daemon.client.blocking import (
     UnknownOp,
     WriteFailed,
     WriteResult,
+    WrongCluster,
     ZwalError,
     error_from_reply,
 )
 
 __all__ = [
-    "BadRequest", "Client", "FsyncFailed", "InvalidRecord", "NoSpace", "NotEnoughReplicas", "NotLeader",
+    "BadRequest", "Busy", "Client", "Forbidden", "WrongCluster", "FsyncFailed", "InvalidRecord", "NoSpace", "NotEnoughReplicas", "NotLeader",
     "ReadResult", "Refused", "ShuttingDown", "StaleEpoch", "Unavailable", "UnknownOp", "WriteFailed",
     "WriteResult", "ZwalError", "error_from_reply",
 ]

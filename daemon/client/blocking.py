@@ -91,6 +91,12 @@ class Forbidden(ZwalError):
     code = Err.FORBIDDEN
 
 
+class WrongCluster(ZwalError):
+    """The node belongs to another cluster (its cluster_id differs from the one in your cluster file)."""
+
+    code = Err.WRONG_CLUSTER
+
+
 class Busy(ZwalError):
     """A read not served because this connection left too many replies unread."""
 
@@ -108,7 +114,8 @@ class Unavailable(ZwalError):
 ERRORS: dict[str, type[ZwalError]] = {
     c.code: c
     for c in (BadRequest, UnknownOp, InvalidRecord, NotLeader, NotEnoughReplicas, FsyncFailed, NoSpace,
-              WriteFailed, StaleEpoch, Refused, ShuttingDown, Forbidden, Busy)
+              WriteFailed, StaleEpoch, Refused, ShuttingDown, Forbidden, Busy,
+              WrongCluster)
 }
 
 
@@ -189,6 +196,7 @@ class Client:
         cert: str | None = None,
         server_key: str | None = None,
         creds: Credentials | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         """`config` gives the endpoints (unless `endpoints` narrows them) and, with
         security = "curve", the certificate of `role` (keys/<role>s/<role>.key_secret,
@@ -201,11 +209,15 @@ class Client:
             cfg = config_mod.load(config)
             endpoints = endpoints or [n.client_endpoint for n in cfg.nodes]
             creds = creds or for_config(cfg, role, cert=cert)
+            if cluster_id is None:
+                cluster_id = cfg.cluster_id
         elif cert is not None and creds is None:
             from daemon.auth.creds import by_hand
 
             creds = by_hand(cert, server_key)
         self.creds = creds
+        # Named in every request: a node of another cluster answers wrong_cluster.
+        self.cluster_id = cluster_id if cluster_id is not None else getattr(creds, "cluster_id", "")
         if not endpoints:
             raise ValueError("a client needs endpoints or a cluster file")
         self.endpoints = list(endpoints)
@@ -246,6 +258,8 @@ class Client:
         """Send one request until it succeeds, fails for good, or the deadline passes."""
         rid = next(self._ids)
         msg = {"id": rid, "op": op, **fields}
+        if self.cluster_id:
+            msg["cluster"] = self.cluster_id
         if op in ("set", "del"):
             msg["cid"] = self.client_id
         total = self.deadline if deadline is None else deadline

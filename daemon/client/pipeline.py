@@ -46,6 +46,7 @@ class Pipeline:
                  deadline: float = 30.0, context: zmq.Context | None = None, creds: Any = None) -> None:
         self.endpoints = endpoints
         self.creds = creds  # daemon.auth.creds.Credentials, or None for security = "none"
+        self.cluster_id = getattr(creds, "cluster_id", "")
         self.client_id = client_id or os.urandom(12)
         self.timeout = timeout
         self.deadline = deadline
@@ -106,6 +107,8 @@ class Pipeline:
                     break
                 rid = next(self._ids)
                 msg: dict[str, Any] = {"id": rid, "op": op, "key": key, "cid": self.client_id}
+                if self.cluster_id:
+                    msg["cluster"] = self.cluster_id
                 if value is not None:
                     msg["value"] = value
                 now = time.perf_counter()

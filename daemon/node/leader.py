@@ -21,7 +21,7 @@ from daemon.node.peers import PeerProbe
 from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, ok_reply
 from daemon.node.leader_core import (CheckPeers, Confirmed, LeaderCore, Reply, SendChunk, SendControl, ServeRead,
                                      StepDown)
-from daemon.wire.replication import BadMessage, decode_fetch, encode
+from daemon.wire.replication import BadMessage, Refuse, decode_fetch, encode
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 from daemon.wal.reader import read_chunk
 from daemon.ops.stats import LatencyWindow
@@ -30,6 +30,7 @@ from daemon.node.syncer import SyncResult, Syncer
 # Requests taken from the socket per turn beyond a full batch, so reads and
 # replication are served even while writes flood in.
 MAX_DRAIN = 4096
+_WRONG_CLUSTER_LOG = logs.Limited(burst=20)
 
 
 class LeaderRole:
@@ -60,7 +61,7 @@ class LeaderRole:
                       reason="recovery cut this leader's log; no writes until followers show they hold nothing it lost")
         self.fsync_lat = LatencyWindow()
         self.batch_sizes = LatencyWindow()
-        self.probe = PeerProbe(node.ctx, cfg.peers(node.name), cfg.peer_probe_interval, node.creds)
+        self.probe = PeerProbe(node.ctx, cfg.peers(node.name), cfg.peer_probe_interval, node.creds, cfg.cluster_id)
         self.syncer = Syncer(node.writer)
         self.transition: Transition | None = None
         self._in_sync: set[str] = set()
@@ -169,7 +170,7 @@ class LeaderRole:
                 frames, who = self.node.recv(sock)
             except zmq.Again:
                 return
-            decoded = decode_client(self.node.outbox, frames, core.counters, who)
+            decoded = decode_client(self.node.outbox, frames, core.counters, who, self.node.cfg.cluster_id)
             if decoded is None:
                 continue
             envelope, req = decoded
@@ -267,6 +268,15 @@ class LeaderRole:
                 # node's name would be a forged acknowledgement.
                 self.core.counters.dropped += 1
                 logs.warn("forbidden", key=str(who), op="fetch", reason=f"fetch in the name of {fetch.name!r}")
+                continue
+            ours = self.cfg.cluster_id
+            if fetch.cluster and ours and fetch.cluster != ours:
+                # A node of another cluster: never a follower here (it would
+                # be told to truncate to our log). Refused; nothing changes.
+                self.core.counters.error(Err.WRONG_CLUSTER)
+                _WRONG_CLUSTER_LOG.warn("wrong_cluster", op="fetch", node=fetch.name, theirs=fetch.cluster, ours=ours)
+                self._perform([SendControl(frames[:1], Refuse(self.core.epoch, f"this node leads cluster {ours}, "
+                                                              f"not {fetch.cluster}: check the cluster file"))])
                 continue
             self._perform(self.core.on_fetch(fetch, frames[:1], time.monotonic()))
 

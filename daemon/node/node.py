@@ -386,6 +386,8 @@ class Node:
             "records": self.kv.records,
             "keys": len(self.kv.data),
             "pid": os.getpid(),
+            "cluster": self.cfg.name,
+            "cluster_id": self.cfg.cluster_id,
             "client_connections": self.gate.open_connections() if self.gate is not None else None,
             "uptime": round(time.monotonic() - self.started, 3),
             "history": [list(h) for h in self.state.history],
@@ -455,10 +457,11 @@ class StateNotSaved(FsyncFailure):
 
 
 _FORBIDDEN_LOG = logs.Limited(burst=20)
+_WRONG_CLUSTER_LOG = logs.Limited(burst=20)
 
 
 def decode_client(out: Outbox, frames: list[bytes], counters: Any,
-                  who: "Sender" = None) -> tuple[list[bytes], Request] | None:
+                  who: "Sender" = None, cluster_id: str = "") -> tuple[list[bytes], Request] | None:
     """Decode a client message; bad input gets an error reply and None.
 
     With CURVE on, `who` is the sender's identity (or REVOKED): a revoked
@@ -486,6 +489,15 @@ def decode_client(out: Outbox, frames: list[bytes], counters: Any,
         counters.bad_requests += 1
         counters.error(e.code)
         out.send([*envelope, error_reply(e.request_id, e.code, str(e))])
+        return None
+    if req.cluster is not None and cluster_id and req.cluster != cluster_id:
+        # Two clusters mixed up (a config for one, ports of the other):
+        # refuse before anything else, whatever the op.
+        counters.error(Err.WRONG_CLUSTER)
+        _WRONG_CLUSTER_LOG.warn("wrong_cluster", op=req.op, theirs=req.cluster, ours=cluster_id)
+        out.send([*envelope, error_reply(req.id, Err.WRONG_CLUSTER,
+                                         f"this node belongs to cluster {cluster_id}, not {req.cluster}: "
+                                         "the cluster file you used points at another cluster's endpoints")])
         return None
     if who is not None and not policy.allowed(who.role, req.op):
         counters.error(Err.FORBIDDEN)

@@ -18,8 +18,10 @@ from daemon.config import NodeConfig
 
 
 class PeerProbe:
-    def __init__(self, ctx: zmq.Context, peers: list[NodeConfig], interval: float, creds: Any = None) -> None:
+    def __init__(self, ctx: zmq.Context, peers: list[NodeConfig], interval: float, creds: Any = None,
+                 cluster_id: str = "") -> None:
         self.interval = interval
+        self.cluster_id = cluster_id  # a peer of another cluster answers wrong_cluster: its epoch is never heard
         self.next_at = 0.0
         self._ids = itertools.count(1)
         self.socks: dict[zmq.Socket, NodeConfig] = {}
@@ -44,7 +46,10 @@ class PeerProbe:
         if now < self.next_at:
             return
         self.next_at = now + self.interval
-        body = msgpack.packb({"id": next(self._ids), "op": "status", "epoch": my_epoch})
+        msg: dict[str, Any] = {"id": next(self._ids), "op": "status", "epoch": my_epoch}
+        if self.cluster_id:
+            msg["cluster"] = self.cluster_id
+        body = msgpack.packb(msg)
         for s in self.socks:
             try:
                 s.send(body, zmq.NOBLOCK)

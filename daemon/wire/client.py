@@ -42,6 +42,7 @@ class Err:
     REFUSED = "refused"  # an admin request the node will not carry out
     SHUTTING_DOWN = "shutting_down"
     FORBIDDEN = "forbidden"  # an authenticated key whose role may not send this op; nothing changed
+    WRONG_CLUSTER = "wrong_cluster"  # the request names another cluster's id; nothing changed
     BUSY = "busy"  # a read not served: this connection has too many unread replies; read them, retry
 
     RETRYABLE = frozenset({NOT_LEADER, NOT_ENOUGH_REPLICAS, FSYNC_FAILED, NO_SPACE, WRITE_FAILED, SHUTTING_DOWN,
@@ -66,6 +67,7 @@ class Request:
     client_id: bytes | None = None
     epoch: int = 0  # the highest epoch the sender has seen (fencing)
     args: dict | None = None  # admin ops only
+    cluster: str | None = None  # the cluster_id the sender means (None: not said)
 
     def record(self) -> Record:
         rid = self.id if self.client_id is not None else None
@@ -94,7 +96,7 @@ def _bin(m: dict, k: str, required: bool) -> bytes | None:
     raise ProtocolError(Err.BAD_REQUEST, f"field {k!r} must be bytes or a string")
 
 
-_FIELDS = frozenset({"id", "op", "key", "value", "cid", "epoch", "args"})
+_FIELDS = frozenset({"id", "op", "key", "value", "cid", "epoch", "args", "cluster"})
 
 
 def decode_request(body: bytes) -> Request:
@@ -123,6 +125,11 @@ def decode_request(body: bytes) -> Request:
         if type(epoch) is not int or not 0 <= epoch < 2**63:
             _uint(m, "epoch")
         req = Request(rid, op, epoch=epoch)  # type: ignore[arg-type]
+        if "cluster" in m:
+            cl = m["cluster"]
+            if type(cl) is not str or not 1 <= len(cl) <= 64:
+                raise ProtocolError(Err.BAD_REQUEST, "field 'cluster' must be a string of 1..64 characters")
+            req.cluster = cl
         if "cid" in m:
             cid = _bin(m, "cid", False)
             if cid is not None and not 1 <= len(cid) <= MAX_CLIENT_ID:

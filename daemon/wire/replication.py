@@ -42,6 +42,7 @@ class Fetch:
     max: int = 1 << 20
     round: int = 0
     inc: int = 0  # the leader incarnation that sent `round` (rounds of another incarnation prove nothing)
+    cluster: str = ""  # the follower's cluster_id ("" : not said); a leader of another cluster refuses it
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +126,11 @@ def _map(body: bytes) -> dict[str, Any]:
 
 
 def encode_fetch(f: Fetch) -> bytes:
-    return _pack({"t": "fetch", "name": f.name, "epoch": f.epoch, "offset": f.offset, "last_epoch": f.last_epoch,
-                  "records": f.records, "max": f.max, "round": f.round, "inc": f.inc})
+    m = {"t": "fetch", "name": f.name, "epoch": f.epoch, "offset": f.offset, "last_epoch": f.last_epoch,
+         "records": f.records, "max": f.max, "round": f.round, "inc": f.inc}
+    if f.cluster:
+        m["cluster"] = f.cluster
+    return _pack(m)
 
 
 def decode_fetch(frames: list[bytes]) -> Fetch:
@@ -138,7 +142,8 @@ def decode_fetch(frames: list[bytes]) -> Fetch:
         raise BadMessage(f"expected a fetch, got {m['t']!r}")
     return Fetch(_str(m, "name"), _uint(m, "epoch"), _uint(m, "offset"), _uint(m, "last_epoch"),
                  _uint(m, "records", optional=True) or 0, _uint(m, "max", optional=True) or (1 << 20),
-                 _uint(m, "round", optional=True) or 0, _uint(m, "inc", optional=True) or 0)
+                 _uint(m, "round", optional=True) or 0, _uint(m, "inc", optional=True) or 0,
+                 _str(m, "cluster", optional=True) or "")
 
 
 # -- leader -> follower ------------------------------------------------------------
