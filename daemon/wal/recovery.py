@@ -35,7 +35,8 @@ class LogCorrupt(WalError):
     def __init__(self, path: str, result: ScanResult) -> None:
         super().__init__(
             f"{path}: refusing to open: {result.describe()}. The file was not changed; "
-            f"inspect it with 'zwal log dump {path}' and restore it from a replica"
+            f"inspect it with 'zwal log dump --skip-damaged {path}' (--from OFFSET starts at a frame) "
+            "and restore it from a replica"
         )
         self.result = result
 
