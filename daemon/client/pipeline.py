@@ -8,7 +8,6 @@ the blocking client's.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from daemon.client.blocking import dealer
 from daemon.wire.client import RETRY_WINDOW, Err
 
 RETRYABLE = Err.RETRYABLE
+SPAN = RETRY_WINDOW // 2  # most ids issued from the oldest unanswered one on (run_writes)
 SCAN = 0.005  # seconds between passes over the outstanding window
 
 
@@ -51,7 +51,7 @@ class Pipeline:
         self.timeout = timeout
         self.deadline = deadline
         self.ctx = context or zmq.Context.instance()
-        self._ids = itertools.count(1)
+        self._next_id = 1  # ids are issued in order: `out` (insertion-ordered) starts with the oldest
         self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: a new Packer per message costs more
         self._ep = 0
         self.epoch = 0
@@ -83,9 +83,9 @@ class Pipeline:
         Stops taking new items when `items` ends or `stop()` is true, then
         waits for what is outstanding (up to each request's deadline).
         """
-        if not 1 <= window <= RETRY_WINDOW:
+        if not 1 <= window <= SPAN:
             # A resend of an id the node no longer remembers would be written twice.
-            raise ValueError(f"window {window} is outside 1..{RETRY_WINDOW}: the node's retry window "
+            raise ValueError(f"window {window} is outside 1..{SPAN}: the node's retry window "
                              f"(docs/protocol.md, Retries) covers the last {RETRY_WINDOW} ids of a client")
         res = PipelineResult()
         out: dict[int, Outstanding] = {}
@@ -97,6 +97,12 @@ class Pipeline:
         assert self.sock is not None
         while True:
             while not exhausted and len(out) < window:
+                # No new id more than SPAN past the oldest unanswered one: then
+                # fewer than 2*SPAN = RETRY_WINDOW ids can be placed after any
+                # unanswered id, and its resend is still recognised, however
+                # long its reply takes (a lost reply waits `timeout`).
+                if out and self._next_id - next(iter(out)) >= SPAN:
+                    break
                 if stop():
                     exhausted = True
                     break
@@ -105,7 +111,8 @@ class Pipeline:
                 except StopIteration:
                     exhausted = True
                     break
-                rid = next(self._ids)
+                rid = self._next_id
+                self._next_id += 1
                 msg: dict[str, Any] = {"id": rid, "op": op, "key": key, "cid": self.client_id}
                 if self.cluster_id:
                     msg["cluster"] = self.cluster_id

@@ -323,10 +323,12 @@ class Node:
             raise FsyncFailure("the ZAP authenticator thread stopped: no client could connect; restarting")
         if self._reload_keys:
             self._reload_keys = False
-            if self.gate is not None and self.gate.reload() >= 0:
-                self.keys_generation += 1
-            else:
+            if self.gate is None:
                 logs.event("keys_reloaded", keys=0, reason="security = none: no allow-list")
+            elif self.gate.reload() >= 0:
+                self.keys_generation += 1
+        if self.gate is not None:
+            self.gate.open_connections()  # drain the monitor every turn: its queue stays short
         if self.metrics.due(now):
             self.metrics.publish(snapshot())
             self.notifier.status(self.status_line())
@@ -389,6 +391,8 @@ class Node:
             "cluster": self.cfg.name,
             "cluster_id": self.cfg.cluster_id,
             "client_connections": self.gate.open_connections() if self.gate is not None else None,
+            "connections_refused_at_cap": self.gate.capped if self.gate is not None else 0,
+            **(self.outbox.stats() if getattr(self, "outbox", None) is not None else {}),
             "uptime": round(time.monotonic() - self.started, 3),
             "history": [list(h) for h in self.state.history],
         }

@@ -41,6 +41,11 @@ SNDHWM = 128
 # requests are refused.
 REPLY_BUDGET = 4 * 1024 * 1024
 LOG_EVERY_S = 10.0
+# A connection whose replies ZeroMQ refused is tried again after a delay that
+# doubles while it does not read (1 ms .. 100 ms), so stuck clients cost
+# little CPU however many there are; one that reads is back at full speed.
+RETRY_MIN_S = 0.001
+RETRY_MAX_S = 0.1
 
 
 class Outbox:
@@ -49,6 +54,7 @@ class Outbox:
         self.budget = budget
         self._queues: dict[bytes, deque[list[bytes]]] = {}
         self._bytes: dict[bytes, int] = {}
+        self._retry: dict[bytes, tuple[float, float]] = {}  # peer -> (next try, delay)
         self.refused = 0  # requests dropped because their connection would not read
         self.lost = 0  # replies whose connection was gone
         self._logged_at = -1e9
@@ -80,8 +86,13 @@ class Outbox:
     def flush(self) -> None:
         """Hand ZeroMQ what it will take now, connection by connection, in order."""
         self.moved = False
+        now = time.monotonic()
         for peer in list(self._queues):
             q = self._queues[peer]
+            at, delay = self._retry.get(peer, (0.0, RETRY_MIN_S))
+            if now < at:
+                continue
+            sent = 0
             while q:
                 frames = q[0]
                 try:
@@ -95,11 +106,17 @@ class Outbox:
                     q.clear()
                     break
                 q.popleft()
+                sent += 1
                 self.moved = True
                 self._bytes[peer] -= sum(len(f) for f in frames)
             if not q:
                 del self._queues[peer]
                 del self._bytes[peer]
+                self._retry.pop(peer, None)
+            elif sent:
+                self._retry[peer] = (0.0, RETRY_MIN_S)
+            else:
+                self._retry[peer] = (now + delay, min(RETRY_MAX_S, delay * 2))
 
     @property
     def pending(self) -> bool:
@@ -109,13 +126,21 @@ class Outbox:
     def poll_timeout(self, timeout_ms: float) -> float:
         """How long the role loop may wait for events: not at all while replies
         are moving (ZeroMQ's I/O thread drains a reading client's queue in
-        microseconds), a millisecond while they wait on clients that do not read."""
+        microseconds), until the soonest retry while they wait on clients that
+        do not read (at least a millisecond)."""
         if not self._queues:
             return timeout_ms
-        return 0.0 if self.moved else min(timeout_ms, 1.0)
+        if self.moved:
+            return 0.0
+        soonest = min((self._retry.get(p, (0.0, 0.0))[0] for p in self._queues), default=0.0)
+        return min(timeout_ms, max(1.0, (soonest - time.monotonic()) * 1000))
 
     def pending_bytes(self) -> int:
         return sum(self._bytes.values())
+
+    def stats(self) -> dict[str, int]:
+        return {"outbox_connections": len(self._queues), "outbox_bytes": self.pending_bytes(),
+                "slow_reader_refused": self.refused, "replies_lost": self.lost}
 
     # -- admission ------------------------------------------------------------------------
 
