@@ -97,6 +97,10 @@ class FollowerCore:
         if isinstance(msg, BadMessage):
             return Refetch(f"malformed message from the leader: {msg}", loud=True)
         epoch = msg.epoch
+        if isinstance(msg, Refuse):
+            # A refusal changes nothing on either side, whatever epoch it
+            # names (a node of another cluster refuses with its own epoch).
+            return Refetch(f"leader refused our fetch: {msg.message}", loud=True)
         if isinstance(msg, NotLeader):
             return Redirect(epoch, msg.leader)
         if epoch < self.epoch:
@@ -113,8 +117,6 @@ class FollowerCore:
                 return Refetch(f"truncate to {cut} (leader: epoch {msg.last_epoch} ends at {msg.offset}) "
                                f"is not below our end {self.end}", loud=True)
             return Truncate(cut, epoch)
-        if isinstance(msg, Refuse):
-            return Refetch(f"leader refused our fetch: {msg.message}", loud=True)
         assert isinstance(msg, Data)
         self.leader_end = msg.end
         self.leader_commit = msg.commit

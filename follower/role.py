@@ -42,7 +42,7 @@ class FollowerRole:
         )
         self.counters = Counters()
         self.probe = PeerProbe(node.ctx, node.cfg.peers(node.name), node.cfg.peer_probe_interval, node.creds,
-                               node.cfg.cluster_id)
+                               node.cfg.cluster_id, set(node.cfg.names))
         self.dealer: zmq.Socket | None = None
         self.leader = node.state.leader
         self.last_heard = time.monotonic()
@@ -212,7 +212,12 @@ class FollowerRole:
             self._follow(d.epoch, d.leader or self.leader, f"leader {d.leader} is at epoch {d.epoch}")
             self._fetch()
         elif isinstance(d, Redirect):
-            if d.epoch >= self.core.epoch and d.leader and d.leader != self.leader:
+            if d.leader and d.leader not in self.cfg.names:
+                # Not a node of this cluster (a node of another one answered):
+                # following it would save a leader we cannot even reach.
+                logs.warn("redirect_ignored", leader=d.leader, epoch=d.epoch, reason="not a node of this cluster")
+                self.probe.next_at = 0.0
+            elif d.epoch >= self.core.epoch and d.leader and d.leader != self.leader:
                 self._follow(d.epoch, d.leader, f"{self.leader} redirected us")
             else:
                 self.probe.next_at = 0.0
@@ -284,6 +289,8 @@ class FollowerRole:
                 continue
             if who is not None and fetch.name != who.name:
                 continue  # a node key speaks only for its own node
+            if fetch.cluster and node.cfg.cluster_id and fetch.cluster != node.cfg.cluster_id:
+                continue  # another cluster's node: it learns nothing from us, and we nothing from it
             if fetch.epoch > self.core.epoch:
                 self.probe.next_at = 0.0
             node.repl_sock.send_multipart([frames[0], *encode(NotLeader(self.core.epoch, node.state.leader))])

@@ -83,3 +83,42 @@ def test_status_names_the_cluster(make_cluster):
     r = c.zwal("status", "--config", c.config)
     assert r.returncode == 0, r.stderr
     assert f"cluster {cfg.name} (id {cfg.cluster_id})" in r.stdout
+
+
+def test_a_follower_does_not_answer_another_clusters_fetch(make_cluster):
+    """A follower used to answer any fetch with not_leader naming its leader:
+    a node of another cluster would then follow a name it does not know."""
+    c = make_cluster(2, ack_replicas=1)
+    c.start_all()
+    cfg = config_mod.load(c.config)
+    ep = cfg.node("node2").repl_endpoint
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    c.secure(s, ep, "node", "node1")
+    s.connect(ep)
+    s.send(encode_fetch(Fetch("node1", 1, 0, 0, cluster="ffffffffffffffff")))
+    assert not s.poll(1500), "a follower answered another cluster's fetch"
+    s.send(encode_fetch(Fetch("node1", 1, 0, 0, cluster=cfg.cluster_id)))
+    assert s.poll(3000), "a follower answers its own cluster's fetch (not_leader)"
+    s.close()
+
+
+def test_security_none_tools_name_the_cluster_too(make_cluster, tmp_path):
+    """Without keys the cluster id is the only thing that tells two loopback
+    clusters apart: status and promote from a cluster file with another id
+    must change nothing (found by review: they sent no id at all)."""
+    c = make_cluster(2, ack_replicas=1, security="none")
+    c.start_all()
+    text = open(c.config).read()
+    ours = config_mod.load(c.config).cluster_id
+    other = tmp_path / "other.toml"
+    other.write_text(text.replace(f'cluster_id = "{ours}"', 'cluster_id = "someone-else"'))
+    # Relative data dirs must still point somewhere harmless.
+    r = c.zwal("status", "--config", str(other), "--check")
+    assert r.returncode != 0
+    r = c.zwal("promote", "node2", "--config", str(other), timeout=60)
+    assert r.returncode != 0
+    st = c.status("node2")
+    assert st["epoch"] == 1 and st["role"] == "follower"
+    assert c.leader() == "node1"
+    assert "event=wrong_cluster" in open(c.node_log("node1")).read()

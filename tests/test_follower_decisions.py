@@ -129,3 +129,13 @@ def test_the_state_before_an_append_drops_epoch_starts_at_or_beyond_the_append()
     new = st.before_append(1661, [(2, 1661)])
     assert new.history == [(1, 0), (2, 720)]  # epoch 2 continues: no new start, and epoch 3's is gone
     assert st.before_append(1700, []) is None
+
+
+def test_a_refusal_never_moves_the_follower_to_its_epoch():
+    """A refusal changes nothing: a node of another cluster refuses with its
+    own (larger) epoch, and adopting it would depose this cluster's leader
+    (found by review)."""
+    c = core(end=0, epoch=2)
+    d = c.on_message({"t": "error", "epoch": 9000, "message": "this node leads cluster X, not Y"})
+    assert isinstance(d, Refetch) and "refused" in d.reason
+    assert c.epoch == 2

@@ -31,11 +31,22 @@ class Credentials:
         as_client(sock, self.public, self.secret, key)
 
 
+@dataclass(frozen=True)
+class Plain:
+    """security = "none": no keys, but every request still names the cluster."""
+
+    cluster_id: str = ""
+
+    def apply(self, sock: zmq.Socket, endpoint: str) -> None:
+        pass
+
+
 def for_config(cfg, role: str = "client", name: str | None = None,  # type: ignore[no-untyped-def]
-               cert: str | None = None) -> Credentials | None:
-    """The credentials a `role` uses to reach this cluster's nodes."""
+               cert: str | None = None) -> "Credentials | Plain":
+    """The credentials a `role` uses to reach this cluster's nodes (`Plain`,
+    carrying only the cluster id, for security = "none")."""
     if cfg.security == "none":
-        return None
+        return Plain(cfg.cluster_id)
     path = cert or secret_path(cfg.keys_dir, role, name or role)
     if not os.path.exists(path):
         raise KeyError_(f"{path}: no such certificate. The cluster uses CURVE (security = \"curve\"): "

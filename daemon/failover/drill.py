@@ -119,7 +119,7 @@ class Load:
     def __init__(self, cfg: ClusterConfig | list[str], clients: int, tag: str, ledger: Ledger, *,
                  read_share: float = 0.3, registers: int = 8, deadline: float = 20.0, creds: Any = None) -> None:
         self.endpoints = cfg if isinstance(cfg, list) else [n.client_endpoint for n in cfg.nodes]
-        if creds is None and not isinstance(cfg, list) and cfg.security == "curve":
+        if creds is None and not isinstance(cfg, list):
             from daemon.auth.creds import for_config
 
             creds = for_config(cfg, "client")

@@ -265,7 +265,7 @@ def operator_creds(cfg: ClusterConfig, role: str | None = None, cert: str | None
     from daemon.auth.keys import secret_path
 
     if cfg.security == "none":
-        return None
+        return for_config(cfg)  # no keys; the cluster id still goes with every request
     if role is None:
         role = "client" if os.path.exists(secret_path(cfg.keys_dir, "client", "client")) else "admin"
     return for_config(cfg, role, cert=cert if role == "admin" else None)

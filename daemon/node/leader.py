@@ -61,7 +61,8 @@ class LeaderRole:
                       reason="recovery cut this leader's log; no writes until followers show they hold nothing it lost")
         self.fsync_lat = LatencyWindow()
         self.batch_sizes = LatencyWindow()
-        self.probe = PeerProbe(node.ctx, cfg.peers(node.name), cfg.peer_probe_interval, node.creds, cfg.cluster_id)
+        self.probe = PeerProbe(node.ctx, cfg.peers(node.name), cfg.peer_probe_interval, node.creds, cfg.cluster_id,
+                               set(cfg.names))
         self.syncer = Syncer(node.writer)
         self.transition: Transition | None = None
         self._in_sync: set[str] = set()
@@ -275,7 +276,7 @@ class LeaderRole:
                 # be told to truncate to our log). Refused; nothing changes.
                 self.core.counters.error(Err.WRONG_CLUSTER)
                 _WRONG_CLUSTER_LOG.warn("wrong_cluster", op="fetch", node=fetch.name, theirs=fetch.cluster, ours=ours)
-                self._perform([SendControl(frames[:1], Refuse(self.core.epoch, f"this node leads cluster {ours}, "
+                self._perform([SendControl(frames[:1], Refuse(0, f"this node leads cluster {ours}, "
                                                               f"not {fetch.cluster}: check the cluster file"))])
                 continue
             self._perform(self.core.on_fetch(fetch, frames[:1], time.monotonic()))

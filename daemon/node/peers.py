@@ -19,9 +19,10 @@ from daemon.config import NodeConfig
 
 class PeerProbe:
     def __init__(self, ctx: zmq.Context, peers: list[NodeConfig], interval: float, creds: Any = None,
-                 cluster_id: str = "") -> None:
+                 cluster_id: str = "", names: set[str] | None = None) -> None:
         self.interval = interval
         self.cluster_id = cluster_id  # a peer of another cluster answers wrong_cluster: its epoch is never heard
+        self.names = names if names is not None else {p.name for p in peers}  # every node of the cluster
         self.next_at = 0.0
         self._ids = itertools.count(1)
         self.socks: dict[zmq.Socket, NodeConfig] = {}
@@ -67,6 +68,10 @@ class PeerProbe:
             try:
                 m = msgpack.unpackb(body, raw=False)
                 st = m["status"]
+                if self.cluster_id and st.get("cluster_id") not in (None, "", self.cluster_id):
+                    continue  # another cluster's node: its epochs are not ours
+                if st.get("leader") is not None and st["leader"] not in self.names:
+                    continue  # names a leader that is not one of our nodes
                 if isinstance(st.get("epoch"), int) and isinstance(st.get("role"), str):
                     self.latest[self.socks[sock].name] = st
                     out.append(st)

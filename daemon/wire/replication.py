@@ -112,6 +112,15 @@ def _str(m: dict[str, Any], k: str, *, optional: bool = False) -> Any:
     return v
 
 
+def _cluster(m: dict[str, Any]) -> str:
+    v = m.get("cluster")
+    if v is None:
+        return ""
+    if type(v) is not str or not 1 <= len(v) <= 64:
+        raise BadMessage(f"field 'cluster' must be a string of 1..64 characters, got {v!r}")
+    return v
+
+
 def _map(body: bytes) -> dict[str, Any]:
     try:
         m = msgpack.unpackb(body, raw=False, strict_map_key=True)
@@ -143,7 +152,7 @@ def decode_fetch(frames: list[bytes]) -> Fetch:
     return Fetch(_str(m, "name"), _uint(m, "epoch"), _uint(m, "offset"), _uint(m, "last_epoch"),
                  _uint(m, "records", optional=True) or 0, _uint(m, "max", optional=True) or (1 << 20),
                  _uint(m, "round", optional=True) or 0, _uint(m, "inc", optional=True) or 0,
-                 _str(m, "cluster", optional=True) or "")
+                 _cluster(m))
 
 
 # -- leader -> follower ------------------------------------------------------------
