@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import base64
 import json
 import sys
@@ -77,7 +78,7 @@ def _write(args: argparse.Namespace, value: bytes | None) -> int:
     """`zwal set` and `zwal del`: one acknowledged write, printed with where it landed."""
     with _client(args) as c:
         try:
-            r = c.set(args.key.encode(), value) if value is not None else c.delete(args.key.encode())
+            r = c.set(os.fsencode(args.key), value) if value is not None else c.delete(os.fsencode(args.key))
         except ZwalError as e:
             raise _fail(e) from None
     if args.json:
@@ -104,7 +105,7 @@ def read_value(args: argparse.Namespace) -> bytes:
         data = sys.stdin.buffer.read(MAX_VALUE + 1)
         source = "stdin"
     elif args.value is not None:
-        data = args.value.encode()
+        data = os.fsencode(args.value)
         source = "VALUE"
     else:
         raise CLIError("zwal set KEY VALUE: give VALUE, '-' to read it from stdin, or --value-file FILE", 2)
@@ -128,7 +129,7 @@ def cmd_del(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     with _client(args) as c:
         try:
-            r = c.read(args.key.encode())
+            r = c.read(os.fsencode(args.key))
         except ZwalError as e:
             raise _fail(e) from None
     if args.json:

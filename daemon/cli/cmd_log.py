@@ -105,11 +105,11 @@ def cmd_append(args: argparse.Namespace) -> int:
         if args.op == "set":
             if args.value is None:
                 raise CLIError("usage: zwal log append PATH set KEY VALUE", 2)
-            rec = Record("set", args.key.encode(), args.value.encode())
+            rec = Record("set", os.fsencode(args.key), os.fsencode(args.value))
         else:
             if args.value is not None:
                 raise CLIError("usage: zwal log append PATH del KEY (a del takes no value)", 2)
-            rec = Record("del", args.key.encode())
+            rec = Record("del", os.fsencode(args.key))
     except RecordError as e:
         raise CLIError(f"invalid record: {e}", 2) from None
     w, _ = _open(args.path)
