@@ -179,3 +179,44 @@ def test_client_connections_are_capped_but_admins_and_nodes_still_get_in(make_cl
         cl.set(b"after", b"the crowd")
         assert cl.get(b"after") == b"the crowd"
 
+
+
+def test_a_pipeline_issues_no_id_far_past_an_unanswered_one():
+    """While one reply is lost, the others keep completing; a pipeline that kept
+    issuing ids would let the lost one fall out of the node's retry window and
+    its resend be written twice (found by review). A server that never
+    answers id 1 (the fault) must see no id >= 1 + RETRY_WINDOW // 2 until
+    the pipeline gives id 1 up at its deadline."""
+    import threading
+
+    ctx = zmq.Context.instance()
+    srv = ctx.socket(zmq.ROUTER)
+    srv.setsockopt(zmq.LINGER, 0)
+    port = srv.bind_to_random_port("tcp://127.0.0.1")
+    seen: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            if not srv.poll(50):
+                continue
+            env, body = srv.recv_multipart()
+            m = msgpack.unpackb(body, raw=False)
+            seen.append((time.monotonic(), m["id"]))
+            if m["id"] != 1:
+                srv.send_multipart([env, msgpack.packb({"id": m["id"], "ok": True, "offset": 0, "epoch": 1})])
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    p = Pipeline([f"tcp://127.0.0.1:{port}"], timeout=30.0, deadline=1.5)
+    t0 = time.monotonic()
+    try:
+        r = p.run_writes((("set", b"k%d" % i, b"v") for i in range(3000)), window=64)
+    finally:
+        p.close()
+        done.set()
+        t.join(2)
+        srv.close()
+    assert [f[2] for f in r.failed] == ["deadline"] and len(r.acked) == 2999
+    far = [at - t0 for at, i in seen if i >= 1 + RETRY_WINDOW // 2]
+    assert far and min(far) >= 1.4, f"id {1 + RETRY_WINDOW // 2} was issued {min(far):.2f}s in, before id 1 was given up"
