@@ -13,6 +13,8 @@ import msgpack
 import pytest
 import zmq
 
+from harness import wait_until
+
 from daemon.client.blocking import Client, FsyncFailed, ZwalError
 from daemon.wal import CLEAN, iter_frames, scan_path
 
@@ -186,3 +188,52 @@ def test_a_node_whose_state_file_is_lost_but_whose_log_is_not_refuses_to_start(m
     assert p.wait(15) == 2
     log = open(c.node_log("node1")).read()
     assert "event=refusing_to_start" in log and "is missing but" in log
+
+
+@pytest.mark.slow
+def test_running_out_of_descriptors_during_a_step_down_does_not_restart_the_leader(make_cluster):
+    """A role change (not an admin op) that cannot save node-state.json for
+    want of a descriptor waits for one instead of exiting: connections that
+    never finish a handshake give theirs back after 5 s."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit is not installed (util-linux)")
+    c = make_cluster(2, ack_replicas=0)
+    c.start("node1", wrap=["prlimit", "--nofile=80:80"])
+    c.start("node2")
+    pid = c.procs["node1"].pid
+    host, port = c.endpoint("node1").removeprefix("tcp://").rsplit(":", 1)
+    stop = threading.Event()
+
+    def crowd() -> None:
+        # Fresh half-open connections every 2 s: the node drops each after
+        # its 5 s handshake limit, so the crowd must be renewed to keep
+        # every descriptor taken until the step-down has met it.
+        held: list[socket.socket] = []
+        while not stop.is_set():
+            held += [socket.create_connection((host, int(port))) for _ in range(150)]
+            stop.wait(2.0)
+        for s in held:
+            s.close()
+
+    t = threading.Thread(target=crowd, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.5)
+        # node2 takes epoch 2; node1's probe hears it and steps down, which
+        # needs node-state.json saved while every descriptor is taken.
+        adm = zmq.Context.instance().socket(zmq.DEALER)
+        adm.setsockopt(zmq.LINGER, 0)
+        c.secure(adm, c.endpoint("node2"), role="admin")
+        adm.connect(c.endpoint("node2"))
+        adm.send(msgpack.packb({"id": 1, "op": "fence", "args": {"epoch": 2}}))
+        assert adm.poll(5000) and msgpack.unpackb(adm.recv())["ok"]
+        adm.close()
+        wait_until(lambda: "event=state_not_saved" in open(c.node_log("node1")).read(), 15,
+                   "node1 to run out of descriptors while stepping down")
+    finally:
+        stop.set()
+        t.join(10)
+    wait_until(lambda: c.status("node1")["epoch"] == 2, 30, "node1 to step down to epoch 2")
+    assert c.alive("node1") and c.procs["node1"].pid == pid
+    log = open(c.node_log("node1")).read()
+    assert "event=state_saved" in log and "stopping_after_fsync_failure" not in log

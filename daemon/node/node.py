@@ -44,6 +44,7 @@ EXIT_FATAL = 2
 # Descriptors kept back from client connections: peers' and admins'
 # connections, the log, node-state.json, evidence files, ZeroMQ's own.
 FD_HEADROOM = 256
+STATE_SAVE_PATIENCE = 15.0  # seconds a role change waits for a file descriptor to save node-state.json
 
 
 @dataclass
@@ -125,7 +126,33 @@ class Node:
         logs.event("bootstrapped", role=st.role, epoch=st.epoch, leader=st.leader)
         return st
 
-    def save_state(self, st: NodeState) -> None:
+    def save_state(self, st: NodeState, patience: float = STATE_SAVE_PATIENCE) -> None:
+        """Save the node state durably, then adopt it.
+
+        Out of descriptors, it tries again for up to `patience` seconds
+        (connections that never finish their handshake are dropped after
+        5 s and give theirs back), so a role change does not restart the
+        node; nothing is acknowledged or answered meanwhile. Admin ops pass
+        0: they are refused at once instead."""
+        t0 = time.monotonic()
+        waited = False
+        while True:
+            try:
+                self._save_state(st)
+                if waited:
+                    logs.event("state_saved", path=self.me.state_path, waited_s=round(time.monotonic() - t0, 2))
+                return
+            except StateNotSaved as e:
+                if not waited:
+                    logs.error("state_not_saved", path=self.me.state_path, error=str(e.__cause__ or e),
+                               retrying_for_s=patience)
+                    waited = True
+                if time.monotonic() - t0 >= patience:
+                    raise
+                self.notifier.tick(time.monotonic())  # the watchdog must not take the wait for a wedged loop
+                time.sleep(0.1)
+
+    def _save_state(self, st: NodeState) -> None:
         try:
             nodestate.save(self.me.state_path, st)
         except OSError as e:
@@ -134,7 +161,6 @@ class Node:
                 # their handshake; client keys are capped below the limit):
                 # nothing about the disk is in doubt, so this is not a reason
                 # to die. The caller refuses what it was doing; the state stays.
-                logs.error("state_not_saved", path=self.me.state_path, error=str(e))
                 raise StateNotSaved(f"{self.me.state_path}: cannot save the node state now ({e.strerror}): "
                                     "nothing changed; retry when fewer connections are open") from None
             # Whether the new state reached the disk is unknown: the same
@@ -442,7 +468,7 @@ class Node:
             return error_reply(req.id, d.code, d.message, **d.fields), None
         if d.state is not None:
             try:
-                self.save_state(d.state)
+                self.save_state(d.state, patience=0.0)
             except StateNotSaved as e:
                 return error_reply(req.id, Err.REFUSED, str(e)), None
             if d.state.role == LEADER:
