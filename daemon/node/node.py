@@ -218,7 +218,7 @@ class Node:
         if self.gate is not None:
             self.gate.serve(c)
         c.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        c.setsockopt(zmq.RCVHWM, 10000)
+        c.setsockopt(zmq.RCVHWM, 256)  # requests ZeroMQ buffers per connection (about 256 MiB at most); then TCP pushes back
         outbox_mod.configure(c)  # ROUTER_MANDATORY, a small SNDHWM: replies wait in the outbox
         c.setsockopt(zmq.LINGER, 500)
         c.bind(self.me.client_endpoint)
