@@ -139,14 +139,22 @@ def cmd_drill(args: argparse.Namespace) -> int:
         acked = sum(r.check.acked for r in reports)
         reads = sum(r.reads for r in reports)
         kinds = ", ".join(f"{f} x{sum(r.fault == f for r in reports)}" for f in dict.fromkeys(r.fault for r in reports))
+        why = [f"round {r.round}: {', '.join(r.failures(cfg.ack_replicas))}" for r in reports
+               if r.failures(cfg.ack_replicas)]
+        if len(reports) != rounds:
+            why.append(f"{len(reports)} of {rounds} round(s) ran")
         if args.json:
-            print(json.dumps({"ok": ok, "rounds": [_report_doc(r) for r in reports], "acked": acked, "lost": lost,
-                              "reads_checked": reads, "linearizable": all(r.verdict.ok for r in reports),
-                              "seed": seed if args.soak else None, "rerun": rerun or None}))
+            doc = {"ok": ok, "rounds": [_report_doc(r) for r in reports], "acked": acked, "lost": lost,
+                   "reads_checked": reads, "linearizable": all(r.verdict.ok for r in reports),
+                   "seed": seed if args.soak else None, "rerun": rerun or None}
+            if not ok:
+                doc.update(error="drill_failed", message="; ".join(why) or "a round failed", exit_code=1)
+            print(json.dumps(doc))
         else:
             print(f"drill {'PASSED' if ok else 'FAILED'}: {len(reports)} round(s) ({kinds}), {acked} writes "
                   f"acknowledged, {lost} acknowledged writes lost, {reads} fresh reads checked"
-                  + ("" if all(r.verdict.ok for r in reports) else ", reads NOT linearizable"))
+                  + ("" if all(r.verdict.ok for r in reports) else ", reads NOT linearizable")
+                  + (f" ({'; '.join(why)})" if why else ""))
             if not ok and rerun:
                 print(rerun)
         return 0 if ok else 1

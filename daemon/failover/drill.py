@@ -220,8 +220,22 @@ class RoundReport:
     verdict: Verdict = field(default_factory=lambda: Verdict(ok=True))
 
     def passed(self, k: int) -> bool:
-        return (self.logs_identical and self.logs_clean and not self.check.duplicated
-                and (not self.check.lost or k == 0) and (self.verdict.ok or k == 0))
+        return not self.failures(k)
+
+    def failures(self, k: int) -> list[str]:
+        """Which checks this round failed (empty when it passed)."""
+        why = []
+        if not self.logs_identical:
+            why.append("logs not byte-identical")
+        if not self.logs_clean:
+            why.append("a log does not verify")
+        if self.check.duplicated:
+            why.append(f"{len(self.check.duplicated)} write(s) recorded twice")
+        if self.check.lost and k != 0:
+            why.append(f"{len(self.check.lost)} acknowledged write(s) lost")
+        if not self.verdict.ok and k != 0:
+            why.append("reads not linearizable")
+        return why
 
     def text(self) -> str:
         c = self.check
@@ -326,7 +340,8 @@ class Drill:
         st = self.statuses()[leader]
         self.say(f"round {rnd}: leader is {leader} (epoch {st['epoch']}, end {st['end']}); starting {self.clients} clients")
         ledger = Ledger()
-        load = Load(self.cfg, self.clients, f"r{rnd}-{int(time.time())}", ledger)
+        tag = f"r{rnd}-{int(time.time())}"
+        load = Load(self.cfg, self.clients, tag, ledger)
         load.start()
         time.sleep(self.load_seconds)
         pid = st["pid"]
@@ -367,7 +382,9 @@ class Drill:
         # Time to promote: until the new leader acknowledges a write.
         with Client([self.cfg.node(new).client_endpoint], timeout=1.0, deadline=self.timeout,
                     creds=operator_creds(self.cfg)) as c:
-            c.set(f"drill-probe-{rnd}".encode(), b"1")
+            # Its own key per round and run: a later drill on the same cluster
+            # must not take this record for a retry written twice.
+            c.set(f"drill-probe-{tag}".encode(), b"1")
         promote_s = time.monotonic() - t_kill
         self.say(f"round {rnd}: {new} leads epoch {res.epoch} ({promote_s:.2f} s after the fault); load continues")
         if fault == "pause":
