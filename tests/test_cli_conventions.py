@@ -419,3 +419,13 @@ def test_drill_json_is_one_document_with_the_verdict():
     rnd = doc["rounds"][0]
     assert rnd["fault"] == "kill" and rnd["acked"] > 0 and rnd["logs_identical"] and rnd["lost"] == []
     assert "round 1:" in r.stderr  # the progress went to stderr
+
+
+def test_endpoint_with_config_keeps_the_cluster_keys(one_node):
+    """--endpoint narrows the cluster file's nodes; it used to drop the file's
+    keys, so a CURVE cluster never answered (found by the README walkthrough)."""
+    cfg = one_node.config
+    ep = one_node.endpoint("node1")
+    assert zwal("set", "narrowed", "yes", "--config", cfg, "--endpoint", ep).returncode == 0
+    r = zwal("get", "narrowed", "--config", cfg, "--endpoint", ep)
+    assert r.returncode == 0 and out(r).strip() == "yes", r.stdout + r.stderr

@@ -37,6 +37,9 @@ def _creds(args: argparse.Namespace) -> Any:
 
     try:
         if args.endpoint:
+            if args.cert is None and args.config:
+                # --endpoint narrows the cluster file's nodes: keep its keys (and cluster id).
+                return for_config(config_mod.load(args.config), "client")
             if args.cert is None:
                 return None  # a plain socket: only a security = "none" cluster answers it
             if args.server_key is None:
