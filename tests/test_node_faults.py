@@ -235,8 +235,8 @@ def test_running_out_of_descriptors_during_a_step_down_does_not_restart_the_lead
             assert adm.poll(5000) and msgpack.unpackb(adm.recv())["ok"]
             adm.close()
             wait_until(lambda: "event=state_not_saved" in open(c.node_log("node1")).read()
-                       or not c.alive("node1") or c.status("node1", timeout=0.5)["epoch"] == epoch, 20,
-                       f"node1 to take epoch {epoch}")
+                       or not c.alive("node1") or c.status("node1", timeout=0.5)["epoch"] == epoch, 60,
+                       f"node1 to take epoch {epoch}")  # starved of descriptors, its probes reconnect slowly
             if "event=state_not_saved" in open(c.node_log("node1")).read() or not c.alive("node1"):
                 met = True
                 break
