@@ -171,6 +171,20 @@ class Cluster:
             creds.apply(sock, endpoint)
         return sock
 
+    def dealer(self, endpoint: str, role: str = "client", name: str | None = None,
+               opts: dict[int, int] | None = None) -> Any:
+        """A raw DEALER connected to `endpoint` as `role` (CURVE when the cluster
+        uses it); `opts` are socket options set before connecting."""
+        import zmq
+
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        for k, v in (opts or {}).items():
+            s.setsockopt(k, v)
+        self.secure(s, endpoint, role, name)
+        s.connect(endpoint)
+        return s
+
     def client(self, **kw: Any) -> Client:
         kw.setdefault("timeout", 1.0)
         kw.setdefault("deadline", 15.0)

@@ -28,14 +28,7 @@ MIB = 1024 * 1024
 
 def raw_client(c, name: str = "node1") -> zmq.Socket:
     """A DEALER that buffers almost nothing on its own side, as a stuck client does."""
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.RCVHWM, 1)
-    s.setsockopt(zmq.RCVBUF, 64 * 1024)
-    s.setsockopt(zmq.SNDHWM, 100000)
-    c.secure(s, c.endpoint(name))
-    s.connect(c.endpoint(name))
-    return s
+    return c.dealer(c.endpoint(name), opts={zmq.RCVHWM: 1, zmq.RCVBUF: 64 * 1024, zmq.SNDHWM: 100000})
 
 
 def rss(c, name: str = "node1") -> int:
@@ -134,14 +127,9 @@ def test_client_connections_are_capped_but_admins_and_nodes_still_get_in(make_cl
     c = make_cluster(nodes=2, ack_replicas=1, max_client_connections=12)
     c.start_all()
     ep = c.endpoint("node1")
-    ctx = zmq.Context.instance()
 
     def connect(role: str = "client") -> zmq.Socket:
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        c.secure(s, ep, role)
-        s.connect(ep)
-        return s
+        return c.dealer(ep, role)
 
     def answers(s: zmq.Socket, i: int, wait_ms: int = 3000) -> bool:
         # A DEALER whose handshake was refused has no peer to queue to.

@@ -39,10 +39,7 @@ def test_a_request_for_another_cluster_gets_wrong_cluster_and_changes_nothing(ma
         with pytest.raises(WrongCluster):
             other.get("k")
     # An admin op for another cluster changes nothing either.
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    c.secure(s, ep, "admin")
-    s.connect(ep)
+    s = c.dealer(ep, "admin")
     s.send(msgpack.packb({"id": 1, "op": "fence", "args": {"epoch": 9}, "cluster": "someone-else"}))
     assert s.poll(3000)
     r = msgpack.unpackb(s.recv(), raw=False)
@@ -62,10 +59,7 @@ def test_a_fetch_from_another_clusters_node_is_refused(make_cluster):
         cl.set("k", "1")
     cfg = config_mod.load(c.config)
     leader = cfg.node("node1")
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    c.secure(s, leader.repl_endpoint, "node", "node2")
-    s.connect(leader.repl_endpoint)
+    s = c.dealer(leader.repl_endpoint, "node", "node2")
     # From offset 0 at epoch 0: a leader of this cluster would send bytes or a truncation.
     s.send(encode_fetch(Fetch("node2", 1, 0, 0, cluster="ffffffffffffffff")))
     assert s.poll(3000)
@@ -92,10 +86,7 @@ def test_a_follower_does_not_answer_another_clusters_fetch(make_cluster):
     c.start_all()
     cfg = config_mod.load(c.config)
     ep = cfg.node("node2").repl_endpoint
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    c.secure(s, ep, "node", "node1")
-    s.connect(ep)
+    s = c.dealer(ep, "node", "node1")
     s.send(encode_fetch(Fetch("node1", 1, 0, 0, cluster="ffffffffffffffff")))
     assert not s.poll(1500), "a follower answered another cluster's fetch"
     s.send(encode_fetch(Fetch("node1", 1, 0, 0, cluster=cfg.cluster_id)))

@@ -153,10 +153,7 @@ def test_running_out_of_file_descriptors_refuses_an_admin_op_and_the_node_stays_
         pytest.skip("prlimit is not installed (util-linux)")
     c = make_cluster(1, ack_replicas=0)
     c.start("node1", wrap=["prlimit", "--nofile=80:80"])
-    adm = zmq.Context.instance().socket(zmq.DEALER)
-    adm.setsockopt(zmq.LINGER, 0)
-    c.secure(adm, c.endpoint("node1"), role="admin")
-    adm.connect(c.endpoint("node1"))
+    adm = c.dealer(c.endpoint("node1"), "admin")
     adm.send(msgpack.packb({"id": 0, "op": "ping"}))
     assert adm.poll(3000) and msgpack.unpackb(adm.recv())["ok"]
     host, port = c.endpoint("node1").removeprefix("tcp://").rsplit(":", 1)
@@ -227,10 +224,7 @@ def test_running_out_of_descriptors_during_a_step_down_does_not_restart_the_lead
         # can win the race for a descriptor the node just freed, so try up to
         # three epochs until one meets EMFILE.
         for epoch in (2, 3, 4):
-            adm = zmq.Context.instance().socket(zmq.DEALER)
-            adm.setsockopt(zmq.LINGER, 0)
-            c.secure(adm, c.endpoint("node2"), role="admin")
-            adm.connect(c.endpoint("node2"))
+            adm = c.dealer(c.endpoint("node2"), "admin")
             adm.send(msgpack.packb({"id": epoch, "op": "fence", "args": {"epoch": epoch}}))
             assert adm.poll(5000) and msgpack.unpackb(adm.recv())["ok"]
             adm.close()

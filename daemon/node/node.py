@@ -240,6 +240,10 @@ class Node:
 
     def _on_hup(self, signum: int, frame: Any) -> None:
         self._reload_keys = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """Make the role loop's poll return (from a signal handler)."""
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -263,10 +267,7 @@ class Node:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stopping = True
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self._wake()
 
     def wake_fd(self) -> socket.socket:
         return self._wake_r
