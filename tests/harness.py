@@ -116,7 +116,7 @@ class Cluster:
         out.close()
         self.procs[name] = p
         if wait:
-            wait_until(lambda: self.ping(name), 15, f"{name} to answer")
+            wait_until(lambda: self.ping(name), 45, f"{name} to answer")  # a cap: returns at the first answer
         return p
 
     def start_all(self) -> None:

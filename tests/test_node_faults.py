@@ -127,7 +127,7 @@ def test_fsync_eio_fails_the_batch_and_stops_the_node(make_cluster):
         t.start()
     for t in ts:
         t.join(30)
-    code = p.wait(15)
+    code = p.wait(60)
     assert code == 3, f"node exit code {code}"  # EXIT_FSYNC: the supervisor restarts it
     assert "fsync_failed" in failures
     log = open(c.node_log("node1")).read()
@@ -182,7 +182,7 @@ def test_a_node_whose_state_file_is_lost_but_whose_log_is_not_refuses_to_start(m
     c.stop("node1")
     os.unlink(os.path.join(os.path.dirname(c.log_path("node1")), "node-state.json"))
     p = c.start("node1", wait=False)
-    assert p.wait(15) == 2
+    assert p.wait(60) == 2
     log = open(c.node_log("node1")).read()
     assert "event=refusing_to_start" in log and "is missing but" in log
 
