@@ -1,0 +1,55 @@
+"""Mutants of the retry window's time and byte bounds (issue 19, Build item 4)."""
+
+from tests.mutants.model import Mutant
+
+W = "tests/test_retry_window.py::"
+
+MUTANTS = [
+    Mutant(id="retry-evict-by-count", file="daemon/node/kv.py",
+           find="            c = self._by_client[client_id] = _Client(OrderedDict(), self.clock)\n",
+           replace="            c = self._by_client[client_id] = _Client(OrderedDict(), self.clock)\n"
+                   "            if len(self._by_client) > 4096:\n"
+                   "                self._by_client.popitem(last=False)\n",
+           why="a live client's window is evicted after 4,096 newer ids: its retry is written twice",
+           killers=[W + "test_churn_of_5000_one_off_ids_does_not_evict_a_live_window",
+                    "tests/test_retry_churn.py::test_a_retry_after_5000_one_off_client_ids_gets_the_original_offset"]),
+    Mutant(id="retry-expiry-wrong-way", file="daemon/node/kv.py",
+           find="if ts is None or now - ts <= self.window_ms:",
+           replace="if ts is None or now - ts > self.window_ms:",
+           why="windows inside retry_window_seconds expire (and old ones are kept)",
+           killers=[W + "test_windows_expire_by_record_time_not_by_count",
+                    W + "test_churn_of_5000_one_off_ids_does_not_evict_a_live_window"]),
+    Mutant(id="retry-budget-skipped", file="daemon/node/leader_core.py",
+           find="if charge and self.retries.used() + charge > self.retry_budget:",
+           replace="if False:",
+           why="the byte budget is never checked: the window grows without bound",
+           killers=[W + "test_a_full_budget_refuses_a_new_client_busy_and_keeps_every_window",
+                    W + "test_expiry_frees_the_budget_for_new_clients"]),
+    Mutant(id="retry-budget-ignores-inflight", file="daemon/node/leader_core.py",
+           find="if charge and self.retries.used() + charge > self.retry_budget:",
+           replace="if charge and self.kv.window.bytes + charge > self.retry_budget:",
+           why="new ids admitted into one batch are not charged until they commit: a burst passes the budget",
+           killers=[W + "test_the_budget_counts_records_on_their_way_too"]),
+    Mutant(id="retry-busy-replaced-by-eviction", file="daemon/node/leader_core.py",
+           find="                return [Reply(envelope, self._window_full(req.id, rec.client_id, stamp))]\n",
+           replace="                self.kv.window.expire(stamp + self.kv.window.window_ms + 1)\n",
+           why="a full budget admits the new id by forgetting live windows instead of answering busy",
+           killers=[W + "test_a_full_budget_refuses_a_new_client_busy_and_keeps_every_window"]),
+    Mutant(id="retry-stamp-node-clock", file="daemon/node/leader_core.py",
+           find="t = max(wall, base + int((now - since) * 1000), self._last_stamp)",
+           replace="t = wall",
+           why="a new leader whose clock is behind turns the log's time back",
+           killers=[W + "test_a_leader_clock_behind_the_log_does_not_turn_time_back"]),
+    Mutant(id="retry-record-unstamped", file="daemon/node/leader_core.py",
+           find="            rec = replace(rec, ts=stamp)\n",
+           replace="",
+           why="records carry no time: replicas cannot age the window alike (nothing ever expires on replay)",
+           killers=[W + "test_windows_expire_by_record_time_not_by_count",
+                    W + "test_expiry_frees_the_budget_for_new_clients"]),
+    Mutant(id="retry-ts-not-decoded", file="daemon/wal/format.py",
+           find='m.get("cid"), m.get("rid"), m.get("ts"))',
+           replace='m.get("cid"), m.get("rid"), None)',
+           why="a follower reading the log ignores record times: its window differs from the leader's",
+           killers=[W + "test_a_follower_replaying_the_log_holds_the_leaders_window",
+                    W + "test_old_records_without_a_time_still_decode_and_new_ones_round_trip"]),
+]
