@@ -21,7 +21,7 @@ LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
 # (KIP-854, default one day) and its throttle on new producer ids (KIP-936).
 # 300 s is thirty times a client's default deadline of 10 s (every retry of a
 # write falls inside it) and short enough that the default budget holds the
-# one-off ids of about 900 `zwal set` calls a second.
+# one-off ids of about 560 `zwal set` calls a second (docs/protocol.md).
 RETRY_WINDOW_SECONDS = 300.0
 RETRY_BUDGET_BYTES = 64 * 1024 * 1024
 

@@ -209,3 +209,39 @@ def test_old_records_without_a_time_still_decode_and_new_ones_round_trip():
     assert decode_payload(Frame(0, len(old), 1, old[20:]).payload).ts is None
     new = encode_frame(Record("set", b"k", b"v", b"cid", 1, 1_700_000_000_123), 1)
     assert decode_payload(new[20:]).ts == 1_700_000_000_123
+
+
+def _cluster(**settings) -> dict:
+    return {"cluster": {"bootstrap_leader": "n1", "security": "none", **settings},
+            "node": [{"name": "n1", "data_dir": "d", "client_endpoint": "tcp://127.0.0.1:1",
+                      "repl_endpoint": "tcp://127.0.0.1:2"}]}
+
+
+def test_the_settings_are_known_with_defaults_and_checked():
+    import pytest
+
+    from daemon.config import ConfigError, parse
+
+    cfg = parse(_cluster(), "/x/cluster.toml")
+    assert (cfg.retry_window_seconds, cfg.retry_budget_bytes) == (300.0, 64 << 20)
+    cfg = parse(_cluster(retry_window_seconds=60, retry_budget_bytes=8 << 20), "/x/cluster.toml")
+    assert (cfg.retry_window_seconds, cfg.retry_budget_bytes) == (60, 8 << 20)
+    with pytest.raises(ConfigError, match="retry_window_seconds must be positive"):
+        parse(_cluster(retry_window_seconds=0), "/x/cluster.toml")
+    with pytest.raises(ConfigError, match="retry_budget_bytes must be at least"):
+        parse(_cluster(retry_budget_bytes=10), "/x/cluster.toml")
+
+
+def test_an_untimed_log_keeps_the_old_bound_on_replay():
+    """A log written before record times existed replays under the bound it
+    was written with (4,096 clients), not into unbounded memory."""
+    s = Seen(Placed(0, 10, 1), b"d" * 16)
+    w = RetryWindow(seconds=300)
+    for i in range(5000):
+        w.put(b"c-%d" % i, 1, s, ts=None)
+    assert w.clients() == 4096 and not w.has_client(b"c-0") and w.has_client(b"c-4999")
+    assert w.bytes == sum(CLIENT_COST + len(b"c-%d" % i) + ENTRY_COST for i in range(904, 5000))
+    w.put(b"timed", 1, s, ts=1)  # from the first record time on, no count applies
+    for i in range(5000):
+        w.put(b"t-%d" % i, 1, s, ts=2)
+    assert w.clients() == 4096 + 5001

@@ -25,6 +25,10 @@ from daemon.wire.client import RETRY_WINDOW
 WINDOW_PER_CLIENT = RETRY_WINDOW
 CLIENT_COST = 256
 ENTRY_COST = 128
+# Records from before record times existed were written under the old bound
+# (the 4,096 most recently active clients), and are still held to it: a long
+# untimed log must not grow the window without limit on replay.
+UNTIMED_CLIENTS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,8 @@ class RetryWindow:
     same window. `clock` is the newest record time applied; a client whose
     latest write is more than `seconds` older than it is forgotten. Records
     from before record times existed (ts None) count as written at the first
-    record time that follows them, so they expire one window after it.
+    record time that follows them, so they expire one window after it; and,
+    as when they were written, only the 4,096 latest of them are kept.
     Nothing else ever removes a client: the leader refuses new ones (`busy`)
     instead when the budget is spent (daemon/node/leader_core.py).
     """
@@ -117,6 +122,9 @@ class RetryWindow:
         if c is None:
             c = self._by_client[client_id] = _Client(OrderedDict(), self.clock)
             self.bytes += client_cost(client_id)
+            if self.clock is None and len(self._by_client) > UNTIMED_CLIENTS:
+                old, gone = self._by_client.popitem(last=False)
+                self.bytes -= client_cost(old) + ENTRY_COST * len(gone.ids)
         else:
             self._by_client.move_to_end(client_id)
             c.ts = self.clock
