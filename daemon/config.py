@@ -15,6 +15,15 @@ from dataclasses import dataclass, field
 FSYNC_MODES = ("group", "per-record")
 SECURITY_MODES = ("curve", "none")
 LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
+# The retry window (docs/protocol.md, "Retries"): how long a client's recent
+# request ids are remembered after its last write, and how many bytes all
+# remembered windows may use. Kafka's anchors: producer.id.expiration.ms
+# (KIP-854, default one day) and its throttle on new producer ids (KIP-936).
+# 300 s is thirty times a client's default deadline of 10 s (every retry of a
+# write falls inside it) and short enough that the default budget holds the
+# one-off ids of about 560 `zwal set` calls a second (docs/protocol.md).
+RETRY_WINDOW_SECONDS = 300.0
+RETRY_BUDGET_BYTES = 64 * 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -65,6 +74,8 @@ class ClusterConfig:
     # request that names another cluster with wrong_cluster and changes
     # nothing. "" (a file from before cluster ids): not checked.
     cluster_id: str = ""
+    retry_window_seconds: float = RETRY_WINDOW_SECONDS
+    retry_budget_bytes: int = RETRY_BUDGET_BYTES
     extra: dict = field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
@@ -98,6 +109,8 @@ _CLUSTER_KEYS = {
     "keys_dir": str,
     "metrics_bind": str,
     "max_client_connections": int,
+    "retry_window_seconds": (int, float),
+    "retry_budget_bytes": int,
 }
 _NODE_KEYS = {"name": str, "data_dir": str, "client_endpoint": str, "repl_endpoint": str, "metrics_port": int,
               "public_key": str}
@@ -190,6 +203,11 @@ def parse(doc: dict, path: str) -> ClusterConfig:
                           "('zwal cluster init' writes a random one)")
     if cfg.max_client_connections < 0:
         raise ConfigError(f"{path}: max_client_connections must be 0 (automatic) or more")
+    if cfg.retry_window_seconds <= 0:
+        raise ConfigError(f"{path}: retry_window_seconds must be positive (default {RETRY_WINDOW_SECONDS:g}); "
+                          "keep it well above every client's deadline")
+    if cfg.retry_budget_bytes < 1024 * 1024:
+        raise ConfigError(f"{path}: retry_budget_bytes must be at least 1048576 (default {RETRY_BUDGET_BYTES})")
     if cfg.security not in SECURITY_MODES:
         raise ConfigError(f"{path}: security must be one of {', '.join(SECURITY_MODES)}")
     if cfg.security == "none":

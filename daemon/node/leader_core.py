@@ -20,16 +20,20 @@ Invariants it protects (docs/protocol.md):
 - reads: a fresh read is served only from committed state, after K
   followers' fetches at this epoch prove it still leads (ReadIndex, Raft
   thesis 6.4); reads waiting together share one round;
-- retries: see daemon/node/retry.py;
+- retries: see daemon/node/retry.py; a write that would grow the retry
+  window past its budget is refused `busy` (nothing written, no client
+  forgotten), and each record with a client id carries the leader's time;
 - epochs: a higher epoch in a fetch is a hint to ask the peers, never a command.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
+from daemon.config import RETRY_BUDGET_BYTES
 from daemon.node.identity import epoch_end
 from daemon.node.kv import KVState, Placed, content_digest
 from daemon.node.retry import Conflict, Join, Known, RetryTracker, Waiters, Waiting
@@ -161,6 +165,8 @@ class LeaderCore:
         batch_max_bytes: int,
         confirming: bool = False,
         incarnation: int = 0,
+        retry_budget_bytes: int = RETRY_BUDGET_BYTES,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.epoch = epoch
@@ -197,6 +203,13 @@ class LeaderCore:
         # committed: answered when the commit point passes their end.
         self.replayed_waits: list[tuple[Placed, Waiters, float]] = []
         self.retries = RetryTracker(kv.window)
+        self.retry_budget = retry_budget_bytes
+        # Record times (ms): the wall clock, but never behind the log's newest
+        # record time plus the time this leader has led (a new leader whose
+        # clock is behind keeps the log's time going at the real rate).
+        self.wall_clock = wall_clock
+        self._stamp_base: tuple[float, int] | None = None
+        self._last_stamp = 0
         # The open batch takes new writes; the sealed one is on its way to disk.
         self.batch: list[tuple[Record, bytes, Waiting]] = []
         self.sealed: list[tuple[Record, bytes, Waiting]] = []
@@ -234,9 +247,12 @@ class LeaderCore:
                 f"{self.name} restarted with a damaged tail and is confirming its log with its followers "
                 f"({len(self.confirming)} of {self.confirm_need} heard); nothing was written", written=False))]
         digest = b""
+        charge = 0
         if rec.client_id is not None:
             key = (rec.client_id, req.id)
             digest = content_digest(rec)
+            stamp = self._stamp(now)
+            self.kv.window.expire(stamp)
             found = self.retries.find(key, digest)
             if isinstance(found, Conflict):
                 self.counters.retry_conflicts += 1
@@ -260,6 +276,10 @@ class LeaderCore:
                     return [Reply(envelope, self._write_ok(req.id, found.placed))]
                 self.replayed_waits.append((found.placed, [(envelope, req.id)], now + self.timeout))
                 return []
+            charge = self.retries.growth(key)
+            if charge and self.retries.used() + charge > self.retry_budget:
+                return [Reply(envelope, self._window_full(req.id, rec.client_id, stamp))]
+            rec = replace(rec, ts=stamp)
         if self.k and self.in_sync(now) < self.k:
             self.counters.error(Err.NOT_ENOUGH_REPLICAS)
             return [Reply(envelope, error_reply(
@@ -277,9 +297,33 @@ class LeaderCore:
         entry = Waiting(digest, [(envelope, req.id)])
         self.batch.append((rec, frame, entry))
         if rec.client_id is not None:
-            self.retries.add((rec.client_id, req.id), entry)
+            self.retries.add((rec.client_id, req.id), entry, charge)
         self.batch_bytes += len(frame)
         return []
+
+    def _stamp(self, now: float) -> int:
+        """The record time (ms) of a write admitted now (`now`: this node's monotonic clock)."""
+        wall = int(self.wall_clock() * 1000)
+        if self._stamp_base is None:
+            self._stamp_base = (now, max(wall, self.kv.window.clock or 0))
+        since, base = self._stamp_base
+        t = max(wall, base + int((now - since) * 1000), self._last_stamp)
+        self._last_stamp = t
+        return t
+
+    def _window_full(self, request_id: int, client_id: bytes, stamp: int) -> bytes:
+        w = self.kv.window
+        oldest = w.oldest()
+        wait = max(1, -(-(oldest + w.window_ms - stamp) // 1000)) if oldest is not None else w.window_ms // 1000
+        self.counters.error(Err.BUSY)
+        new = "a new client id" if not w.has_client(client_id) else "more request ids of this client"
+        return error_reply(
+            request_id, Err.BUSY,
+            f"the retry window is full ({self.retries.used()} of retry_budget_bytes = {self.retry_budget} bytes, "
+            f"{w.clients()} client(s) seen in the last {w.window_ms / 1000:g}s), so {self.name} takes no write "
+            f"for {new}; nothing was written. Retry in {wait}s (when the oldest client's window expires), "
+            "reuse one client id for many writes, or raise retry_budget_bytes in the cluster file",
+            written=False)
 
     def _write_ok(self, request_id: int, placed: Placed) -> bytes:
         self.counters.acked += 1

@@ -73,6 +73,11 @@ class Record:
     value: bytes | None = None
     client_id: bytes | None = None
     request_id: int | None = None
+    # The leader's clock when it admitted a write that carries a client id,
+    # in milliseconds since the Unix epoch; what ages the retry window on
+    # every replica alike (docs/protocol.md, "Retries"). Records written
+    # before the field existed have none.
+    ts: int | None = None
 
     def __post_init__(self) -> None:
         validate_record(self)
@@ -99,6 +104,8 @@ def validate_record(r: Record) -> None:
             raise RecordError(f"client_id must be 1..{MAX_CLIENT_ID} bytes")
         if not isinstance(r.request_id, int) or isinstance(r.request_id, bool) or not 0 <= r.request_id < 2**63:
             raise RecordError("request_id must be an integer in 0..2**63-1")
+    if r.ts is not None and (not isinstance(r.ts, int) or isinstance(r.ts, bool) or not 0 <= r.ts < 2**63):
+        raise RecordError("ts must be an integer in 0..2**63-1 (milliseconds)")
 
 
 # One Packer reused: msgpack.packb builds a new one per call, which costs
@@ -113,6 +120,8 @@ def encode_payload(r: Record) -> bytes:
     if r.client_id is not None:
         m["cid"] = r.client_id
         m["rid"] = r.request_id
+    if r.ts is not None:
+        m["ts"] = r.ts
     return _pack(m)
 
 
@@ -129,11 +138,11 @@ def decode_payload(payload: bytes) -> Record:
         raise RecordError(f"payload is not msgpack: {e}") from None
     if not isinstance(m, dict):
         raise RecordError("payload is not a msgpack map")
-    extra = set(m) - {"op", "key", "value", "cid", "rid"}
+    extra = set(m) - {"op", "key", "value", "cid", "rid", "ts"}
     if extra:
         raise RecordError(f"payload has unknown fields {sorted(extra)}")
     try:
-        return Record(m.get("op"), m.get("key"), m.get("value"), m.get("cid"), m.get("rid"))  # type: ignore[arg-type]
+        return Record(m.get("op"), m.get("key"), m.get("value"), m.get("cid"), m.get("rid"), m.get("ts"))  # type: ignore[arg-type]
     except RecordError:
         raise
     except Exception as e:

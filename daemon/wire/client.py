@@ -43,7 +43,8 @@ class Err:
     SHUTTING_DOWN = "shutting_down"
     FORBIDDEN = "forbidden"  # an authenticated key whose role may not send this op; nothing changed
     WRONG_CLUSTER = "wrong_cluster"  # the request names another cluster's id; nothing changed
-    BUSY = "busy"  # a read not served: this connection has too many unread replies; read them, retry
+    BUSY = "busy"  # a read not served (too many unread replies: read them, retry), or a write not taken
+    # because the retry window is full (docs/protocol.md, "Retries"): nothing written; retry later
 
     RETRYABLE = frozenset({NOT_LEADER, NOT_ENOUGH_REPLICAS, FSYNC_FAILED, NO_SPACE, WRITE_FAILED, SHUTTING_DOWN,
                            BUSY})
