@@ -31,7 +31,7 @@ def _get(c, *args: str, timeout: float = 3.0):  # type: ignore[no-untyped-def]
     return c.zwal("get", *args, "--config", c.config, "--timeout", str(timeout), timeout=60)
 
 
-def _cluster_without_leader(make_cluster):  # type: ignore[no-untyped-def]
+def _cluster_without_leader(make_cluster, stop: bool = True):  # type: ignore[no-untyped-def]
     c = make_cluster(3, ack_replicas=1, heartbeat_interval=0.2)
     c.start_all()
     cl = c.client()
@@ -39,12 +39,17 @@ def _cluster_without_leader(make_cluster):  # type: ignore[no-untyped-def]
         cl.set(f"k{i}", "yes")
     cl.close()
     c.wait_converged()
-    c.stop("node1")
+    if stop:
+        c.stop("node1")
     return c
 
 
 def test_get_with_the_leader_stopped_fails_unless_stale_and_then_says_so(make_cluster):
-    c = _cluster_without_leader(make_cluster)
+    c = _cluster_without_leader(make_cluster, stop=False)
+    fresh = _get(c, "k1", "--stale")  # a leader answers: --stale changes nothing
+    assert fresh.returncode == 0 and fresh.stdout == "yes\n" and "stale" not in fresh.stderr, fresh.stderr
+    assert c.client().read("k1", stale=True).node == "node1"
+    c.stop("node1")
 
     r = _get(c, "k1")
     assert r.returncode == GET_NO_LEADER, r.stdout + r.stderr
@@ -168,3 +173,19 @@ def test_log_tools_refuse_a_missing_path_and_create_nothing(tmp_path, tool):
     assert r.returncode == 3, r.stdout + r.stderr  # docs/cli.md: 3 cannot open
     assert "no such file" in r.stderr and "clean" not in r.stdout, r.stdout + r.stderr
     assert not path.exists() and os.listdir(tmp_path) == [], os.listdir(tmp_path)
+
+
+def test_log_append_says_when_it_created_the_log(tmp_path):
+    """append may start a log by hand, but says so: a mistyped path is not the log meant."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    path = str(tmp_path / "new.wal")
+    run = [sys.executable, "-m", "daemon.cli", "log", "append", path, "set", "k", "v"]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert first.returncode == 0 and first.stdout.startswith("offset=0 "), first.stdout + first.stderr
+    assert "did not exist; created a new log" in first.stderr, first.stderr
+    again = subprocess.run(run, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert again.returncode == 0 and "created" not in again.stderr, again.stderr

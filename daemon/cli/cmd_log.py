@@ -114,6 +114,7 @@ def cmd_append(args: argparse.Namespace) -> int:
             rec = Record("del", os.fsencode(args.key))
     except RecordError as e:
         raise CLIError(f"invalid record: {e}", 2) from None
+    existed = os.path.exists(args.path)
     w, _ = _open(args.path)
     try:
         offset, size = w.append(rec)
@@ -121,6 +122,8 @@ def cmd_append(args: argparse.Namespace) -> int:
         raise CLIError(str(e), 1) from None
     finally:
         w.close()
+    if not existed:  # a mistyped path must not pass for the log it was meant to be
+        print(f"{args.path}: did not exist; created a new log for this record", file=sys.stderr)
     print(f"offset={offset} size={size}")
     return 0
 

@@ -50,4 +50,9 @@ MUTANTS = [
            replace="+ \"\"",
            why="a write with no answer may have been applied: say to check before running it again",
            killers=[T + "test_a_write_without_an_answer_says_its_outcome_is_unknown"]),
+    Mutant(id="cli-log-append-creates-silently", file=CL,
+           find="    if not existed:  #",
+           replace="    if False:  #",
+           why="a log tool that creates a missing path says so: a mistyped path is not the log meant",
+           killers=[T + "test_log_append_says_when_it_created_the_log"]),
 ]
