@@ -124,6 +124,17 @@ def test_stale_order_skips_damaged_nodes_however_far_they_reach():
     assert set(skipped) == {"n1", "d"} and skipped["n1"].startswith("damaged"), skipped
 
 
+def test_a_stale_answer_that_carries_its_own_damaged_flag_is_judged_by_it():
+    """A node may say in its `get` reply whether its log is damaged (then no status round
+    trips are needed); without the flag and without a status taken before the read, the
+    answer is not trusted."""
+    c = Client(["tcp://127.0.0.1:9"])
+    assert c._damaged({"damaged": True}, "tcp://127.0.0.1:9", None, 0.0) is not None
+    assert c._damaged({"damaged": False}, "tcp://127.0.0.1:9", None, 0.0) is None
+    assert c._damaged({}, "tcp://127.0.0.1:9", None, 0.0) is not None
+    assert c._damaged({}, "tcp://127.0.0.1:9", {"name": "n", "end": 5, "damaged_end": 9}, 0.0).startswith("damaged")
+
+
 def test_a_write_without_an_answer_says_its_outcome_is_unknown(make_cluster):
     """The leader wrote the record and waits for followers that never acknowledge: the
     command gets no answer. "Is the cluster running?" alone invited running it again,

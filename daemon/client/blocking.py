@@ -271,6 +271,7 @@ class Client:
         self._ep_index = 0
         self.sock: zmq.Socket | None = None
         self.current: str | None = None
+        self._says_damaged: set[str] = set()  # endpoints whose `get` replies carry `damaged`: no status needed
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -464,9 +465,13 @@ class Client:
     def _read_at(self, k: bytes, ep: str, stale: bool, end_at: float,
                  before: dict[str, Any] | None = None) -> ReadResult:
         """One node's answer, by read()'s rules."""
-        if stale and before is None:
+        if stale and before is None and ep not in self._says_damaged:
             before = self.status(endpoint=ep, deadline=max(0.0, end_at - time.monotonic()))
         r = self.request("get", key=k, endpoint=ep, deadline=max(0.0, end_at - time.monotonic()))
+        if isinstance(r.get("damaged"), bool):
+            self._says_damaged.add(ep)
+        else:
+            self._says_damaged.discard(ep)
         if not r.get("stale"):
             return self._result(r)
         node = str(r.get("node") or ep)
@@ -474,19 +479,20 @@ class Client:
             raise NoLeader(f"{node} is a follower (epoch {r.get('epoch')}): its answer may miss acknowledged "
                            "writes; read without endpoint to reach the leader, or pass stale=True",
                            {node: "a follower"})
-        assert before is not None
         why = self._damaged(r, ep, before, end_at)
         if why is not None:
             raise NoLeader(f"{node}'s answer is not used: {why}", {node: why})
         return self._result(r)
 
-    def _damaged(self, r: dict[str, Any], ep: str, before: dict[str, Any], end_at: float) -> str | None:
+    def _damaged(self, r: dict[str, Any], ep: str, before: dict[str, Any] | None, end_at: float) -> str | None:
         """Was this stale answer served from a damaged log? The reply's own `damaged` flag when the
         node sends one; else the node's status before and after the read: recovery, at a process's
         start, is what marks a log damaged, so one process (same pid) intact before and after
         served the read intact."""
         if isinstance(r.get("damaged"), bool):
             return "damaged: its log was cut at recovery" if r["damaged"] else None
+        if before is None:  # it sent the flag before, not now: a restart into an older version
+            return "its reply does not say whether its log is intact"
         if (why := damage(before)) is not None:
             return why
         try:
