@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
-from daemon.client.blocking import Client, NoLeader, stale_order
+from daemon.client.blocking import Client, NoLeader, NotEnoughReplicas, stale_order
 from harness import wait_until
 
 pytestmark = pytest.mark.slow
@@ -79,6 +80,25 @@ def test_get_with_the_leader_stopped_fails_unless_stale_and_then_says_so(make_cl
     assert r2.value == b"yes" and r2.stale and not r2.linearizable and r2.node in ("node2", "node3"), r2
     pinned = cl.read("k1", endpoint=c.endpoint("node3"), stale=True)
     assert pinned.node == "node3" and pinned.stale and pinned.value == b"yes", pinned
+
+
+def test_a_stale_read_falls_back_to_a_follower_when_the_leader_cannot_confirm(make_cluster):
+    """K = 2 with a follower down: the leader is up but cannot confirm a read. A plain read
+    fails (the leader's not_enough_replicas); a stale read gets a follower's answer, in time."""
+    c = make_cluster(3, ack_replicas=2, replication_timeout=0.5, heartbeat_interval=0.2)
+    c.start_all()
+    c.client().set("k", "v")
+    c.wait_converged()
+    c.kill("node3")
+    wait_until(lambda: not next(f for f in c.status("node1")["followers"] if f["name"] == "node3")["in_sync"],
+               10, "node3 to drop out of sync")
+    cl = c.client(deadline=4.0)
+    with pytest.raises((NotEnoughReplicas, NoLeader)):
+        cl.read("k")
+    t0 = time.monotonic()
+    r = cl.read("k", stale=True)
+    assert r.value == b"v" and r.stale and r.node == "node2", r
+    assert time.monotonic() - t0 < 4.0
 
 
 def _damage_tail(c, name: str) -> None:  # type: ignore[no-untyped-def]

@@ -173,7 +173,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         _emit(doc)
         return GET_FOUND if r.value is not None else GET_ABSENT
     # stdout carries only the value; what it is worth goes to stderr.
-    stale = (f"a stale answer from {r.node} (a follower, log end {r.offset}; no leader answered): it may miss "
+    stale = (f"a stale answer from {r.node} (a follower, log end {r.offset}, not the leader): it may miss "
              "acknowledged writes") if r.stale else None
     if r.value is None:
         print(f"zwal: key {args.key!r} not found" + (f" in {stale}" if stale else ""), file=sys.stderr)

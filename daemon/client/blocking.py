@@ -332,7 +332,10 @@ class Client:
             if reply is None:
                 # Lazy Pirate: the socket may hold a dead connection; start afresh,
                 # on the next node if we have several, with the same request id.
-                last_err = Unavailable(f"no answer from {self.current} within {self.timeout:g}s")
+                if last_err is None or isinstance(last_err, Unavailable):
+                    # A node's own error is the better account: an attempt cut short by the
+                    # deadline must not replace "not_enough_replicas, written" with "no answer".
+                    last_err = Unavailable(f"no answer from {self.current} within {self.timeout:g}s")
                 if endpoint is None:
                     self._connect(self._next_endpoint())
                 else:
@@ -447,6 +450,9 @@ class Client:
                 if not e.retryable:
                     raise
         order, answered = stale_order(statuses)
+        if len(leaders) == 1 and leaders[0] in order:  # it had its turn: it cannot confirm a read now
+            order.remove(leaders[0])
+            answered[str(up[leaders[0]].get("name"))] = "the leader, but its read was not confirmed in time"
         for ep in order:
             name = str(statuses[ep].get("name") or ep)  # type: ignore[union-attr]
             try:
