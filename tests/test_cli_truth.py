@@ -74,8 +74,9 @@ def test_get_with_the_leader_stopped_fails_unless_stale_and_then_says_so(make_cl
     with pytest.raises(NoLeader) as e:
         cl.read("k1")
     assert set(e.value.answered) <= {"node2", "node3"} and e.value.answered, e.value.answered
-    with pytest.raises(NoLeader):  # pinned to a follower: the same rule
+    with pytest.raises(NoLeader) as pinned_e:  # pinned to a follower: the same rule
         cl.read("k1", endpoint=c.endpoint("node2"))
+    assert "node2 is a follower" in str(pinned_e.value) and "stale=True" in str(pinned_e.value), pinned_e.value
     r2 = cl.read("k1", stale=True)
     assert r2.value == b"yes" and r2.stale and not r2.linearizable and r2.node in ("node2", "node3"), r2
     pinned = cl.read("k1", endpoint=c.endpoint("node3"), stale=True)
