@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from daemon import config as config_mod
-from daemon.client.blocking import Client, Unavailable, ZwalError, fetch_statuses
+from daemon.client.blocking import Client, NoLeader, NotEnoughReplicas, Unavailable, ZwalError, fetch_statuses
 from daemon.cli.cmd_log import CLIError
 from daemon.wal.format import MAX_VALUE
 
@@ -59,9 +59,19 @@ def _client(args: argparse.Namespace) -> Client:
                   creds=_creds(args))
 
 
-def _fail(e: ZwalError) -> CLIError:
+def _fail(e: ZwalError, key: str | None = None) -> CLIError:
+    """The CLI's error for a failed request; `key` for a write, whose outcome may be unknown."""
+    check = (f"check with 'zwal get {key}' before running this command again: a new command is a new request "
+             "and may write a second copy") if key is not None else ""
     if isinstance(e, Unavailable):
-        return CLIError(f"{e} (is the cluster running? try 'zwal status')", 1, e.code)
+        return CLIError(f"{e} (is the cluster running? try 'zwal status')"
+                        + (f"; the write may or may not have been applied: {check}" if check else ""), 1, e.code)
+    if isinstance(e, NotEnoughReplicas) and e.reply.get("written") and check:
+        # The node's own advice ("retry with the same request id") is for a library client.
+        return CLIError(
+            f"not_enough_replicas: the record is on the leader's disk at offset {e.reply.get('offset')} (epoch "
+            f"{e.reply.get('epoch')}), but too few followers acknowledged it within --timeout; it may still "
+            f"become committed: {check}", 1, e.code)
     return CLIError(str(e), 1, e.code)
 
 
@@ -83,7 +93,7 @@ def _write(args: argparse.Namespace, value: bytes | None) -> int:
         try:
             r = c.set(os.fsencode(args.key), value) if value is not None else c.delete(os.fsencode(args.key))
         except ZwalError as e:
-            raise _fail(e) from None
+            raise _fail(e, args.key) from None
     if args.json:
         _emit({"ok": True, "op": "set" if value is not None else "del", "key": args.key, "offset": r.offset,
                "end": r.end, "epoch": r.epoch})
@@ -129,10 +139,30 @@ def cmd_del(args: argparse.Namespace) -> int:
     return _write(args, None)
 
 
+# `zwal get` exit codes (documented in its --help and docs/cli.md).
+GET_FOUND = 0
+GET_ABSENT = 1  # also: refused, or no node answered at all
+GET_NO_LEADER = 3  # as `status --check`: nodes answered, none as leader (with --stale: none with an intact log)
+
+
+def _no_leader(e: NoLeader, args: argparse.Namespace) -> CLIError:
+    who = "; ".join(f"{n}: {why}" for n, why in e.answered.items()) or str(e)
+    if args.stale:
+        return CLIError(f"no leader answered, and no node with an intact log did ({who}). Bring up an intact "
+                        "node, or wait for the damaged one to catch up from a leader ('zwal status' shows each "
+                        "node's log)", GET_NO_LEADER, e.code)
+    return CLIError(f"no leader answered within {args.timeout:g}s ({who}): a plain get answers only from the "
+                    "leader. Wait for a leader ('zwal status --wait 30'; 'zwal promote --help' if none comes), "
+                    f"or accept an answer that may miss acknowledged writes: 'zwal get --stale {args.key}'",
+                    GET_NO_LEADER, e.code)
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     with _client(args) as c:
         try:
-            r = c.read(os.fsencode(args.key))
+            r = c.read(os.fsencode(args.key), stale=args.stale)
+        except NoLeader as e:
+            raise _no_leader(e, args) from None
         except ZwalError as e:
             raise _fail(e) from None
     if args.json:
@@ -141,13 +171,18 @@ def cmd_get(args: argparse.Namespace) -> int:
         if r.value is not None:
             doc["value"] = show_bytes(r.value)
         _emit(doc)
-        return 0 if r.value is not None else 1
+        return GET_FOUND if r.value is not None else GET_ABSENT
+    # stdout carries only the value; what it is worth goes to stderr.
+    stale = (f"a stale answer from {r.node} (a follower, log end {r.offset}, not the leader): it may miss "
+             "acknowledged writes") if r.stale else None
     if r.value is None:
-        print(f"zwal: key {args.key!r} not found", file=sys.stderr)
-        return 1
+        print(f"zwal: key {args.key!r} not found" + (f" in {stale}" if stale else ""), file=sys.stderr)
+        return GET_ABSENT
+    if stale:
+        print(f"zwal: {stale}", file=sys.stderr)
     sys.stdout.buffer.write(r.value if args.raw else r.value + b"\n")
     sys.stdout.buffer.flush()
-    return 0
+    return GET_FOUND
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -343,13 +378,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
         "get", help="print KEY's value (exit 1 if absent)",
         description="Read KEY from the leader's state. By default the value is printed followed by a newline; "
-        "--raw writes exactly the stored bytes (binary-safe) and nothing else. Exit 1 when the key is absent "
-        "(with --json too: found is false) or the cluster does not answer; 2 for a usage error.",
+        "--raw writes exactly the stored bytes (binary-safe) and nothing else. When no leader answers within "
+        f"--timeout, exit {GET_NO_LEADER} and no value: a follower's answer may miss acknowledged writes. "
+        "--stale accepts one when no leader answers: from the follower with the most log, never from a node "
+        "whose log is damaged (recovery cut it), and stderr (or --json's stale and node) says which node "
+        "answered. Exit 1 when the key is absent (with --json too: found is false), the cluster refuses or "
+        f"does not answer; 2 for a usage error; {GET_NO_LEADER} no leader answered (with --stale: no node with "
+        "an intact log).",
         epilog="  zwal get user:1 --config var/cluster.toml\n"
         "  zwal get photo --raw > photo.jpg             # the exact bytes, no newline added\n"
-        "  zwal get photo --json                        # value as text, or {\"base64\": ...} when not UTF-8")
+        "  zwal get photo --json                        # value as text, or {\"base64\": ...} when not UTF-8\n"
+        "  zwal get user:1 --stale                      # no leader: a follower's answer, said on stderr")
     g.add_argument("key", metavar="KEY")
     g.add_argument("--raw", action="store_true", help="write the value's bytes exactly, without a newline")
+    g.add_argument("--stale", action="store_true",
+                   help="when no leader answers, accept a follower's (possibly stale) answer; never a damaged "
+                   "node's")
     _common(g, '{"ok": true, "key", "found", "value" (text, or {"base64": ...}), "node", "offset", "stale", '
             '"linearizable"}')
     g.set_defaults(func=cmd_get)

@@ -88,9 +88,11 @@ def _damage_marks(path: str):  # type: ignore[no-untyped-def]
     return before_cut
 
 
-def _open(path: str):
+def _open(path: str, create: bool = True):
+    """The log, recovered; `create=False` for the repair tools: a mistyped PATH must fail, not
+    become a new empty log that reports itself clean."""
     try:
-        return open_log(path, before_cut=_damage_marks(path))
+        return open_log(path, before_cut=_damage_marks(path), create=create)
     except LogOpenError as e:
         raise CLIError(str(e), EXIT_CANNOT_OPEN) from None
     except WalError as e:
@@ -112,6 +114,7 @@ def cmd_append(args: argparse.Namespace) -> int:
             rec = Record("del", os.fsencode(args.key))
     except RecordError as e:
         raise CLIError(f"invalid record: {e}", 2) from None
+    existed = os.path.exists(args.path)
     w, _ = _open(args.path)
     try:
         offset, size = w.append(rec)
@@ -119,6 +122,8 @@ def cmd_append(args: argparse.Namespace) -> int:
         raise CLIError(str(e), 1) from None
     finally:
         w.close()
+    if not existed:  # a mistyped path must not pass for the log it was meant to be
+        print(f"{args.path}: did not exist; created a new log for this record", file=sys.stderr)
     print(f"offset={offset} size={size}")
     return 0
 
@@ -284,7 +289,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    w, result = _open(args.path)
+    w, result = _open(args.path, create=False)
     w.close()
     if result.status == TORN:
         print(
@@ -347,6 +352,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=cmd_verify)
     r = ls.add_parser("recover", help="truncate a torn tail (saved beside the log first)",
                       description="Cut a torn tail back to the last valid record. The dropped bytes "
-                      "are saved to PATH.torn-OFFSET first. A corrupt log is refused (exit 2) and left untouched.")
+                      "are saved to PATH.torn-OFFSET first. A corrupt log is refused (exit 2) and left untouched; a PATH that "
+                      "does not exist is exit 3, and nothing is created.")
     r.add_argument("path", metavar="PATH")
     r.set_defaults(func=cmd_recover)

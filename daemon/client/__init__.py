@@ -10,6 +10,7 @@ from daemon.client.blocking import (
     Forbidden,
     FsyncFailed,
     InvalidRecord,
+    NoLeader,
     NoSpace,
     NotEnoughReplicas,
     NotLeader,
@@ -27,7 +28,7 @@ from daemon.client.blocking import (
 )
 
 __all__ = [
-    "BadRequest", "Busy", "Client", "Forbidden", "WrongCluster", "FsyncFailed", "InvalidRecord", "NoSpace", "NotEnoughReplicas", "NotLeader",
+    "BadRequest", "Busy", "Client", "Forbidden", "WrongCluster", "FsyncFailed", "InvalidRecord", "NoLeader", "NoSpace", "NotEnoughReplicas", "NotLeader",
     "ReadResult", "Refused", "ShuttingDown", "StaleEpoch", "Unavailable", "UnknownOp", "WriteFailed",
     "WriteResult", "ZwalError", "error_from_reply",
 ]

@@ -111,11 +111,25 @@ class Unavailable(ZwalError):
     retryable = True
 
 
+class NoLeader(ZwalError):
+    """A read found no answer it may return: no leader answered within the deadline and
+    the read did not accept a stale answer (`stale=True`), or it did and every node that
+    answered has a damaged log. Raised by the client, not sent by a node. `answered`
+    maps each node that answered to why its answer was not used."""
+
+    code = "no_leader"
+    retryable = True
+
+    def __init__(self, message: str, answered: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.answered = dict(answered or {})
+
+
 ERRORS: dict[str, type[ZwalError]] = {
     c.code: c
     for c in (BadRequest, UnknownOp, InvalidRecord, NotLeader, NotEnoughReplicas, FsyncFailed, NoSpace,
               WriteFailed, StaleEpoch, Refused, ShuttingDown, Forbidden, Busy,
-              WrongCluster)
+              WrongCluster)  # not Unavailable and NoLeader: the client raises them, no node sends them
 }
 
 
@@ -141,8 +155,35 @@ class ReadResult:
     value: bytes | None
     node: str
     offset: int  # the serving node's applied end: how fresh the answer is
-    stale: bool  # True when served by a follower
+    stale: bool  # True when served by a follower (only with read(..., stale=True))
     linearizable: bool = True  # False for stale reads and for a leader with ack_replicas = 0 (no ReadIndex)
+
+
+def damage(status: dict[str, Any]) -> str | None:
+    """Why a node's answers may not be used for a stale read, from its status map; None when
+    its log is intact. Recovery that cut bytes from a log sets `damaged_end` (the old end) and
+    the node counts as no copy until its log has grown back to it (docs/protocol.md)."""
+    d, end = status.get("damaged_end"), status.get("end")
+    if isinstance(d, int) and not (isinstance(end, int) and end >= d):
+        return f"damaged: recovery cut its log to {end} of {d} bytes, and it has not caught up from a leader"
+    return None
+
+
+def stale_order(statuses: dict[str, dict[str, Any] | None]) -> tuple[list[str], dict[str, str]]:
+    """Which nodes may serve a stale read, most advanced log first, and why each other one may not.
+
+    `statuses` maps an endpoint to that node's status (None: no answer). A damaged node is
+    never a candidate, however far its log reaches."""
+    ok: list[tuple[int, str]] = []
+    skipped: dict[str, str] = {}
+    for ep, st in statuses.items():
+        if st is None:
+            skipped[ep] = "no answer"
+        elif (why := damage(st)) is not None:
+            skipped[str(st.get("name") or ep)] = why
+        else:
+            ok.append((st["end"] if isinstance(st.get("end"), int) else -1, ep))
+    return [ep for _, ep in sorted(ok, key=lambda t: -t[0])], skipped
 
 
 def endpoints_from_config(path: str) -> list[str]:
@@ -230,6 +271,7 @@ class Client:
         self._ep_index = 0
         self.sock: zmq.Socket | None = None
         self.current: str | None = None
+        self._says_damaged: set[str] = set()  # endpoints whose `get` replies carry `damaged`: no status needed
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -290,7 +332,10 @@ class Client:
             if reply is None:
                 # Lazy Pirate: the socket may hold a dead connection; start afresh,
                 # on the next node if we have several, with the same request id.
-                last_err = Unavailable(f"no answer from {self.current} within {self.timeout:g}s")
+                if last_err is None or isinstance(last_err, Unavailable):
+                    # A node's own error is the better account: an attempt cut short by the
+                    # deadline must not replace "not_enough_replicas, written" with "no answer".
+                    last_err = Unavailable(f"no answer from {self.current} within {self.timeout:g}s")
                 if endpoint is None:
                     self._connect(self._next_endpoint())
                 else:
@@ -342,14 +387,130 @@ class Client:
     def get(self, key: bytes | str) -> bytes | None:
         return self.read(key).value
 
-    def read(self, key: bytes | str, endpoint: str | None = None) -> ReadResult:
-        """Read from the leader, or from `endpoint` (a follower answers stale)."""
-        r = self.request("get", key=_b(key), endpoint=endpoint)
-        if endpoint is None and r.get("stale") and r.get("leader_endpoint"):
-            self._connect(r["leader_endpoint"])
-            r = self.request("get", key=_b(key))
+    def read(self, key: bytes | str, endpoint: str | None = None, stale: bool = False) -> ReadResult:
+        """The leader's answer, or `NoLeader` when no leader answers within the deadline.
+
+        A follower's answer may miss acknowledged writes, so it is returned only with
+        `stale=True`, and then only when no leader answers: the result has `stale=True`
+        and names the node. The most advanced node answers first. A node whose log is
+        damaged (recovery cut bytes from it) never answers; when only such nodes are
+        left, `NoLeader`. With `endpoint`, only that node is asked, by the same rules.
+        """
+        k = _b(key)
+        end_at = time.monotonic() + self.deadline
+        if endpoint is not None:
+            return self._read_at(k, endpoint, stale, end_at)
+        if not stale:
+            return self._read_leader(k, end_at)
+        return self._read_any(k, end_at)
+
+    @staticmethod
+    def _result(r: dict[str, Any]) -> ReadResult:
         return ReadResult(r.get("value") if r.get("found") else None, r.get("node", ""), r.get("offset", 0),
                           bool(r.get("stale")), r.get("linearizable") is not False and not r.get("stale"))
+
+    def _read_leader(self, k: bytes, end_at: float) -> ReadResult:
+        """Follow followers' redirects until a leader answers or the deadline passes."""
+        answered: dict[str, str] = {}
+        backoff = 0.05
+        while (left := end_at - time.monotonic()) > 0:
+            try:
+                r = self.request("get", key=k, deadline=left)
+            except Unavailable:
+                if not answered:
+                    raise
+                break
+            if not r.get("stale"):
+                return self._result(r)
+            answered[str(r.get("node"))] = f"a follower (epoch {r.get('epoch')}, log end {r.get('offset')})"
+            if r.get("leader_endpoint"):
+                self._connect(r["leader_endpoint"])  # the leader it names (a dead one times out: Lazy Pirate)
+            else:
+                self._connect(self._next_endpoint())
+                time.sleep(min(backoff, max(0.0, end_at - time.monotonic())))
+                backoff = min(backoff * 2, 0.5)
+        raise NoLeader(f"no leader answered within {self.deadline:g}s (" + "; ".join(
+            f"{n}: {why}" for n, why in answered.items()) + "): a fresh read needs the leader; wait for one, "
+            "or pass stale=True to accept a follower's answer", answered)
+
+    def _read_any(self, k: bytes, end_at: float) -> ReadResult:
+        """stale=True without an endpoint: the leader if one answers, else the most advanced
+        intact follower."""
+        statuses = self._statuses(max(0.0, min(self.timeout, end_at - time.monotonic())))
+        up = {ep: st for ep, st in statuses.items() if st}
+        top = max((st["epoch"] for st in up.values()), default=0)
+        leaders = [ep for ep, st in up.items() if st["role"] == "leader" and st["epoch"] == top]
+        if len(leaders) == 1:
+            try:  # half the time left at most: a leader that cannot confirm leaves time for a stale answer
+                r = self.request("get", key=k, endpoint=leaders[0],
+                                 deadline=max(0.0, (end_at - time.monotonic()) / 2))
+                if not r.get("stale"):
+                    return self._result(r)
+            except ZwalError as e:
+                if not e.retryable:
+                    raise
+        order, answered = stale_order(statuses)
+        if len(leaders) == 1 and leaders[0] in order:  # it had its turn: it cannot confirm a read now
+            order.remove(leaders[0])
+            answered[str(up[leaders[0]].get("name"))] = "the leader, but its read was not confirmed in time"
+        for ep in order:
+            name = str(statuses[ep].get("name") or ep)  # type: ignore[union-attr]
+            try:
+                return self._read_at(k, ep, True, end_at, before=statuses[ep])
+            except (NoLeader, Unavailable) as e:
+                answered[name] = str(e)
+            except ZwalError as e:
+                if not e.retryable:
+                    raise
+                answered[name] = str(e)
+        if not any(why != "no answer" for why in answered.values()):
+            raise Unavailable(f"no answer within {self.deadline:g}s from {', '.join(self.endpoints)}")
+        raise NoLeader("no leader answered, and no node with an intact log did (" + "; ".join(
+            f"{n}: {why}" for n, why in answered.items()) + ")", answered)
+
+    def _read_at(self, k: bytes, ep: str, stale: bool, end_at: float,
+                 before: dict[str, Any] | None = None) -> ReadResult:
+        """One node's answer, by read()'s rules."""
+        if stale and before is None and ep not in self._says_damaged:
+            before = self.status(endpoint=ep, deadline=max(0.0, end_at - time.monotonic()))
+        r = self.request("get", key=k, endpoint=ep, deadline=max(0.0, end_at - time.monotonic()))
+        if isinstance(r.get("damaged"), bool):
+            self._says_damaged.add(ep)
+        else:
+            self._says_damaged.discard(ep)
+        if not r.get("stale"):
+            return self._result(r)
+        node = str(r.get("node") or ep)
+        if not stale:
+            raise NoLeader(f"{node} is a follower (epoch {r.get('epoch')}): its answer may miss acknowledged "
+                           "writes; read without endpoint to reach the leader, or pass stale=True",
+                           {node: "a follower"})
+        why = self._damaged(r, ep, before, end_at)
+        if why is not None:
+            raise NoLeader(f"{node}'s answer is not used: {why}", {node: why})
+        return self._result(r)
+
+    def _damaged(self, r: dict[str, Any], ep: str, before: dict[str, Any] | None, end_at: float) -> str | None:
+        """Was this stale answer served from a damaged log? The reply's own `damaged` flag when the
+        node sends one; else the node's status before and after the read: recovery, at a process's
+        start, is what marks a log damaged, so one process (same pid) intact before and after
+        served the read intact."""
+        if isinstance(r.get("damaged"), bool):
+            return "damaged: its log was cut at recovery" if r["damaged"] else None
+        if before is None:  # it sent the flag before, not now: a restart into an older version
+            return "its reply does not say whether its log is intact"
+        if (why := damage(before)) is not None:
+            return why
+        try:
+            after = self.status(endpoint=ep, deadline=self.timeout)
+        except ZwalError as e:
+            return f"its status after the read did not come ({e.code}): cannot tell its log is intact"
+        if after.get("pid") != before.get("pid") or after.get("name") != before.get("name"):
+            return "it restarted during the read: cannot tell its log was intact"
+        return damage(after)
+
+    def _statuses(self, timeout: float) -> dict[str, dict[str, Any] | None]:
+        return fetch_statuses([(ep, ep) for ep in self.endpoints], timeout, self.creds, self.cluster_id, self.ctx)
 
     def status(self, endpoint: str | None = None, deadline: float | None = None) -> dict[str, Any]:
         return self.request("status", endpoint=endpoint, deadline=deadline)["status"]
@@ -361,12 +522,14 @@ class Client:
         return self.request(op, endpoint=endpoint, deadline=deadline, args=args)
 
 
-def fetch_statuses(targets: list[tuple[str, str]], timeout: float,
-                   creds: Credentials | None = None) -> dict[str, dict[str, Any] | None]:
+def fetch_statuses(targets: list[tuple[str, str]], timeout: float, creds: Credentials | None = None,
+                   cluster_id: str | None = None,
+                   context: zmq.Context | None = None) -> dict[str, dict[str, Any] | None]:
     """Ask every node for its status at once; None for those that do not answer."""
 
     def one(ep: str) -> dict[str, Any] | None:
-        with Client([ep], timeout=timeout, deadline=timeout, creds=creds) as c:
+        with Client([ep], timeout=timeout, deadline=timeout, creds=creds, cluster_id=cluster_id,
+                    context=context) as c:
             try:
                 return c.status(endpoint=ep, deadline=timeout)
             except ZwalError:

@@ -172,7 +172,7 @@ class Load:
     def _get(self, c: Client, key: bytes, i: int | str, endpoint: str | None = None) -> None:
         t0 = time.monotonic()
         try:
-            r = c.read(key, endpoint=endpoint)
+            r = c.read(key, endpoint=endpoint, stale=endpoint is not None)  # a pinned follower answers stale
         except ZwalError:
             c.close()
             return  # a failed read says nothing

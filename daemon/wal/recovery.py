@@ -22,7 +22,7 @@ from typing import Callable
 
 from daemon.ops import logs
 from .format import Frame, Record
-from .reader import CORRUPT, TORN, ScanResult, scan_fd
+from .reader import CORRUPT, TORN, LogOpenError, ScanResult, scan_fd
 from .writer import (SyncFn, WalError, WalFsyncError, WalWriter, WriteFn, fsync_dir, lock_exclusive, open_append,
                      save_copy, tail_digest, unsynced_note_path)
 
@@ -47,6 +47,7 @@ def open_log(
     on_frame: Callable[[Frame, Record], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     before_cut: Callable[[ScanResult], None] | None = None,
+    create: bool = True,
     write: WriteFn = os.write,
     fsync: SyncFn = os.fdatasync,
 ) -> tuple[WalWriter, ScanResult]:
@@ -58,6 +59,9 @@ def open_log(
 
     The exclusive lock is taken before the scan, so no other process can
     append between the scan and the first write.
+
+    A missing `path` is a new, empty log; with `create=False` (the repair
+    tools) it is a `LogOpenError` and nothing is created.
     """
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
@@ -65,9 +69,11 @@ def open_log(
     if os.path.isdir(path):
         raise WalError(f"{path}: is a directory, not a log file")
     try:
-        fd, created = open_append(path)
+        fd, created = open_append(path, create=create)
     except PermissionError:
         raise WalError(f"{path}: permission denied") from None
+    except FileNotFoundError:
+        raise LogOpenError(f"{path}: no such file (nothing was created)") from None
     try:
         lock_exclusive(fd, path)
         if created:

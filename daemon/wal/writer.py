@@ -89,9 +89,11 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def open_append(path: str) -> tuple[int, bool]:
-    """Open (creating if needed) for appending; returns (fd, created)."""
+def open_append(path: str, create: bool = True) -> tuple[int, bool]:
+    """Open (creating if needed, unless `create` is False) for appending; returns (fd, created)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    if not create:
+        return os.open(path, flags), False
     try:
         return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
     except FileExistsError:
