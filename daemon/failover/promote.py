@@ -38,6 +38,8 @@ class Decision:
     reason: str
     epoch: int = 0  # the new epoch
     warnings: list[str] = field(default_factory=list)
+    # When refused: a node decide() accepts now (the one the reason names), or None.
+    instead: str | None = None
 
 
 def position(st: dict[str, Any]) -> tuple[int, int]:
@@ -45,15 +47,58 @@ def position(st: dict[str, Any]) -> tuple[int, int]:
     return (st.get("last_epoch") or 0, st.get("end") or 0)
 
 
-def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: int, force: bool,
-           old_leaders: frozenset[str] = frozenset()) -> Decision:
-    """The promotion rules, free of I/O. `statuses` maps node -> status or None.
+def damage_bound(st: dict[str, Any]) -> tuple[int, int]:
+    """The position a log must reach to hold everything this damaged node held before its cut.
 
-    `old_leaders` are nodes that led before fencing with records of their own
-    epoch at the end of their logs (`deposed_leaders`): they are followers
-    now, but their extra records were never acknowledged by K followers, so
-    they neither count towards the quorum nor set the bar for "most advanced".
+    `damaged_end` is the end of its log before recovery cut it. The epoch of
+    its last record then is not reported, but it is at most the newest epoch
+    its history names (recovery moves the starts of cut epochs to the cut,
+    it does not forget them), its `led_epoch`, or its `last_epoch` now.
     """
+    hist = [int(e) for e, _ in (st.get("history") or [])]
+    top = max([st.get("last_epoch") or 0, st.get("led_epoch") or 0, *hist])
+    return (top, st.get("damaged_end") or 0)
+
+
+def is_copy(p: dict[str, Any], st: dict[str, Any]) -> bool:
+    """Does the log `p` hold every acknowledged record the node `st` holds, or held before a cut?
+
+    Log matching (one leader per epoch; each log a byte-identical prefix of
+    the leader of its last epoch; a leader is promoted holding every record
+    acknowledged before it): a log at (e, x) holds every acknowledged record
+    of a log at (e', x') <= (e, x). With e' = e both are prefixes of one
+    leader's log, so the shorter is a prefix of the longer; with e' < e the
+    records were acknowledged before the leader of e was promoted, and p's
+    log reaches into e, past what that leader held then.
+    - An intact node is a copy when its position is at most p's. That holds
+      for a former leader too once it truncated its divergent tail: its log
+      is then a prefix of p's (its own epoch's records that remain are the
+      ones p also holds).
+    - A damaged node (end < damaged_end) may have acknowledged records in the
+      bytes its recovery cut; it is a copy only when p reaches its
+      `damage_bound`: p then holds every byte it ever held. The damaged node
+      itself never is (its end is below its damaged_end).
+    """
+    if is_damaged(st):
+        return position(p) >= damage_bound(st)
+    return position(st) <= position(p)
+
+
+def _ranked(nodes: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Most advanced first; equal positions by name, so ties always resolve the same way."""
+    return sorted(sorted(nodes.items()), key=lambda kv: position(kv[1]), reverse=True)
+
+
+@dataclass
+class _Assessment:
+    epoch: int
+    problems: list[tuple[str, str]]  # (what is wrong, what to do if no other node is accepted)
+    warnings: list[str]
+
+
+def _assess(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: int,
+            old_leaders: frozenset[str]) -> Decision | _Assessment:
+    """The rules for promoting `name`: a Decision when refused outright, else the problems --force overrides."""
     me = statuses.get(name)
     if name not in statuses:
         return Decision(False, f"{name} is not a node of this cluster")
@@ -73,54 +118,105 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
     if MAX_EPOCH - epoch < EPOCHS_LEFT_WARNING:
         warnings.append(f"epoch {epoch} is within {MAX_EPOCH - epoch} of the protocol's limit ({MAX_EPOCH}): "
                         "something raised the epochs far beyond the number of promotions; find out what")
+    problems: list[tuple[str, str]] = []
+    down = sorted(n for n, s in statuses.items() if s is None)
+    bring_back = (f"bring {', '.join(down)} back" if down else "wait for the damaged nodes to catch up")
 
-    # The followers whose logs may hold acknowledged writes. A damaged node
-    # (its recovery cut bytes from its log, and it has not caught up since)
-    # may miss some: it is no copy to count on.
-    candidates = {n: s for n, s in reachable.items() if s["role"] == "follower" and n not in old_leaders}
-    candidates[name] = me
-    need = followers_total - ack_replicas + 1
-    damaged = {n for n, s in reachable.items() if is_damaged(s)}
-    answered = len(set(candidates) - damaged)
-    if answered < need and damaged:
-        # The former leaders' tails may now hold the only copies of records
-        # the damaged nodes lost: they count and they set the bar. (Any
-        # N - K of the N nodes include one of the K + 1 that hold each
-        # acknowledged write, and N - K = F - K + 1.)
-        candidates = {n: s for n, s in reachable.items() if s["role"] == "follower"}
-        candidates[name] = me
-        answered = len(set(candidates) - damaged)
-        warnings.append(f"{', '.join(sorted(damaged))} cut bytes from its log at recovery and may miss "
-                        "acknowledged writes: former leaders count as copies")
     if ack_replicas == 0:
-        msg = ("ack_replicas = 0: writes were acknowledged before any follower had them, so no follower "
-               "is guaranteed to hold every acknowledged write")
-        if not force:
-            return Decision(False, msg + "; use --force to promote anyway (acknowledged writes may be lost)")
-        warnings.append(msg)
-    elif answered < need:
-        msg = (f"only {answered} of {followers_total} follower(s) answered"
-               + (f" with an intact log ({', '.join(sorted(damaged))} lost records at recovery)" if damaged else "")
-               + f"; with ack_replicas = {ack_replicas} at least {need} must answer to be sure one of them holds "
-               "every acknowledged write")
-        if not force:
-            return Decision(False, msg + " (bring more nodes back, or use --force and accept possible loss)")
-        warnings.append(msg)
+        problems.append(("ack_replicas = 0: writes were acknowledged before any follower had them, so no follower "
+                         "is guaranteed to hold every acknowledged write",
+                         "use --force to promote anyway (acknowledged writes may be lost)"))
+    countable = {n: s for n, s in reachable.items() if s["role"] == "follower"}
+    countable[name] = me
+    # The bar: the most advanced answering follower that is no former leader
+    # (a former leader's tail beyond it was never acknowledged, given the
+    # copies below), damaged or not (its bytes below its end are real).
+    bar = {n: s for n, s in countable.items() if n not in old_leaders or n == name}
+    best_name, best = _ranked(bar)[0]
+    if position(me) < position(best):
+        problems.append((f"{name} is behind {best_name}: {name} ends at {me.get('end')} (last epoch "
+                         f"{me.get('last_epoch')}), {best_name} at {best.get('end')} (last epoch "
+                         f"{best.get('last_epoch')})",
+                         f"records beyond {name}'s end would be truncated on the others; {bring_back}, or use "
+                         "--force and accept possible loss of acknowledged writes"))
+    # The copies: answering followers (and `name`) whose every acknowledged
+    # record `name`'s log holds. With N nodes, each acknowledged record sits
+    # on K + 1 of them (its leader and K followers); when N - K = F - K + 1
+    # nodes are copies, one of them held it, so `name` holds it.
+    copies = {n for n, s in countable.items() if is_copy(me, s)}
+    need = followers_total - ack_replicas + 1
+    if ack_replicas > 0 and len(copies) < need:
+        why = []
+        for n, s in sorted(countable.items()):
+            if n in copies:
+                continue
+            if is_damaged(s):
+                be, bx = damage_bound(s)
+                why.append(f"{n} lost records at recovery (its log held {bx} bytes, up to epoch {be}; "
+                           + (f"it ends at {s.get('end')} now)" if n == name else
+                              f"{name} ends at {me.get('end')} in epoch {me.get('last_epoch')})"))
+            elif n in old_leaders:
+                why.append(f"{n} led epoch {s.get('led_epoch')} and holds records beyond {name}'s end")
+            else:
+                why.append(f"{n} is ahead of {name}")
+        problems.append((f"only {len(copies)} of {followers_total} follower(s) answered with a log {name} is sure to "
+                         f"hold" + (f" ({'; '.join(why)})" if why else "")
+                         + f"; with ack_replicas = {ack_replicas} at least {need} must answer with one, to be sure {name} holds "
+                         "every acknowledged write",
+                         f"{bring_back}, or use --force and accept possible loss of acknowledged writes"))
     majority = len(statuses) // 2 + 1
     if len(reachable) < majority:
-        msg = (f"only {len(reachable)} of {len(statuses)} nodes answered; a promotion needs the votes of a "
-               f"majority ({majority}) so that two promotions can never both win")
-        if not force:
-            return Decision(False, msg + " (bring more nodes back, or use --force and run no other promotion)")
-        warnings.append(msg)
-    best_name, best = max(candidates.items(), key=lambda kv: position(kv[1]))
-    if position(me) < position(best):
-        msg = (f"{name} is behind {best_name}: {name} ends at {me.get('end')} (last epoch {me.get('last_epoch')}), "
-               f"{best_name} at {best.get('end')} (last epoch {best.get('last_epoch')}); promote {best_name} instead")
-        if not force:
-            return Decision(False, msg)
-        warnings.append(msg + "; records beyond it will be truncated on the others")
-    return Decision(True, f"promote {name} to epoch {epoch}", epoch, warnings)
+        problems.append((f"only {len(reachable)} of {len(statuses)} nodes answered; a promotion needs the votes of a "
+                         f"majority ({majority}) so that two promotions can never both win",
+                         "bring more nodes back, or use --force and run no other promotion"))
+    return _Assessment(epoch, problems, warnings)
+
+
+def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: int, force: bool,
+           old_leaders: frozenset[str] = frozenset()) -> Decision:
+    """The promotion rules, free of I/O. `statuses` maps node -> status or None.
+
+    Safe (no acknowledged write lost) when, with F followers and ack_replicas
+    K >= 1, at least F - K + 1 answering nodes are copies of `name`'s log
+    (`is_copy`): each acknowledged record sits on K + 1 nodes, so one copy
+    held it. Copies are the intact nodes at or behind `name` by (last_epoch,
+    end), former leaders included once truncated to a prefix, and the damaged
+    nodes whose whole pre-cut log `name` reaches (`damage_bound`). A damaged
+    node is never a copy of itself. A majority must answer (one vote each per
+    epoch), and `name` must not be behind any answering follower that is no
+    former leader. Equal positions are all accepted; suggestions pick by name.
+
+    `old_leaders` are nodes that led before fencing with records of their own
+    epoch at the end of their logs (`deposed_leaders`): they are followers
+    now, and like `former_leaders` their tails never set the bar.
+
+    A refusal names another node only if decide() accepts it (`instead`), so
+    no message sends an operator to a command that would be refused.
+    `force` turns every overridable problem into a warning.
+    """
+    a = _assess(name, statuses, ack_replicas, old_leaders)
+    if isinstance(a, Decision):
+        if name in statuses and statuses[name] is None and (alt := promotable(statuses, ack_replicas, old_leaders)):
+            return Decision(False, f"{a.reason}; promote {alt} instead", instead=alt)
+        return a
+    if not a.problems:
+        return Decision(True, f"promote {name} to epoch {a.epoch}", a.epoch, a.warnings)
+    if force:
+        return Decision(True, f"promote {name} to epoch {a.epoch}", a.epoch, a.warnings + [m for m, _ in a.problems])
+    instead = promotable(statuses, ack_replicas, old_leaders, exclude=name)
+    msg, advice = a.problems[0]
+    return Decision(False, msg + (f"; promote {instead} instead" if instead else f" ({advice})"), instead=instead)
+
+
+def promotable(statuses: dict[str, dict[str, Any] | None], ack_replicas: int,
+               old_leaders: frozenset[str] = frozenset(), exclude: str | None = None) -> str | None:
+    """The most advanced answering follower decide() accepts without --force (ties by name), or None."""
+    fol = {n: s for n, s in statuses.items() if s is not None and s["role"] == "follower" and n != exclude}
+    for n, _ in _ranked(fol):
+        a = _assess(n, statuses, ack_replicas, old_leaders)
+        if isinstance(a, _Assessment) and not a.problems:
+            return n
+    return None
 
 
 def is_damaged(st: dict[str, Any]) -> bool:
@@ -155,15 +251,16 @@ def deposed_leaders(before_fence: dict[str, dict[str, Any] | None]) -> frozenset
 def most_advanced(statuses: dict[str, dict[str, Any] | None]) -> str | None:
     """The reachable follower with the most advanced log (the drill's choice).
 
-    Former leaders of their last epoch are chosen only when nobody else is.
+    Former leaders of their last epoch are chosen only when nobody else is;
+    equal positions go to the first name, whatever order `statuses` has.
     """
     reachable = {n: s for n, s in statuses.items() if s is not None}
-    fol = [(n, s) for n, s in reachable.items() if s["role"] == "follower"]
-    others = [(n, s) for n, s in fol if n not in former_leaders(reachable)]
+    fol = {n: s for n, s in reachable.items() if s["role"] == "follower"}
+    others = {n: s for n, s in fol.items() if n not in former_leaders(reachable)}
     fol = others or fol
     if not fol:
         return None
-    return max(fol, key=lambda kv: position(kv[1]))[0]
+    return _ranked(fol)[0][0]
 
 
 @dataclass
