@@ -265,3 +265,71 @@ def test_no_refusal_names_a_node_that_decide_would_refuse():
                     assert "instead" not in d.reason, (sts, n, d)
                     assert promotable(sts, k, exclude=n) is None, (sts, n, d)
             assert ok is None or decide(ok, sts, k, False).ok
+
+
+# -- a split vote: the retry decision (pure) --------------------------------------------------------
+
+
+def test_a_lost_vote_is_retried_once_at_a_higher_epoch_of_its_own():
+    from daemon.failover.promote import RETRY, STOP, after_lost_vote
+
+    names = ["node1", "node2", "node3"]
+    # Both followers lost epoch 4 (node1, the old leader, is down): each retries at its own epoch.
+    sts = {"node1": None, "node2": st("follower", 4, 900), "node3": st("follower", 4, 900)}
+    a = after_lost_vote("node2", names, 4, sts, retried=0)
+    b = after_lost_vote("node3", names, 4, sts, retried=0)
+    assert (a.action, b.action) == (RETRY, RETRY)
+    assert a.epoch > 4 and b.epoch > 4 and a.epoch != b.epoch
+    # Once only.
+    assert after_lost_vote("node2", names, 4, sts, retried=1).action == STOP
+    assert after_lost_vote("node2", names, 4, sts, retried=0, retries=0).action == STOP
+
+
+def test_a_loser_stops_when_the_other_promotion_won_and_waits_while_it_runs():
+    from daemon.failover.promote import RETRY, STOP, WATCH, after_lost_vote
+
+    names = ["node1", "node2", "node3"]
+    sts = {"node1": None, "node2": st("leader", 5, 900), "node3": st("follower", 5, 900)}
+    p = after_lost_vote("node3", names, 4, sts, retried=0)
+    assert p.action == STOP and "node2 leads epoch 5" in p.reason
+    # A leader of an older epoch than the one lost is no winner of this race.
+    sts["node2"], sts["node3"] = st("leader", 3, 900), st("follower", 4, 900)
+    assert after_lost_vote("node3", names, 4, sts, retried=0).action == RETRY
+    # A node at a newer epoch than the one lost: another retry is under way; stand back.
+    sts = {"node1": None, "node2": st("follower", 5, 900), "node3": st("follower", 5, 900)}
+    assert after_lost_vote("node3", names, 4, sts, retried=0).action == WATCH
+    # If that promotion never leads, retry above it.
+    p = after_lost_vote("node3", names, 4, sts, retried=0, watched=True)
+    assert p.action == RETRY and p.epoch > 5
+
+
+def test_retry_pauses_are_random_within_disjoint_windows_per_candidate():
+    from daemon.failover.promote import RETRY_BASE_S, retry_bounds, retry_pause
+
+    names = ["node3", "node1", "node2"]
+    for timeout in (0.0, 1.0, 2.0):
+        windows = [retry_bounds(n, names, timeout) for n in sorted(names)]
+        assert windows[0][0] == RETRY_BASE_S > 0
+        for (lo, hi), (lo2, _) in zip(windows, windows[1:]):
+            # a window, and the next candidate's starts after it ends plus a full status round
+            assert lo < hi and hi + timeout < lo2
+    assert retry_bounds("node3", names)[1] < 1.5  # short, like Raft's election timeouts
+    for u in (0.0, 0.3, 0.999, 1.5, -1):
+        lo, hi = retry_bounds("node2", names)
+        assert lo <= retry_pause("node2", names, u) <= hi
+    assert retry_pause("node2", names, 0.1) != retry_pause("node2", names, 0.9)
+
+
+def test_a_loser_whose_rival_won_a_majority_of_votes_stands_back():
+    from daemon.failover.promote import RETRY, WATCH, after_lost_vote
+
+    names = ["node1", "node2", "node3"]
+    sts = {"node1": st("follower", 4, 900), "node2": None, "node3": st("follower", 4, 900)}
+    # node3 got node1's vote and its own: it won epoch 4 and is about to lead.
+    p = after_lost_vote("node1", names, 4, sts, retried=0, votes={"node1": "node3", "node3": "node3"})
+    assert p.action == WATCH and "node3 won the votes of epoch 4" in p.reason
+    # A split (one vote each) is retried.
+    assert after_lost_vote("node1", names, 4, sts, 0, votes={"node1": "node1", "node3": "node3"}).action == RETRY
+    # If the winner never leads, retry after watching.
+    assert after_lost_vote("node1", names, 4, sts, 0, watched=True,
+                           votes={"node1": "node3", "node3": "node3"}).action == RETRY

@@ -23,6 +23,7 @@ different roles claiming one epoch.
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -263,6 +264,93 @@ def most_advanced(statuses: dict[str, dict[str, Any] | None]) -> str | None:
     return _ranked(fol)[0][0]
 
 
+# -- a split vote: retry once, later, higher -----------------------------------------------------
+
+# Two promotions of one epoch that each fence their own candidate first split
+# the votes when the old leader is gone: neither gets a majority. The loser
+# tries once more at a higher epoch after a pause, as a Raft candidate whose
+# election timed out starts a new term after a randomized election timeout
+# (Ongaro & Ousterhout, "In Search of an Understandable Consensus Algorithm",
+# §5.2). Raft's evaluation (§9.3) found ranking candidates alone fragile (a
+# high-ranked server that fails stalls the election) and randomization simple
+# and fast; we take randomization, and use the rank only so that two
+# different candidates can never collide twice:
+# - each candidate's pause window is offset by its rank (its name's place
+#   among the cluster's names); within the window the pause is random;
+# - each retries at its own epoch, lost + 1 + rank: two retries never ask
+#   for the same epoch, and the newer one's fence overrides the older one's
+#   votes, so whatever the timing one of them ends up leading;
+# - like a Raft candidate that hears of a newer term, a loser that finds a
+#   node at an epoch above the one it lost stands back and watches the
+#   promotion under way there, and retries only if that one never leads;
+# - a loser that finds a leader of its lost epoch or later stops: the other
+#   promotion won.
+RETRY_BASE_S = 0.05  # the shortest pause
+RETRY_SLOT_S = 0.5  # from the end of one candidate's window (plus a status timeout) to the next
+RETRY_JITTER_S = 0.15  # the random part of a window; below RETRY_SLOT_S, so windows never overlap
+RETRIES_AFTER_LOST_VOTE = 1
+
+RETRY, WATCH, STOP = "retry", "watch", "stop"
+
+
+def retry_pause(name: str, names: list[str], u: float, timeout: float = 0.0) -> float:
+    """Seconds to wait before the retry of `name`'s promotion; `u` is uniform in [0, 1).
+
+    The windows are `timeout` + RETRY_SLOT_S apart: a retry reads every
+    node's status (up to `timeout` when one is down) before it fences, so the
+    next candidate looks only once the earlier one's fence has landed.
+    """
+    rank = sorted(names).index(name)
+    return RETRY_BASE_S + rank * (timeout + RETRY_SLOT_S) + min(max(u, 0.0), 1.0) * RETRY_JITTER_S
+
+
+def retry_bounds(name: str, names: list[str], timeout: float = 0.0) -> tuple[float, float]:
+    """The window `retry_pause` draws from."""
+    return retry_pause(name, names, 0.0, timeout), retry_pause(name, names, 1.0, timeout)
+
+
+def winner(lost_epoch: int, statuses: dict[str, dict[str, Any] | None]) -> tuple[str, int] | None:
+    """The node that leads `lost_epoch` or a later epoch (the newest), if one answers."""
+    won = sorted((s["epoch"], n) for n, s in statuses.items()
+                 if s is not None and s.get("role") == "leader" and s["epoch"] >= lost_epoch)
+    return (won[-1][1], won[-1][0]) if won else None
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    action: str  # RETRY (at `epoch`), WATCH (another promotion is under way) or STOP
+    reason: str
+    epoch: int = 0
+
+
+def after_lost_vote(name: str, names: list[str], lost_epoch: int, statuses: dict[str, dict[str, Any] | None],
+                    retried: int, retries: int = RETRIES_AFTER_LOST_VOTE, watched: bool = False,
+                    votes: dict[str, str] | None = None) -> RetryPlan:
+    """What `name`'s promoter does after losing the vote of `lost_epoch` and pausing (pure).
+
+    `votes`: whom each node said it voted for in `lost_epoch` (fence replies).
+    A candidate with a majority of them won that vote and is about to lead:
+    that was no split vote, so stand back. `watched`: it already stood back
+    once and the promotion it watched never led.
+    """
+    won = winner(lost_epoch, statuses)
+    if won is not None:
+        return RetryPlan(STOP, f"{won[0]} leads epoch {won[1]}: another promotion ran at the same time and won")
+    if retried >= retries:
+        return RetryPlan(STOP, f"the vote was lost {retried + 1} time(s)" if retries else
+                         "no retry after a lost vote (retries = 0)")
+    top = max([lost_epoch, *(s["epoch"] for s in statuses.values() if s is not None)])
+    tally: dict[str, int] = {}
+    for c in (votes or {}).values():
+        tally[c] = tally.get(c, 0) + 1
+    won_vote = [c for c, k in sorted(tally.items()) if c != name and k >= len(names) // 2 + 1]
+    if won_vote and not watched:
+        return RetryPlan(WATCH, f"{won_vote[0]} won the votes of epoch {lost_epoch}")
+    if top > lost_epoch and not watched:
+        return RetryPlan(WATCH, f"a promotion at epoch {top} is under way")
+    return RetryPlan(RETRY, "a split vote", top + 1 + sorted(names).index(name))
+
+
 @dataclass
 class PromoteResult:
     ok: bool
@@ -272,60 +360,113 @@ class PromoteResult:
     start_offset: int | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    lost_vote: bool = False  # another promotion took the votes of `epoch`
+    attempts: int = 1
+    votes: dict[str, str] = field(default_factory=dict)  # node -> whom it voted for in `epoch`
 
 
 def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: float = 2.0,
                 statuses_fn: Callable[[ClusterConfig, float], dict[str, dict[str, Any] | None]] | None = None,
-                say: Callable[[str], None] = lambda s: None, cert: str | None = None) -> PromoteResult:
+                say: Callable[[str], None] = lambda s: None, cert: str | None = None,
+                retries: int = RETRIES_AFTER_LOST_VOTE, rng: Callable[[], float] = random.random,
+                sleep: Callable[[float], None] = time.sleep) -> PromoteResult:
     t0 = time.monotonic()
     if statuses_fn is None and cert is not None:
         # Only the given (admin) certificate may exist on this machine.
         def statuses_fn(c: ClusterConfig, t: float) -> dict[str, dict[str, Any] | None]:
             return fetch_statuses([(n.name, n.client_endpoint) for n in c.nodes], t, operator_creds(c, "admin", cert))
     get_statuses = statuses_fn or statuses_of
-    sts = get_statuses(cfg, timeout)
+    retried, min_epoch, now = 0, 0, None
+    while True:
+        res = _attempt(cfg, name, force, timeout, get_statuses, say, cert, min_epoch, now)
+        res.attempts = retried + 1
+        if not res.lost_vote:
+            break
+        lost = res.epoch
+        # After the pause (a short one when no retry is left: the winner may
+        # be between its fence and its promote), see who won, if anyone.
+        pause = retry_pause(name, cfg.names, rng(), timeout) if retried < retries else RETRY_BASE_S
+        say(f"lost the vote in epoch {lost}; looking again in {pause:.2f} s")
+        sleep(pause)
+        now = get_statuses(cfg, timeout)
+        plan = after_lost_vote(name, cfg.names, lost, now, retried, retries, votes=res.votes)
+        if plan.action == WATCH:
+            # Stand back while the newer promotion finishes (it needs a few status rounds).
+            say(f"{plan.reason}: waiting for it to finish")
+            until = time.monotonic() + 3 * timeout + 1
+            while plan.action == WATCH and time.monotonic() < until:
+                sleep(0.1)
+                now = get_statuses(cfg, timeout)
+                plan = after_lost_vote(name, cfg.names, lost, now, retried, retries, votes=res.votes)
+            if plan.action == WATCH:
+                plan = after_lost_vote(name, cfg.names, lost, now, retried, retries, watched=True)
+        if plan.action == STOP:
+            if winner(lost, now) is not None:
+                res = PromoteResult(False, name, lost, f"{plan.reason}; nothing more to do ('zwal status' shows "
+                                    "the leader)", lost_vote=True, attempts=retried + 1)
+            break
+        say(f"{plan.reason}: trying once more at epoch {plan.epoch} (Raft's randomized retry)")
+        retried, min_epoch = retried + 1, plan.epoch
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def _attempt(cfg: ClusterConfig, name: str, force: bool, timeout: float,
+             get_statuses: Callable[[ClusterConfig, float], dict[str, dict[str, Any] | None]],
+             say: Callable[[str], None], cert: str | None, min_epoch: int = 0,
+             sts: dict[str, dict[str, Any] | None] | None = None) -> PromoteResult:
+    """One promotion (at `min_epoch` or above): check, fence (the vote), check again, promote, repoint.
+
+    `sts`: statuses just read (a retry's), so that its fence follows its look at once."""
+    sts = sts if sts is not None else get_statuses(cfg, timeout)
     d = decide(name, sts, cfg.ack_replicas, force)
     if not d.ok:
         return PromoteResult(False, name, 0, d.reason)
     for w in d.warnings:
         say(f"WARNING: {w}")
-    epoch = d.epoch
+    epoch = max(d.epoch, min_epoch)
     eps = {n.name: n.client_endpoint for n in cfg.nodes}
     majority = len(cfg.nodes) // 2 + 1
     with Client(list(eps.values()), timeout=timeout, deadline=timeout, creds=operator_creds(cfg, "admin", cert)) as c:
         # The fence is a vote for `name` in `epoch` (one per node per epoch,
         # like Raft's): a majority of votes makes this the only promotion of
         # `epoch` that can win, whatever else runs at the same time.
-        fenced = []
+        fenced: list[str] = []
+        votes: dict[str, str] = {}
         for n in ([name] + [n for n in sts if n != name]):
             if sts.get(n) is None:
                 continue
             try:
                 r = c.admin("fence", eps[n], deadline=timeout, epoch=epoch, candidate=name)
                 if r.get("voted_for") not in (None, name):
+                    votes[n] = str(r.get("voted_for"))
                     say(f"{n} voted for {r.get('voted_for')} in epoch {epoch}")
                     continue
                 fenced.append(n)
+                votes[n] = name
             except ZwalError as e:
+                if isinstance(e.reply.get("voted_for"), str) and e.reply.get("epoch") == epoch:
+                    votes[n] = e.reply["voted_for"]
                 say(f"could not fence {n}: {e}")
         say(f"fenced {', '.join(fenced)} at epoch {epoch} (votes for {name})")
         if name not in fenced:
             return PromoteResult(False, name, epoch, f"{name} could not be fenced for itself; nothing promoted "
-                                                     f"(nodes fenced: {fenced}). Another promotion may be running: "
-                                                     "check 'zwal status', then run promote again")
+                                                     f"(nodes fenced: {fenced}): another promotion is running. "
+                                                     "Check 'zwal status': if no node leads, run promote again",
+                                 lost_vote=True, votes=votes)
         if len(fenced) < majority and not force:
             return PromoteResult(False, name, epoch,
                                  f"only {len(fenced)} of {len(cfg.nodes)} nodes voted for {name} in epoch {epoch} "
-                                 f"(a majority is {majority}); nothing promoted. Another promotion may be running: "
-                                 "check 'zwal status', then run promote again")
+                                 f"(a majority is {majority}); nothing promoted: another promotion is running. "
+                                 "Check 'zwal status': if no node leads, run promote again", lost_vote=True,
+                                 votes=votes)
         # The ends are frozen now: check again before acting.
         sts2 = get_statuses(cfg, timeout)
         old = deposed_leaders(sts)
         d2 = decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, cfg.ack_replicas, force, old)
         if not d2.ok and not force:
             return PromoteResult(False, name, epoch,
-                                 f"after fencing: {d2.reason}. The cluster is fenced at epoch {epoch} with no leader; "
-                                 f"run 'zwal promote' again")
+                                 f"after fencing: {d2.reason}. The cluster is fenced at epoch {epoch} with no leader")
         try:
             # `end`: the node refuses if its log has since shrunk below what was
             # checked (a recovery cut a damaged tail between the check and now).
@@ -346,9 +487,9 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
         return PromoteResult(False, name, epoch,
                              f"{name} leads epoch {epoch}, but {len(refused)} node(s) refused to follow it "
                              f"({'; '.join(refused)}): another promotion may have run at the same time; "
-                             "check 'zwal status'", r.get("end"), d.warnings, time.monotonic() - t0)
+                             "check 'zwal status'", r.get("end"), d.warnings)
     return PromoteResult(True, name, epoch, f"{name} leads epoch {epoch} from offset {r.get('end')}",
-                         r.get("end"), d.warnings, time.monotonic() - t0)
+                         r.get("end"), d.warnings)
 
 
 def statuses_of(cfg: ClusterConfig, timeout: float) -> dict[str, dict[str, Any] | None]:
