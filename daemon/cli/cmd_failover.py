@@ -195,9 +195,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "promote", help="make a follower the leader of a new epoch (refuses when unsafe)",
         description="Fence every reachable node at a new epoch, then promote NAME and point the others at it. "
-        "Refuses when NAME is not the most advanced reachable follower, when too few followers answer to be "
-        "sure one of them holds every acknowledged write (with F followers and ack_replicas K, F-K+1 must "
-        "answer), when fewer than a majority of the nodes answer, or when ack_replicas = 0 (without --force). "
+        "Refuses when NAME is not the most advanced reachable follower, when too few nodes answer with a log "
+        "NAME is sure to hold (with F followers and ack_replicas K, F-K+1 must; a node whose recovery cut its "
+        "log counts once NAME's log reaches its damaged_end, a deposed leader once it truncated its tail), "
+        "when fewer than a majority of the nodes answer, or when ack_replicas = 0 (without --force). A refusal "
+        "names another node only if promoting it would succeed. If another promotion runs at the same time and "
+        "the votes split, it retries once at a higher epoch after a short random pause. "
         "Progress goes to stderr. Exit 0 promoted; 1 refused (the message says why); 2 for a usage, "
         "cluster-file or certificate error.",
         epilog="  zwal status --config mycluster/cluster.toml          # which follower is the most advanced\n"
