@@ -23,7 +23,7 @@ from typing import Any, Callable
 from daemon.client.blocking import Client, ZwalError
 from daemon.config import ClusterConfig
 from daemon.failover.linearizability import Op, Verdict, check
-from daemon.failover.promote import most_advanced, operator_creds, run_promote, statuses_of
+from daemon.failover.promote import most_advanced, operator_creds, promotable, run_promote, statuses_of
 from daemon.wal import CLEAN, iter_frames, scan_path
 from daemon.wal.format import HEADER_SIZE
 from daemon.wal.reader import LogOpenError, sha256_file
@@ -403,7 +403,9 @@ class Drill:
         res = None
         while res is None or not res.ok:
             sts = self.statuses()
-            cand = most_advanced({n: s for n, s in sts.items() if n != leader})
+            # The node `zwal promote` accepts, else the most advanced (its refusal then says why).
+            cand = promotable({n: (s if n != leader else None) for n, s in sts.items()}, self.cfg.ack_replicas) \
+                or most_advanced({n: s for n, s in sts.items() if n != leader})
             if cand is not None:
                 res = self._promote(cand, leader, fault)
                 if res.ok:
