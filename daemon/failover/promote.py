@@ -1,11 +1,12 @@
 """Promotion: the rules (pure) and the steps (I/O) of `zwal promote`.
 
 Safety argument. A write acknowledged with ack_replicas = K is durable on
-the leader and on K followers. With F followers, any F - K + 1 of them
-include at least one of those K, and follower logs are prefixes of the
-leader's, so the most advanced answering follower (by last epoch, then end
-offset) holds every acknowledged write. Promoting it loses nothing that was
-acknowledged.
+its leader and on K followers: K + 1 of the N = F + 1 nodes. So among any
+N - K = F - K + 1 nodes one held it. `decide` promotes NAME only when that
+many answering nodes are copies of NAME's log (`is_copy`: NAME's log holds
+every acknowledged record they hold, or held before a recovery cut), and
+NAME is not behind any answering follower that is no former leader (by
+last epoch, then end offset). Promoting it loses nothing acknowledged.
 
 Steps, in an order that keeps that argument true while the cluster moves:
 1. ask everyone for (epoch, last_epoch, end) and check the rules;
@@ -55,6 +56,9 @@ def damage_bound(st: dict[str, Any]) -> tuple[int, int]:
     its last record then is not reported, but it is at most the newest epoch
     its history names (recovery moves the starts of cut epochs to the cut,
     it does not forget them), its `led_epoch`, or its `last_epoch` now.
+    (Once it appends again, `before_append` drops history entries at the cut;
+    the frames it then takes come from a leader promoted at a newer epoch,
+    whose epoch enters its history with that leader's first record.)
     """
     hist = [int(e) for e, _ in (st.get("history") or [])]
     top = max([st.get("last_epoch") or 0, st.get("led_epoch") or 0, *hist])
