@@ -56,9 +56,12 @@ def damage_bound(st: dict[str, Any]) -> tuple[int, int]:
     its last record then is not reported, but it is at most the newest epoch
     its history names (recovery moves the starts of cut epochs to the cut,
     it does not forget them), its `led_epoch`, or its `last_epoch` now.
-    (Once it appends again, `before_append` drops history entries at the cut;
-    the frames it then takes come from a leader promoted at a newer epoch,
-    whose epoch enters its history with that leader's first record.)
+    A known gap: once it appends again (from a leader promoted after its
+    cut), `before_append` drops the history entries at the cut, and until
+    that leader's own epoch reaches it the bound can be below the epoch it
+    lost. A promotion in that window needs a node that also reaches its
+    damaged_end, so a false "copy" there takes a second fault; a node-state
+    field with the cut's epoch would close it (daemon/node is not ours).
     """
     hist = [int(e) for e, _ in (st.get("history") or [])]
     top = max([st.get("last_epoch") or 0, st.get("led_epoch") or 0, *hist])
