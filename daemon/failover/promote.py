@@ -59,9 +59,9 @@ def damage_bound(st: dict[str, Any]) -> tuple[int, int]:
     A known gap: once it appends again (from a leader promoted after its
     cut), `before_append` drops the history entries at the cut, and until
     that leader's own epoch reaches it the bound can be below the epoch it
-    lost. A promotion in that window needs a node that also reaches its
-    damaged_end, so a false "copy" there takes a second fault; a node-state
-    field with the cut's epoch would close it (daemon/node is not ours).
+    lost, so a promotion in that window could count it as a copy wrongly. A
+    node-state field holding the epoch of the last record before the cut
+    (next to damaged_end) would close this.
     """
     hist = [int(e) for e, _ in (st.get("history") or [])]
     top = max([st.get("last_epoch") or 0, st.get("led_epoch") or 0, *hist])
