@@ -134,8 +134,202 @@ def test_a_damaged_follower_is_no_copy_and_former_leaders_count_again():
     # With n3 back (intact, behind n1), n1's tail sets the bar: n2 and n3 are behind it.
     sts["n3"] = st("follower", 3, 300, last_epoch=1)
     assert not decide("n2", sts, 1, False).ok and not decide("n3", sts, 1, False).ok
-    assert "behind n1" in decide("n3", sts, 1, False).reason
+    # n3 is behind n2, and n2 is no copy: the refusal names the node decide accepts.
+    d = decide("n3", sts, 1, False)
+    assert "promote n1 instead" in d.reason and d.instead == "n1"
     assert decide("n1", sts, 1, False).ok
     # Once n2 has caught up past its old end it is a copy again.
     sts["n2"]["end"] = 427
     assert decide("n2", sts, 1, False).ok
+
+
+# -- a damaged node is covered by a log that reaches its damaged_end (issue 19) -------------------
+
+
+def damaged_leader(end: int, damaged_end: int, last_epoch: int = 2, history=((1, 0), (2, 500))) -> dict:
+    """node1 after its recovery cut its last record: stepped down, a follower of its own epoch 2."""
+    return {**st("follower", 2, end, last_epoch), "led_epoch": 2, "damaged_end": damaged_end,
+            "history": [list(h) for h in history]}
+
+
+def test_a_follower_holding_the_damaged_leaders_whole_log_is_promoted_with_one_follower_down():
+    # 3 nodes, K = 1, node3 down for good; node1's last record was damaged on its disk
+    # (its log held 1062 bytes, recovery cut it to 1000); node2 holds all 1062 bytes.
+    sts = {"node1": damaged_leader(1000, 1062), "node2": st("follower", 2, 1062), "node3": None}
+    d = decide("node2", sts, 1, False)
+    assert d.ok and d.epoch == 3, d.reason
+    # node2 holds everything node1 ever held in epoch 2, and node1 held every acknowledged
+    # write: the warning-free path, no --force.
+    assert not d.warnings
+    # The damaged node itself is never a copy.
+    d = decide("node1", sts, 1, False)
+    assert not d.ok and "behind node2" in d.reason and "promote node2 instead" in d.reason
+
+
+def test_a_follower_short_of_the_damaged_end_is_no_proof_and_only_force_promotes():
+    # node2 misses the damaged record: it may have been acknowledged by node3 (down).
+    sts = {"node1": damaged_leader(1000, 1062), "node2": st("follower", 2, 1061), "node3": None}
+    d = decide("node2", sts, 1, False)
+    assert not d.ok and d.instead is None
+    assert "only 1 of 2 follower(s)" in d.reason and "node1 lost records at recovery" in d.reason
+    assert "bring node3 back, or use --force and accept possible loss" in d.reason
+    d = decide("node2", sts, 1, True)
+    assert d.ok and any("only 1 of 2" in w for w in d.warnings)
+
+
+def test_covering_the_damaged_end_needs_the_damaged_nodes_last_epoch_too():
+    # node2 has more bytes, but of epoch 1: the cut epoch-2 bytes are not its bytes.
+    sts = {"node1": damaged_leader(1000, 1062), "node2": st("follower", 2, 2000, last_epoch=1), "node3": None}
+    assert not decide("node2", sts, 1, False).ok
+    # The cut took every epoch-2 record (last_epoch 1 now): the history still names epoch 2.
+    sts["node1"] = damaged_leader(500, 1062, last_epoch=1, history=((1, 0), (2, 500)))
+    assert not decide("node2", sts, 1, False).ok
+    sts["node2"] = st("follower", 2, 1062, last_epoch=2)
+    assert decide("node2", sts, 1, False).ok
+    # A log of a newer epoch holds every record acknowledged before that epoch began.
+    sts["node2"] = st("follower", 4, 700, last_epoch=3)
+    assert decide("node2", sts, 1, False).ok
+
+
+def test_a_damaged_node_does_not_count_for_itself_even_when_others_answer():
+    # F = 3, K = 1: 3 copies needed; node4 is damaged and not covered by node2.
+    sts = {"node1": None, "node2": st("follower", 2, 900), "node3": st("follower", 2, 800),
+           "node4": {**st("follower", 2, 700), "damaged_end": 950}}
+    d = decide("node2", sts, 1, False)
+    assert not d.ok and "only 2 of 3" in d.reason
+    sts["node4"]["damaged_end"] = 900
+    assert decide("node2", sts, 1, False).ok
+
+
+# -- a former leader truncated to a prefix is a copy (issue 19) -----------------------------------
+
+
+def test_a_former_leader_truncated_to_a_prefix_counts_as_a_copy():
+    # node1 led epoch 2, was deposed, and truncated its divergent tail: its log (ending in
+    # its own epoch 2) is now a prefix of node2's. node3 is down.
+    sts = {"node1": {**st("follower", 3, 900, last_epoch=2), "led_epoch": 2},
+           "node2": st("follower", 3, 900, last_epoch=2), "node3": None}
+    d = decide("node2", sts, 1, False)
+    assert d.ok, d.reason
+    # Still holding a tail beyond node2 (not truncated): its tail may hold a record
+    # node3 acknowledged, so it is no copy of node2.
+    sts["node1"]["end"] = 901
+    d = decide("node2", sts, 1, False)
+    assert not d.ok and "node1 led epoch 2 and holds records beyond node2's end" in d.reason
+    assert d.instead == "node1"  # node1 holds everything: promoting it is safe
+    assert decide("node1", sts, 1, False).ok
+
+
+def test_a_former_leaders_records_of_a_newer_epoch_are_not_covered_by_more_bytes_of_an_older_one():
+    sts = {"node1": {**st("follower", 3, 900, last_epoch=2), "led_epoch": 2},
+           "node2": st("follower", 3, 950, last_epoch=1), "node3": None}
+    assert not decide("node2", sts, 1, False).ok
+    # A former leader of an older epoch is covered by any log of a newer one.
+    sts = {"node1": {**st("follower", 3, 5000, last_epoch=2), "led_epoch": 2},
+           "node2": st("follower", 3, 100, last_epoch=3), "node3": None}
+    assert decide("node2", sts, 1, False).ok
+
+
+# -- ties, suggestions ----------------------------------------------------------------------------
+
+
+def test_ties_resolve_by_name_whatever_order_the_statuses_come_in():
+    a = {"n1": None, "n2": st("follower", 2, 900), "n3": st("follower", 2, 900), "n4": st("follower", 2, 100)}
+    b = dict(reversed(list(a.items())))
+    assert most_advanced(a) == most_advanced(b) == "n2"
+    # Both tied nodes may be promoted; the lagging one is pointed at the same one every time.
+    assert decide("n2", a, 1, False).ok and decide("n3", b, 1, False).ok
+    assert decide("n4", a, 1, False).instead == decide("n4", b, 1, False).instead == "n2"
+
+
+def test_no_refusal_names_a_node_that_decide_would_refuse():
+    from itertools import product
+
+    from daemon.failover.promote import promotable
+
+    # Every small cluster shape: each suggestion is accepted, and a refusal
+    # without one means no node is accepted.
+    shapes = [None, st("follower", 2, 900), st("follower", 2, 1000), st("follower", 2, 1100, last_epoch=1),
+              {**st("follower", 2, 1000), "led_epoch": 2}, {**st("follower", 2, 900), "damaged_end": 1000},
+              {**st("follower", 2, 800), "damaged_end": 1000, "led_epoch": 2}]
+    for combo in product(shapes, repeat=3):
+        sts = {f"n{i + 1}": s for i, s in enumerate(combo)}
+        for k in (1, 2):
+            ok = promotable(sts, k)
+            for n in sts:
+                d = decide(n, sts, k, False)
+                if d.instead is not None:
+                    assert decide(d.instead, sts, k, False).ok, (sts, n, d)
+                    assert "promote " + d.instead + " instead" in d.reason
+                elif not d.ok and "already leads" not in d.reason:
+                    assert "instead" not in d.reason, (sts, n, d)
+                    assert promotable(sts, k, exclude=n) is None, (sts, n, d)
+            assert ok is None or decide(ok, sts, k, False).ok
+
+
+# -- a split vote: the retry decision (pure) --------------------------------------------------------
+
+
+def test_a_lost_vote_is_retried_once_at_a_higher_epoch_of_its_own():
+    from daemon.failover.promote import RETRY, STOP, after_lost_vote
+
+    names = ["node1", "node2", "node3"]
+    # Both followers lost epoch 4 (node1, the old leader, is down): each retries at its own epoch.
+    sts = {"node1": None, "node2": st("follower", 4, 900), "node3": st("follower", 4, 900)}
+    a = after_lost_vote("node2", names, 4, sts, retried=0)
+    b = after_lost_vote("node3", names, 4, sts, retried=0)
+    assert (a.action, b.action) == (RETRY, RETRY)
+    assert a.epoch > 4 and b.epoch > 4 and a.epoch != b.epoch
+    # Once only.
+    assert after_lost_vote("node2", names, 4, sts, retried=1).action == STOP
+    assert after_lost_vote("node2", names, 4, sts, retried=0, retries=0).action == STOP
+
+
+def test_a_loser_stops_when_the_other_promotion_won_and_waits_while_it_runs():
+    from daemon.failover.promote import RETRY, STOP, WATCH, after_lost_vote
+
+    names = ["node1", "node2", "node3"]
+    sts = {"node1": None, "node2": st("leader", 5, 900), "node3": st("follower", 5, 900)}
+    p = after_lost_vote("node3", names, 4, sts, retried=0)
+    assert p.action == STOP and "node2 leads epoch 5" in p.reason
+    # A leader of an older epoch than the one lost is no winner of this race.
+    sts["node2"], sts["node3"] = st("leader", 3, 900), st("follower", 4, 900)
+    assert after_lost_vote("node3", names, 4, sts, retried=0).action == RETRY
+    # A node at a newer epoch than the one lost: another retry is under way; stand back.
+    sts = {"node1": None, "node2": st("follower", 5, 900), "node3": st("follower", 5, 900)}
+    assert after_lost_vote("node3", names, 4, sts, retried=0).action == WATCH
+    # If that promotion never leads, retry above it.
+    p = after_lost_vote("node3", names, 4, sts, retried=0, watched=True)
+    assert p.action == RETRY and p.epoch > 5
+
+
+def test_retry_pauses_are_random_within_disjoint_windows_per_candidate():
+    from daemon.failover.promote import RETRY_BASE_S, retry_bounds, retry_pause
+
+    names = ["node3", "node1", "node2"]
+    for timeout in (0.0, 1.0, 2.0):
+        windows = [retry_bounds(n, names, timeout) for n in sorted(names)]
+        assert windows[0][0] == RETRY_BASE_S > 0
+        for (lo, hi), (lo2, _) in zip(windows, windows[1:]):
+            # a window, and the next candidate's starts after it ends plus a full status round
+            assert lo < hi and hi + timeout < lo2
+    assert retry_bounds("node3", names)[1] < 1.5  # short, like Raft's election timeouts
+    for u in (0.0, 0.3, 0.999, 1.5, -1):
+        lo, hi = retry_bounds("node2", names)
+        assert lo <= retry_pause("node2", names, u) <= hi
+    assert retry_pause("node2", names, 0.1) != retry_pause("node2", names, 0.9)
+
+
+def test_a_loser_whose_rival_won_a_majority_of_votes_stands_back():
+    from daemon.failover.promote import RETRY, WATCH, after_lost_vote
+
+    names = ["node1", "node2", "node3"]
+    sts = {"node1": st("follower", 4, 900), "node2": None, "node3": st("follower", 4, 900)}
+    # node3 got node1's vote and its own: it won epoch 4 and is about to lead.
+    p = after_lost_vote("node1", names, 4, sts, retried=0, votes={"node1": "node3", "node3": "node3"})
+    assert p.action == WATCH and "node3 won the votes of epoch 4" in p.reason
+    # A split (one vote each) is retried.
+    assert after_lost_vote("node1", names, 4, sts, 0, votes={"node1": "node1", "node3": "node3"}).action == RETRY
+    # If the winner never leads, retry after watching.
+    assert after_lost_vote("node1", names, 4, sts, 0, watched=True,
+                           votes={"node1": "node3", "node3": "node3"}).action == RETRY

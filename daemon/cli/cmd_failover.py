@@ -59,7 +59,9 @@ def _report_doc(r) -> dict[str, object]:  # type: ignore[no-untyped-def]
             "promote_seconds": round(r.promote_s, 3), "converge_seconds": round(r.converge_s, 3),
             "logs_identical": r.logs_identical, "logs_clean": r.logs_clean, "client_errors": r.errors,
             "reads_checked": r.reads, "linearizable": r.verdict.ok,
-            "linearizability_undecided": bool(r.verdict.ok and r.verdict.unknown)}
+            "linearizability_undecided": bool(r.verdict.ok and r.verdict.unknown),
+            "healed_by_itself": r.healed_by_itself, "heal_seconds": round(r.heal_s, 3), "heal_note": r.heal_note,
+            "injected": r.injected}
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -67,7 +69,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     import tempfile
 
     from daemon.cli.cmd_log import FromEnv
-    from daemon.failover.drill import FAULTS, NEEDS_SCRATCH, Drill, DrillError
+    from daemon.failover.drill import NEEDS_ROOT, NEEDS_SCRATCH, SOAK_FAULTS, Drill, DrillError
     from daemon.failover.faults import FaultUnavailable
 
     # With --json, progress goes to stderr and stdout holds one JSON document.
@@ -76,8 +78,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
-    faults = parse_faults(args.fault) if args.fault else (list(FAULTS) if args.soak else ["kill"])
+    # A soak mixes the faults the drill heals by promoting; rebuild and damage are asked for by name.
+    faults = parse_faults(args.fault) if args.fault else (list(SOAK_FAULTS) if args.soak else ["kill"])
     needs_scratch = [f for f in faults if f in NEEDS_SCRATCH]
+    needs_root = [f for f in faults if f in NEEDS_ROOT]
     if isinstance(args.config, FromEnv):
         if needs_scratch:
             print(f"zwal: not using $ZWAL_CONFIG ({args.config}): --fault {','.join(needs_scratch)} runs on a "
@@ -88,7 +92,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
     scratch_needed = bool(needs_scratch) or args.config is None
     if scratch_needed and args.config is not None:
         raise CLIError(f"--fault {','.join(needs_scratch)} runs on a scratch cluster the "
-                       "drill builds itself (network namespaces, failing disks): leave out --config", 2)
+                       "drill builds itself (it plays the supervisor, and partition and disk need network "
+                       "namespaces and failing disks): leave out --config", 2)
     if args.config is not None:
         cfg = load_cluster(args.config)
         refuse_k0(cfg)  # at once, before any fault: a K = 0 promotion is refused
@@ -96,11 +101,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
             raise CLIError("a drill needs at least 2 nodes", 2)
     if scratch_needed and os.geteuid() != 0:
         if args.soak and not args.fault:
-            faults = ["kill", "pause"]
-            say("zwal: not root: the soak mixes kill and pause only (partition and disk need root "
+            faults = [f for f in SOAK_FAULTS if f not in NEEDS_ROOT]
+            say(f"zwal: not root: the soak mixes {', '.join(faults)} only (partition and disk need root "
                 "for network namespaces and loop devices)")
-        elif needs_scratch:
-            raise CLIError(f"--fault {','.join(needs_scratch)} needs root: it builds "
+        elif needs_root:
+            raise CLIError(f"--fault {','.join(needs_root)} needs root: it builds "
                            "network namespaces and loop-device disks. Run it as root, or use --fault kill,pause", 1)
     scratch = None
     if args.config is None:
@@ -190,9 +195,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "promote", help="make a follower the leader of a new epoch (refuses when unsafe)",
         description="Fence every reachable node at a new epoch, then promote NAME and point the others at it. "
-        "Refuses when NAME is not the most advanced reachable follower, when too few followers answer to be "
-        "sure one of them holds every acknowledged write (with F followers and ack_replicas K, F-K+1 must "
-        "answer), when fewer than a majority of the nodes answer, or when ack_replicas = 0 (without --force). "
+        "Refuses when NAME is not the most advanced reachable follower, when too few nodes answer with a log "
+        "NAME is sure to hold (with F followers and ack_replicas K, F-K+1 must; a node whose recovery cut its "
+        "log counts once NAME's log reaches its damaged_end, a deposed leader once it truncated its tail), "
+        "when fewer than a majority of the nodes answer, or when ack_replicas = 0 (without --force). A refusal "
+        "names another node only if promoting it would succeed. If another promotion runs at the same time and "
+        "the votes split, it retries once at a higher epoch after a short random pause. "
         "Progress goes to stderr. Exit 0 promoted; 1 refused (the message says why); 2 for a usage, "
         "cluster-file or certificate error.",
         epilog="  zwal status --config mycluster/cluster.toml          # which follower is the most advanced\n"
@@ -231,7 +239,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--fault", metavar="LIST",
                    help="comma-separated faults, used in turn each round: kill (SIGKILL the leader), pause "
                    "(SIGSTOP it, SIGCONT after the promotion), partition (cut it off from its followers; needs "
-                   "root), disk (fill and fail its disk; needs root). Default: kill")
+                   "root), disk (fill and fail its disk; needs root), rebuild (stop a follower, or the bootstrap "
+                   "node in even rounds, move its data directory aside, start it under load: it must rebuild "
+                   "from its peers), damage (stop the leader, flip bytes in its last record, start it; the drill "
+                   "does not promote, it reports whether the cluster healed by itself). rebuild and damage run "
+                   "on a scratch cluster, no root needed. Default: kill")
     d.add_argument("--soak", type=float, metavar="MINUTES",
                    help="mix the faults at random for this long; stop at the first violation and print how to rerun")
     d.add_argument("--seed", type=int, help="seed of the soak's random choice of faults")
@@ -241,6 +253,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--timeout", type=float, default=60.0, help="give up a step after this long (default: %(default)s)")
     d.add_argument("--json", action="store_true",
                    help='progress on stderr, and one JSON document on stdout: {"ok", "rounds": [{"round", "fault", '
-                   '"old_leader", "new_leader", "epoch", "acked", "lost", ...}], "acked", "lost", "reads_checked", '
-                   '"linearizable", "seed", "rerun"} (docs/cli.md)')
+                   '"old_leader", "new_leader", "epoch", "acked", "lost", ..., "healed_by_itself", "heal_seconds"}], '
+                   '"acked", "lost", "reads_checked", "linearizable", "seed", "rerun"} (docs/cli.md)')
     d.set_defaults(func=cmd_drill)

@@ -9,6 +9,7 @@ and compare every log byte for byte.
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import signal
@@ -22,8 +23,9 @@ from typing import Any, Callable
 from daemon.client.blocking import Client, ZwalError
 from daemon.config import ClusterConfig
 from daemon.failover.linearizability import Op, Verdict, check
-from daemon.failover.promote import most_advanced, operator_creds, run_promote, statuses_of
+from daemon.failover.promote import most_advanced, operator_creds, promotable, run_promote, statuses_of
 from daemon.wal import CLEAN, iter_frames, scan_path
+from daemon.wal.format import HEADER_SIZE
 from daemon.wal.reader import LogOpenError, sha256_file
 
 
@@ -218,6 +220,13 @@ class RoundReport:
     fault: str = "kill"
     reads: int = 0
     verdict: Verdict = field(default_factory=lambda: Verdict(ok=True))
+    # Did the cluster recover with no operator action (the drill's promotions
+    # are one), and how long from the fault until it had: for rebuild, the
+    # rebuilt node byte-identical again; for damage, a leader accepting writes.
+    healed_by_itself: bool = False
+    heal_s: float = 0.0
+    heal_note: str = ""
+    injected: dict[str, Any] = field(default_factory=dict)  # what the fault did, for the record
 
     def passed(self, k: int) -> bool:
         return not self.failures(k)
@@ -235,6 +244,8 @@ class RoundReport:
             why.append(f"{len(self.check.lost)} acknowledged write(s) lost")
         if not self.verdict.ok and k != 0:
             why.append("reads not linearizable")
+        if self.fault in SELF_HEALING and not self.healed_by_itself:
+            why.append(f"did not heal by itself ({self.heal_note})")
         return why
 
     def text(self) -> str:
@@ -242,15 +253,29 @@ class RoundReport:
         what = {"kill": "killed (SIGKILL)", "pause": "paused (SIGSTOP, then SIGCONT after the promotion)",
                 "partition": "cut off from its followers (then healed)",
                 "disk": "stopped by its failing disk (then given room)"}.get(self.fault, self.fault)
+        if self.fault == "rebuild":
+            head = (f"round {self.round}: {self.injected.get('node')} rebuilt from its peers (data directory moved "
+                    f"to {self.injected.get('moved_to')}) under load; {self.new_leader} leads epoch {self.epoch}")
+        elif self.fault == "damage":
+            head = (f"round {self.round}: leader {self.old_leader} stopped, {self.injected.get('bytes')} byte(s) "
+                    f"flipped in its last record (offset {self.injected.get('record_offset')}), restarted; "
+                    + (f"{self.new_leader} leads epoch {self.epoch}" if self.healed_by_itself else "no promotion"))
+        else:
+            head = f"round {self.round}: leader {self.old_leader} {what}, {self.new_leader} promoted to epoch {self.epoch}"
+        healed = (f"yes, in {self.heal_s:.2f} s" if self.healed_by_itself else "NO") + (
+            f" ({self.heal_note})" if self.heal_note else "")
         lines = [
-            f"round {self.round}: leader {self.old_leader} {what}, {self.new_leader} promoted to epoch {self.epoch}",
+            head,
+            f"  healed by itself:               {healed}",
             f"  writes acknowledged:            {c.acked}",
             f"  acknowledged but lost:          {len(c.lost)}",
             f"  unacknowledged but present:     {c.unacked_present}",
             f"  unacknowledged and absent:      {c.unacked_absent}",
             f"  written twice (retry dupes):    {len(c.duplicated)}",
-            f"  time to promote:                {self.promote_s:.2f} s (fault -> new leader accepts writes)",
-            f"  time to converge:               {self.converge_s:.2f} s (promotion -> all logs identical)",
+            f"  time to promote:                {self.promote_s:.2f} s (fault -> new leader accepts writes)"
+            if self.fault not in SELF_HEALING else "  time to promote:                - (the drill promotes nobody in this mode)",
+            f"  time to converge:               {self.converge_s:.2f} s "
+            + ("(promotion -> all logs identical)" if self.fault not in SELF_HEALING else "(healed -> all logs identical)"),
             f"  logs byte-identical:            {'yes' if self.logs_identical else 'NO'}",
             f"  logs verify clean:              {'yes' if self.logs_clean else 'NO'}",
             f"  client errors seen (retried):   {self.errors or 'none'}",
@@ -265,8 +290,14 @@ class RoundReport:
         return "\n".join(lines)
 
 
-FAULTS = ("kill", "pause", "partition", "disk")
-NEEDS_SCRATCH = ("partition", "disk")
+FAULTS = ("kill", "pause", "partition", "disk", "rebuild", "damage")
+# Faults that stop a node and change its files before it starts again: the
+# drill must be its supervisor, so they run on a scratch cluster.
+NEEDS_SCRATCH = ("partition", "disk", "rebuild", "damage")
+NEEDS_ROOT = ("partition", "disk")
+SOAK_FAULTS = ("kill", "pause", "partition", "disk")
+# Faults after which the cluster must recover with no operator action: the drill only watches.
+SELF_HEALING = ("rebuild", "damage")
 
 
 @dataclass
@@ -336,6 +367,10 @@ class Drill:
         return len(ends) == 1 and len(epochs) == 1 and sum(s["role"] == "leader" for s in sts.values()) == 1
 
     def run_round(self, rnd: int, fault: str = "kill") -> RoundReport:
+        if fault == "rebuild":
+            return self._round_rebuild(rnd)
+        if fault == "damage":
+            return self._round_damage(rnd)
         leader = self.wait(self.healthy, "a healthy cluster (every node up, one leader)")
         st = self.statuses()[leader]
         self.say(f"round {rnd}: leader is {leader} (epoch {st['epoch']}, end {st['end']}); starting {self.clients} clients")
@@ -368,7 +403,9 @@ class Drill:
         res = None
         while res is None or not res.ok:
             sts = self.statuses()
-            cand = most_advanced({n: s for n, s in sts.items() if n != leader})
+            # The node `zwal promote` accepts, else the most advanced (its refusal then says why).
+            cand = promotable({n: (s if n != leader else None) for n, s in sts.items()}, self.cfg.ack_replicas) \
+                or most_advanced({n: s for n, s in sts.items() if n != leader})
             if cand is not None:
                 res = self._promote(cand, leader, fault)
                 if res.ok:
@@ -423,7 +460,189 @@ class Drill:
         for _, _, why in ledger.unacked:
             errors[why] = errors.get(why, 0) + 1
         return RoundReport(rnd, leader, new, res.epoch, check, promote_s, converge_s, identical, logs_clean, errors,
-                           fault, ledger.reads, check_reads(ledger))
+                           fault, ledger.reads, check_reads(ledger), False, promote_s,
+                           f"the drill promoted {new}, as an operator would")
+
+    # -- faults the cluster must heal from by itself -----------------------------------------
+
+    def _logs(self) -> tuple[bool, bool]:
+        """(every log byte-identical, every log verifies clean)."""
+        clean, hashes = True, {}
+        for n in self.cfg.nodes:
+            try:
+                clean &= scan_path(n.log_path).status == CLEAN
+                hashes[n.name] = sha256_file(n.log_path)
+            except LogOpenError as e:
+                self.say(f"  cannot read {n.log_path}: {e}")
+                clean = False
+        return len(set(hashes.values())) == 1 and len(hashes) == len(self.cfg.nodes), clean
+
+    def _verdict(self, rnd: int, fault: str, old: str, new: str | None, ledger: Ledger, t_fault: float,
+                 healed: bool, heal_s: float, note: str, injected: dict[str, Any]) -> RoundReport:
+        """Converge (if there is a leader), then check the ledger and the logs."""
+        t_c = time.monotonic()
+        converged = False
+        if new is not None:
+            try:
+                self.wait(self.converged, "every node to converge on the leader's log", min(self.timeout, 30.0))
+                converged = True
+            except DrillError as e:
+                self.say(f"round {rnd}: {e}")
+        converge_s = time.monotonic() - t_c
+        identical, clean = self._logs()
+        if new is not None:
+            with Client([self.cfg.node(new).client_endpoint], timeout=2.0, deadline=10.0,
+                        creds=operator_creds(self.cfg)) as c:
+                check = check_ledger(ledger, log_records(self.cfg.node(new).log_path), lambda k: c.read(k).value)
+        else:
+            # No leader to read from: every acknowledged write must still be in
+            # the most advanced log the cluster holds (no `get` to check).
+            best = max((n for n in self.cfg.nodes if n.name != old),
+                       key=lambda n: os.path.getsize(n.log_path) if os.path.exists(n.log_path) else -1)
+            recs = log_records(best.log_path)
+            final = {k: v for _, (k, v) in sorted(recs.items())}
+            check = check_ledger(ledger, recs, lambda k: final.get(k))
+        errors: dict[str, int] = {}
+        for _, _, why in ledger.unacked:
+            errors[why] = errors.get(why, 0) + 1
+        st = (self.statuses().get(new) or {}) if new else {}
+        return RoundReport(rnd, old, new or "-", int(st.get("epoch") or 0), check, 0.0, converge_s,
+                           identical and converged, clean, errors, fault, ledger.reads, check_reads(ledger),
+                           healed, heal_s, note, injected)
+
+    def _round_rebuild(self, rnd: int) -> RoundReport:
+        """Stop a node, move its data directory aside (kept), start it under load: it must rebuild from its peers.
+
+        Odd rounds rebuild a follower other than the bootstrap node; even
+        rounds the bootstrap node (`bootstrap_leader`), which is first made a
+        follower if it leads (that promotion is set-up, not part of the round).
+        """
+        leader = self.wait(self.healthy, "a healthy cluster (every node up, one leader)")
+        boot = self.cfg.bootstrap_leader
+        if rnd % 2 == 0:
+            target = boot
+            if leader == boot:
+                cand = most_advanced({n: s for n, s in self.statuses().items() if n != boot})
+                self.say(f"round {rnd}: set-up: moving leadership off the bootstrap node {boot} to {cand}")
+                r = run_promote(self.cfg, cand or "", timeout=1.0, say=lambda s: self.say(f"  promote: {s}"))
+                if not r.ok:
+                    raise DrillError(f"set-up promotion of {cand} failed: {r.message}")
+                leader = self.wait(self.healthy, "a healthy cluster after the set-up promotion")
+        else:
+            target = next((n for n in self.cfg.names if n not in (leader, boot)), None) or \
+                next(n for n in self.cfg.names if n != leader)
+        ledger = Ledger()
+        tag = f"r{rnd}-{int(time.time())}"
+        load = Load(self.cfg, self.clients, tag, ledger)
+        self.say(f"round {rnd}: leader is {leader}; starting {self.clients} clients, then rebuilding {target}")
+        load.start()
+        time.sleep(self.load_seconds)
+        t_fault = time.monotonic()
+        self.scratch.hold(target, signal.SIGTERM)
+        data_dir = self.cfg.node(target).data_dir.rstrip("/")
+        aside = f"{data_dir}.moved-aside-{time.strftime('%Y%m%dT%H%M%S')}-{rnd}"
+        os.rename(data_dir, aside)
+        self.say(f"round {rnd}: stopped {target}, moved {data_dir} to {aside} (kept); starting it with no data")
+        missed = (self.statuses().get(leader) or {}).get("end") or 0
+        self.scratch.release(target)
+        # Healed: the rebuilt node's log byte-identical to the leader's, under load, with nobody acting.
+        healed, heal_s = False, 0.0
+        until = t_fault + self.timeout
+        while time.monotonic() < until:
+            sts = self.statuses()
+            t, lead = sts.get(target), sts.get(leader)
+            # Caught up past everything the leader held when it restarted, following it.
+            if t and lead and t["role"] == "follower" and t.get("leader") == leader and \
+                    (t["end"] or 0) >= missed and lead["role"] == "leader":
+                healed, heal_s = True, time.monotonic() - t_fault
+                break
+            time.sleep(0.1)
+        note = (f"{target} caught up with {leader} from an empty log" if healed else
+                f"{target} had not caught up with {leader} {self.timeout:.0f} s after its restart")
+        time.sleep(min(1.0, self.load_seconds))
+        load.finish()
+        now = self.healthy() or self._leader()
+        self.say(f"round {rnd}: {note}")
+        return self._verdict(rnd, "rebuild", leader, now, ledger, t_fault, healed, heal_s, note,
+                             {"node": target, "moved_to": aside, "bootstrap": target == boot})
+
+    def _leader(self) -> str | None:
+        sts = {n: s for n, s in self.statuses().items() if s is not None}
+        top = max((s["epoch"] for s in sts.values()), default=0)
+        leads = [n for n, s in sts.items() if s["role"] == "leader" and s["epoch"] == top]
+        return leads[0] if len(leads) == 1 else None
+
+    def _round_damage(self, rnd: int) -> RoundReport:
+        """Stop the leader, flip bytes in its last record on disk, start it: watch, never promote.
+
+        Healed means a leader accepts writes again with no operator action;
+        the drill waits up to its timeout and says so plainly if not.
+        """
+        leader = self.wait(self.healthy, "a healthy cluster (every node up, one leader)")
+        ledger = Ledger()
+        tag = f"r{rnd}-{int(time.time())}"
+        load = Load(self.cfg, self.clients, tag, ledger)
+        self.say(f"round {rnd}: leader is {leader}; starting {self.clients} clients")
+        load.start()
+        time.sleep(self.load_seconds)
+        # Damage an acknowledged record that the followers hold intact (the
+        # case that needs healing, issue 19): the writes pause until every
+        # follower has the leader's whole log, then the leader stops.
+        load.finish()
+        self.wait(self.converged, "the followers to hold the leader's whole log before the damage")
+        t_fault = time.monotonic()
+        self.scratch.hold(leader, signal.SIGKILL)
+        load = Load(self.cfg, self.clients, tag + "-b", ledger)
+        load.start()
+        path = self.cfg.node(leader).log_path
+        last = None
+        for f in iter_frames(path):
+            last = f
+        if last is None:
+            self.scratch.release(leader)
+            load.finish()
+            raise DrillError(f"{leader}'s log holds no record to damage")
+        injected = damage_last_record(path, last.offset, last.size)
+        self.say(f"round {rnd}: stopped {leader} (SIGKILL), flipped {injected['bytes']} byte(s) at offset "
+                 f"{injected['at']} in its last record ({last.offset}..{last.end}, held intact by every follower); "
+                 "starting it again, writes resume")
+        self.scratch.release(leader)
+        healed, heal_s, new, cut_seen = False, 0.0, None, False
+        until = t_fault + self.timeout
+        probe = 0
+        with Client([n.client_endpoint for n in self.cfg.nodes], timeout=0.5, deadline=1.0,
+                    creds=operator_creds(self.cfg)) as c:
+            while time.monotonic() < until:
+                # Its recovery saw the damage: it cut the record and saved the bytes aside.
+                saved = sorted(glob.glob(f"{path}.torn-{last.offset}*"))
+                if saved and not cut_seen:
+                    cut_seen = True
+                    injected["saved_to"] = saved[0]
+                    self.say(f"round {rnd}: {leader}'s recovery cut its damaged last record (saved to {saved[0]})")
+                probe += 1
+                try:
+                    r = c.set(f"drill-heal-{tag}-{probe}".encode(), b"1")
+                    healed, heal_s = True, time.monotonic() - t_fault
+                    new = self._leader()
+                    self.say(f"round {rnd}: a write was acknowledged at epoch {r.epoch} by "
+                             f"{new or 'a leader'} {heal_s:.2f} s after the fault, with no operator action")
+                    break
+                except ZwalError:
+                    c.close()
+                time.sleep(0.2)
+        injected.update(node=leader, record_offset=last.offset, record_end=last.end, recovery_cut_seen=cut_seen)
+        if healed:
+            note = "a leader accepts writes again" + (f" ({new})" if new else "")
+        else:
+            sts = self.statuses()
+            roles = ", ".join(f"{n} {s['role']} epoch {s['epoch']}" if s else f"{n} down" for n, s in sts.items())
+            note = (f"no leader accepted a write within {self.timeout:.0f} s of the fault; the cluster waits "
+                    f"for an operator ({roles}); the drill does not promote in this mode")
+        self.say(f"round {rnd}: healed by itself: {'yes' if healed else 'NO'}: {note}")
+        time.sleep(min(1.0, self.load_seconds) if healed else 0)
+        load.finish()
+        return self._verdict(rnd, "damage", leader, new if healed else None, ledger, t_fault, healed, heal_s, note,
+                             injected)
 
     def _promote(self, cand: str, leader: str, fault: str) -> Promoted:
         if fault != "partition":
@@ -455,3 +674,17 @@ class Drill:
 
 class DrillError(Exception):
     pass
+
+
+def damage_last_record(path: str, offset: int, size: int) -> dict[str, Any]:
+    """Flip the bits of a few payload bytes in the middle of the frame at `offset` (its checksum then fails)."""
+    at = offset + HEADER_SIZE + max(0, (size - HEADER_SIZE) // 2 - 1)
+    n = max(1, min(2, offset + size - at))
+    with open(path, "r+b") as f:
+        f.seek(at)
+        old = f.read(n)
+        f.seek(at)
+        f.write(bytes(b ^ 0xFF for b in old))
+        f.flush()
+        os.fsync(f.fileno())
+    return {"at": at, "bytes": n}

@@ -40,6 +40,7 @@ class ScratchCluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {n: 0 for n in self.names}
         self.exits: list[tuple[str, int]] = []
+        self.held: set[str] = set()  # stopped on purpose: not restarted until release()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
@@ -93,13 +94,29 @@ class ScratchCluster:
             with self._lock:
                 for n, p in list(self.procs.items()):
                     code = p.poll()
-                    if code is None:
+                    if code is None or n in self.held:
                         continue
                     self.exits.append((n, code))
                     self.restarts[n] += 1
                     time.sleep(self.restart_delay)
                     if not self._stop.is_set():
                         self._spawn(n)
+
+    def hold(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Stop `name` with `sig` and keep it stopped (its files may be changed) until `release`."""
+        with self._lock:
+            self.held.add(name)
+            p = self.procs[name]
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.send_signal(sig)
+            return p.wait(30)
+
+    def release(self, name: str) -> None:
+        """Start a held node again."""
+        with self._lock:
+            self.held.discard(name)
+            self._spawn(name)
 
     def close(self) -> None:
         self._stop.set()
