@@ -22,6 +22,7 @@ from daemon.auth import policy
 from daemon.node.node import REVOKED, FsyncFailure, Node, Transition, decode_client
 from daemon.node.peers import PeerProbe
 from daemon.wire.client import WRITE_OPS, ok_reply
+from daemon.node.bootstrap import join_leader
 from daemon.node.epochs import may_follow
 from daemon.node.leader_core import Counters
 from daemon.wire.replication import BadMessage, NotLeader, decode_fetch, decode_from_leader, encode, encode_fetch
@@ -150,6 +151,12 @@ class FollowerRole:
                 "errors": dict(self.counters.errors)}
 
     def _check_peers(self) -> None:
+        if self.node.state.joining:
+            # -- a rebuilt node (daemon/node/bootstrap.py): only the highest epoch a quorum of peers reports --
+            found = join_leader(self.node.name, self.probe.latest, len(self.cfg.names), self.cfg.ack_replicas)
+            if found is not None:
+                self._follow(found[0], found[1], "joined: found the leader by asking peers")
+            return
         newer = self.probe.newer_epoch(self.core.epoch)
         if newer is not None and newer[1] is not None:
             self._follow(newer[0], newer[1], f"a peer reports epoch {newer[0]} led by {newer[1]}")
