@@ -91,7 +91,8 @@ def decide(op: str, args: dict[str, Any], cur: NodeState, me: str, names: frozen
 def _as(cur: NodeState, role: str, epoch: int, leader: str | None, vote: str | None) -> NodeState:
     """`cur` in a new role and epoch: the history, led epoch and damage mark are kept, confirm_from is not
     (nor `joining`: only a follow gets here from a joining node)."""
-    return cur.with_(role=role, epoch=epoch, leader=leader, voted_for=vote, confirm_from=None, joining=False)
+    return cur.with_(role=role, epoch=epoch, leader=leader, voted_for=vote, confirm_from=None, joining=False,
+                     resume_at=None, unheard=[])
 
 
 def _stale(epoch: int, cur: NodeState, me: str) -> Refusal:

@@ -15,8 +15,10 @@ Invariants it protects (docs/protocol.md):
   OffsetsForLeaderEpoch); a follower ahead of the leader in the leader's own
   epoch is never told to truncate;
 - a restarted leader that cut bytes from its log (`confirming`) takes no
-  writes and truncates nobody until F - K + 1 followers show they hold
-  nothing it lost; if one does, it steps down (the replicas repair it);
+  writes and truncates nobody until F - K + 1 followers have answered; a
+  follower holding records of its epoch that it lost repairs it (frames
+  checked, daemon/node/repair.py) and it leads on; only records of another
+  epoch it cannot repair make it step down, naming the follower to promote;
 - reads: a fresh read is served only from committed state, after K
   followers' fetches at this epoch prove it still leads (ReadIndex, Raft
   thesis 6.4); reads waiting together share one round;
@@ -35,7 +37,9 @@ from daemon.node.kv import KVState, Placed, content_digest
 from daemon.node.retry import Conflict, Join, Known, RetryTracker, Waiters, Waiting
 from daemon.wal.format import Record, encode_frame
 from daemon.wire.client import Err, ProtocolError, Request, error_reply, validate_write, write_ok
-from daemon.wire.replication import Data, Fetch, FromLeader, Refuse, Truncate
+from daemon.node.repair import MAX_REPAIR_FAILURES, confirm_quorum, verify_repair
+from daemon.wal.format import Frame
+from daemon.wire.replication import Data, Fetch, FromLeader, Refuse, RepairData, RepairRequest, Truncate
 
 Envelope = list[bytes]
 
@@ -87,9 +91,42 @@ class ServeRead:
 
 @dataclass(slots=True)
 class Confirmed:
-    """A restarted leader that lost its tail has heard from enough followers: it may take writes."""
+    """A restarted leader that lost its tail has heard from enough followers: it may take writes.
+
+    The glue saves `confirm_from` None and, durably, `resume_at` = `end` and
+    `unheard` (NodeState): a follower that did not answer may hold old bytes
+    of this epoch beyond `end`, which new writes would make look like a
+    prefix; its first fetch beyond `end` is told to truncate there."""
 
     followers: list[str]
+    end: int = 0
+    unheard: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class AppendRepair:
+    """Append these verified frames of the leader's own epoch (copied from `source`), fsync, then call
+    `LeaderCore.repaired(new_end, now)`; on a failed write, `repair_failed()`."""
+
+    source: str
+    offset: int
+    data: bytes
+    records: int
+
+
+@dataclass(slots=True)
+class RepairRefused:
+    """Repair data that failed a check: nothing changed (log it, warn)."""
+
+    source: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Heard:
+    """A follower in `unheard` has fetched at a prefix of this log: the glue removes it durably."""
+
+    follower: str
 
 
 @dataclass(slots=True)
@@ -161,6 +198,10 @@ class LeaderCore:
         batch_max_bytes: int,
         confirming: bool = False,
         incarnation: int = 0,
+        repair_max_bytes: int = 1 << 20,
+        resume_at: int | None = None,
+        unheard: frozenset[str] = frozenset(),
+        damaged_end: int | None = None,
     ) -> None:
         self.name = name
         self.epoch = epoch
@@ -181,13 +222,30 @@ class LeaderCore:
         self.batch_max_records = batch_max_records
         self.batch_max_bytes = batch_max_bytes
         self.followers = {n: FollowerProgress(n) for n in followers}
-        # Followers that showed they hold nothing this restarted leader lost;
-        # None when there is nothing to confirm.
-        # All followers must answer: once this leader writes again, it writes
-        # offsets of its epoch a second time, so no follower may hold the old
-        # bytes there (they would look like a matching prefix).
-        self.confirm_need = len(followers)
+        # Followers whose positions this restarted leader (which cut its tail)
+        # has seen; None when there is nothing to confirm. F - K + 1 of them
+        # suffice (Protocol-Aware Recovery, Alagappan et al., FAST 2018): an
+        # acknowledged record is on K followers, so any F - K + 1 include one
+        # that holds it, and the most advanced answer covers every
+        # acknowledged record (daemon/node/repair.py). Those that did not
+        # answer may hold old, unacknowledged bytes of this epoch beyond the
+        # end it resumes at: they are `unheard`, and truncated there.
+        self.confirm_need = confirm_quorum(len(followers), ack_replicas)
         self.confirming: set[str] | None = set() if confirming and self.confirm_need else None
+        self.repair_max = repair_max_bytes
+        # Followers that hold bytes of our epoch beyond our end (their fetch offset).
+        self.ahead: dict[str, int] = {}
+        # Followers that hold bytes beyond our end of an epoch we cannot repair: (last_epoch, offset).
+        self.beyond: dict[str, tuple[int, int]] = {}
+        self.repair_failures: dict[str, int] = {}
+        self.repairing: tuple[str, int, float] | None = None  # (follower asked, offset asked from, deadline)
+        self.repair_frames: list[tuple[Frame, Any]] | None = None  # verified, on their way to disk
+        self.resume_at = resume_at
+        self.unheard = set(unheard) if resume_at is not None else set()
+        # The log's end before recovery cut it (NodeState.damaged_end). Every
+        # record this leader ever acknowledged lay below it; once repair brings
+        # the log back there, the log is whole again and no quorum is needed.
+        self.damaged_end = damaged_end
         # Read rounds count only from fetches that echo this incarnation: a
         # restarted leader starts its rounds again, and a fetch sent to (or
         # before) an earlier incarnation must not confirm a read of this one.
@@ -397,10 +455,17 @@ class LeaderCore:
             return [SendControl(envelope, Refuse(self.epoch, f"{name} is not a node of this cluster"))]
         if fetch.last_epoch > fetch.epoch:
             return [SendControl(envelope, Refuse(self.epoch, f"last epoch {fetch.last_epoch} is above epoch {fetch.epoch}"))]
+        if name in self.unheard and fetch.last_epoch == self.epoch and self.resume_at is not None \
+                and offset > self.resume_at:
+            # It did not answer when this leader resumed after cutting its tail:
+            # its bytes of this epoch beyond resume_at are the old ones, never
+            # acknowledged (F - K + 1 others answered, and the leader took up to
+            # the most advanced of them). New writes made them look like a prefix.
+            return [SendControl(envelope, Truncate(self.epoch, self.name, self.resume_at, self.epoch))]
         if fetch.last_epoch == self.epoch and offset > self.end:
             # Ahead of us in our own epoch: we lost fsynced records that it holds.
             if self.confirming is not None:
-                return [self._lost_tail(name, offset)]
+                return self._ahead(name, envelope, offset, now)
             return [SendControl(envelope, Refuse(
                 self.epoch, f"follower end {offset} is beyond the leader's end {self.end} in epoch {self.epoch}; "
                 "a disk lost fsynced records: no truncation"))]
@@ -408,7 +473,12 @@ class LeaderCore:
         consistent = offset == 0 or (matched_epoch == fetch.last_epoch and offset <= matched_end)
         if not consistent:
             if self.confirming is not None and offset > self.end:
-                return [self._lost_tail(name, offset)]
+                # It holds bytes we lost, of an epoch other than ours: not ours
+                # to repair. Told nothing (never truncated); decided below.
+                self.beyond[name] = (fetch.last_epoch, offset)
+                self.confirming.add(name)
+                f.parked, f.parked_at = envelope, now
+                return self._decide_confirm(now)
             # Kafka's OffsetsForLeaderEpoch: where its log stops matching ours.
             # Its bytes beyond that were never part of this log, so never
             # acknowledged by it; it does not count as in sync meanwhile.
@@ -416,9 +486,12 @@ class LeaderCore:
         out: list[Any] = []
         if self.confirming is not None:
             self.confirming.add(name)
-            if len(self.confirming) >= self.confirm_need:
-                out.append(Confirmed(sorted(self.confirming)))
-                self.confirming = None
+            self.ahead.pop(name, None)
+            self.beyond.pop(name, None)
+            out.extend(self._decide_confirm(now))
+        elif name in self.unheard:
+            self.unheard.discard(name)
+            out.append(Heard(name))
         if f.last_seen == float("-inf") or now - f.last_seen > self.timeout:
             f.connects += 1
         f.last_seen = now
@@ -451,11 +524,117 @@ class LeaderCore:
             if f is not None:
                 f.parked = None
 
-    def _lost_tail(self, name: str, offset: int) -> StepDown:
+    # -- a restarted leader that cut its tail (Protocol-Aware Recovery) ---------------
+
+    def _ahead(self, name: str, envelope: Envelope, offset: int, now: float) -> list[Any]:
+        """A follower holds bytes of our epoch beyond our end: ask it for them (one source at a time)."""
+        assert self.confirming is not None
+        f = self.followers[name]
+        self.confirming.add(name)
+        self.ahead[name] = offset
+        self.beyond.pop(name, None)
+        if self.repairing is not None and self.repairing[0] == name:
+            # Asked, and it fetched again without sending good frames (it has
+            # none of our epoch there): a failure, so a refusal never spins.
+            self.repairing = None
+            self.repair_failures[name] = self.repair_failures.get(name, 0) + 1
+        elif self.repairing is not None and now >= self.repairing[2]:
+            self.repairing = None  # the follower asked never answered: ask another
+        if (self.repairing is None and self.repair_frames is None
+                and self.repair_failures.get(name, 0) < MAX_REPAIR_FAILURES):
+            self.repairing = (name, self.end, now + self.timeout)
+            f.parked = None
+            return [SendControl(envelope, RepairRequest(self.epoch, self.name, self.end, offset, self.repair_max))]
+        f.parked, f.parked_at = envelope, now  # a heartbeat brings its next fetch
+        return self._decide_confirm(now)
+
+    def on_repair(self, msg: RepairData, now: float) -> list[Any]:
+        """A follower's answer to our RepairRequest: append it if every frame checks out, else change nothing."""
+        src = msg.name
+        asked = self.repairing
+        if self.confirming is None or asked is None or asked[0] != src or self.repair_frames is not None:
+            return self._repair_refused(src, "no repair was asked of it now")
+        if msg.offset != self.end or msg.offset != asked[1] or msg.epoch != self.epoch:
+            return self._repair_refused(src, f"repair data at offset {msg.offset} of epoch {msg.epoch}; asked for "
+                                             f"offset {self.end} of epoch {self.epoch}")
+        checked = verify_repair(msg.data, msg.offset, self.epoch, self.ahead.get(src, self.end), self.repair_max)
+        if isinstance(checked, str):
+            return self._repair_refused(src, checked)
+        self.repair_frames = checked
+        return [AppendRepair(src, msg.offset, msg.data, len(checked))]
+
+    def _repair_refused(self, src: str, reason: str) -> list[Any]:
+        self.counters.error("repair_refused")
+        if self.repairing is not None and self.repairing[0] == src:
+            self.repairing = None
+            self.repair_failures[src] = self.repair_failures.get(src, 0) + 1
+        return [RepairRefused(src, reason)]
+
+    def repaired(self, new_end: int, now: float) -> list[Any]:
+        """The frames of AppendRepair are appended and fsynced: our log ends at `new_end` now."""
+        frames = self.repair_frames
+        if frames is None or self.repairing is None:
+            raise InvariantViolation("repaired() without a repair on its way to disk")
+        if frames[-1][0].end != new_end or frames[0][0].offset != self.end:
+            raise InvariantViolation(f"repair accounting: {self.end}..{new_end} is not the frames appended")
+        for frame, rec in frames:
+            self.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))
+        src = self.repairing[0]
+        self.repair_frames, self.repairing = None, None
+        self.repair_failures.pop(src, None)
+        self.end = self.start_end = new_end
+        if self.k == 0:
+            self.commit = new_end
+        f = self.followers[src]
+        if self.ahead.get(src, 0) > new_end and f.parked is not None:
+            # More to take from it: ask now rather than at its next heartbeat.
+            env, f.parked = f.parked, None
+            return self._ahead(src, env, self.ahead[src], now)
+        return self._decide_confirm(now)
+
+    def repair_failed(self) -> None:
+        """The append of a repair failed and was rolled back (disk full): nothing changed; ask again later."""
+        self.repair_frames, self.repairing = None, None
+
+    def _decide_confirm(self, now: float) -> list[Any]:
+        """Enough answers? Then lead on, or (records of another epoch we cannot repair) step down."""
+        if self.confirming is None or self.repair_frames is not None:
+            return []
+        if self.damaged_end is not None and self.end >= self.damaged_end:
+            # Repaired up to where the log ended before the cut: byte for byte
+            # the log it had (frames of its own epoch, copied back), so every
+            # follower's log is a prefix of it again, answered or not.
+            done = Confirmed(sorted(self.confirming), self.end, [])
+            self.confirming = None
+            self.ahead.clear()
+            return [done]
+        if len(self.confirming) < self.confirm_need:
+            return []
+        if any(off > self.end and self.repair_failures.get(n, 0) < MAX_REPAIR_FAILURES
+               for n, off in self.ahead.items()):
+            return []  # a follower still holds records of our epoch we can take: keep repairing
+        lost = {n: p for n, p in self.beyond.items() if p[1] > self.end}
+        lost.update({n: (self.epoch, off) for n, off in self.ahead.items() if off > self.end})
+        if lost:
+            return [self._lost_tail(lost)]
+        out: list[Any] = [Confirmed(sorted(self.confirming), self.end, sorted(set(self.followers) - self.confirming))]
+        self.confirming = None
+        self.resume_at = self.end
+        self.unheard = set(self.followers) - set(out[0].followers)
+        self.ahead.clear()
+        return out
+
+    def _lost_tail(self, lost: dict[str, tuple[int, int]]) -> StepDown:
+        # F - K + 1 followers answered (so a promotion's quorum is there) and
+        # the most advanced of them holds every acknowledged record.
+        best = max(lost, key=lambda n: (lost[n], n))
+        last_epoch, offset = lost[best]
         sd = StepDown(self.epoch, None,
-                      f"follower {name} holds records up to offset {offset}, beyond this leader's end {self.end} "
-                      f"after its recovery cut its log: they may have been acknowledged. Not truncating anyone; "
-                      f"stepping down: run 'zwal promote {name}'", loud=True)
+                      f"follower {best} holds records up to offset {offset} (last epoch {last_epoch}), beyond this "
+                      f"leader's end {self.end} after its recovery cut its log, and they could not be repaired "
+                      f"from it: they may have been acknowledged. Not truncating anyone; stepping down: "
+                      f"run 'zwal promote {best}' ({len(self.confirming or ())} of {len(self.followers)} "
+                      f"followers answered, {self.confirm_need} needed)", loud=True)
         self.stepped_down = sd
         return sd
 

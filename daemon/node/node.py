@@ -29,6 +29,8 @@ from daemon.auth.zap import Gate
 from daemon.ops import logs
 from daemon.node import identity as nodestate
 from daemon.node import bootstrap, epochs
+from daemon.node.repair import REPAIR_MAX_BYTES
+from daemon.wal.format import MAX_FRAME
 from daemon.node.identity import FOLLOWER, LEADER, NodeState
 from daemon.wire.client import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
 from daemon.node.kv import KVState
@@ -44,6 +46,9 @@ EXIT_FATAL = 2
 # Descriptors kept back from client connections: peers' and admins'
 # connections, the log, node-state.json, evidence files, ZeroMQ's own.
 FD_HEADROOM = 256
+# The largest message a node's replication socket takes: a repair's frames
+# (daemon/node/repair.py: REPAIR_MAX_BYTES, or one frame of up to MAX_FRAME).
+REPL_MESSAGE_MAX = REPAIR_MAX_BYTES + MAX_FRAME + 4096
 STATE_SAVE_PATIENCE = 15.0  # seconds a role change waits for a file descriptor to save node-state.json
 
 
@@ -224,7 +229,7 @@ class Node:
         r = self.ctx.socket(zmq.ROUTER)
         if self.gate is not None:
             self.gate.serve(r, zap.REPL_DOMAIN)
-        r.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        r.setsockopt(zmq.MAXMSGSIZE, REPL_MESSAGE_MAX)  # fetches are tiny; repair data (daemon/node/repair.py) is not
         r.setsockopt(zmq.LINGER, 0)
         r.bind(self.me.repl_endpoint)
         self.client_sock = c
