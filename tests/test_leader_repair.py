@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from daemon.node.kv import KVState
-from daemon.node.leader_core import (AppendRepair, Confirmed, Heard, InvariantViolation, LeaderCore, RepairRefused,
+from daemon.node.leader_core import (AppendRepair, CompareOwn, Confirmed, Heard, InvariantViolation, LeaderCore, RepairRefused,
                                      SendControl, StepDown)
 from daemon.node.repair import MAX_REPAIR_FAILURES, confirm_quorum, repair_reply, verify_repair
 from daemon.wal.format import OP_SET, Record, encode_frame
@@ -184,13 +184,54 @@ def test_a_follower_that_did_not_answer_is_truncated_to_where_the_leader_resumed
     assert c.unheard == set()
 
 
-def test_unheard_followers_survive_a_restart_through_the_constructor():
-    c = LeaderCore(name="n1", epoch=1, end=8 * ONE, kv=KVState(), history=[(1, 0)], followers=["n2", "n3"],
-                   ack_replicas=1, replication_timeout=1.0, heartbeat_interval=0.1, max_uncommitted_bytes=1 << 20,
-                   batch_max_records=64, batch_max_bytes=1 << 20, resume_at=4 * ONE, unheard=frozenset({"n3"}))
+def resumed(end: int = 8 * ONE) -> LeaderCore:
+    """A leader that resumed at 4*ONE with n3 unheard, and has written up to `end` since (restart included)."""
+    return LeaderCore(name="n1", epoch=1, end=end, kv=KVState(), history=[(1, 0)], followers=["n2", "n3"],
+                      ack_replicas=1, replication_timeout=1.0, heartbeat_interval=0.1, max_uncommitted_bytes=1 << 20,
+                      batch_max_records=64, batch_max_bytes=1 << 20, resume_at=4 * ONE, unheard=frozenset({"n3"}))
+
+
+NEW = LOG[:4 * ONE] + frames(4, start=4, tag="n")  # what the leader wrote after resuming at 4*ONE
+
+
+def test_an_unheard_follower_beyond_resume_at_is_compared_and_cut_where_its_bytes_differ():
+    c = resumed()
+    [ctl] = of(c.on_fetch(fetch("n3", 6 * ONE), [b"n3"], 0.0), SendControl)
+    assert isinstance(ctl.msg, RepairRequest) and (ctl.msg.offset, ctl.msg.upto) == (4 * ONE, 6 * ONE)
+    [cmp] = c.on_repair(RepairData("n3", 1, 4 * ONE, LOG[4 * ONE:6 * ONE]), 0.0)  # the old, never-acked bytes
+    assert isinstance(cmp, CompareOwn)
+    c.compared("n3", 4 * ONE, cmp.data, NEW[4 * ONE:6 * ONE])
     [ctl] = of(c.on_fetch(fetch("n3", 6 * ONE), [b"n3"], 0.0), SendControl)
     assert isinstance(ctl.msg, Truncate) and ctl.msg.offset == 4 * ONE
-    assert not of(c.on_fetch(fetch("n2", 6 * ONE), [b"n2"], 0.0), SendControl)  # heard: a prefix
+    assert of(c.on_fetch(fetch("n3", 4 * ONE), [b"n3"], 0.0), Heard) == [Heard("n3")]  # cut: a prefix now
+
+
+def test_an_unheard_follower_holding_our_own_bytes_is_never_truncated():
+    # Its old bytes are byte-identical to records we wrote again (a retry, say): they may be acknowledged copies.
+    c = resumed()
+    old = NEW[:5 * ONE] + LOG[5 * ONE:6 * ONE]  # the first frame after resume_at is identical, the next is not
+    c.on_fetch(fetch("n3", 6 * ONE), [b"n3"], 0.0)
+    [cmp] = c.on_repair(RepairData("n3", 1, 4 * ONE, old[4 * ONE:]), 0.0)
+    c.compared("n3", 4 * ONE, cmp.data, NEW[4 * ONE:6 * ONE])
+    [ctl] = of(c.on_fetch(fetch("n3", 6 * ONE), [b"n3"], 0.0), SendControl)
+    assert isinstance(ctl.msg, Truncate) and ctl.msg.offset == 5 * ONE  # only from where they differ
+    c2 = resumed()
+    c2.on_fetch(fetch("n3", 6 * ONE), [b"n3"], 0.0)
+    [cmp] = c2.on_repair(RepairData("n3", 1, 4 * ONE, NEW[4 * ONE:6 * ONE]), 0.0)
+    c2.compared("n3", 4 * ONE, cmp.data, NEW[4 * ONE:6 * ONE])
+    out = c2.on_fetch(fetch("n3", 6 * ONE), [b"n3"], 0.0)
+    assert Heard("n3") in out and not any(isinstance(a, SendControl) and isinstance(a.msg, Truncate) for a in out)
+
+
+def test_an_unheard_follower_that_sends_nothing_is_cut_at_resume_at_and_one_beyond_our_end_too():
+    c = resumed()
+    c.on_fetch(fetch("n3", 6 * ONE), [b"n3"], 0.0)
+    [ctl] = of(c.on_fetch(fetch("n3", 6 * ONE), [b"n3"], 0.0), SendControl)  # fetched again, sent no frames
+    assert isinstance(ctl.msg, Truncate) and ctl.msg.offset == 4 * ONE
+    c = resumed(end=4 * ONE)  # nothing written since resuming: its bytes beyond are not ours at all
+    [ctl] = of(c.on_fetch(fetch("n3", 6 * ONE), [b"n3"], 0.0), SendControl)
+    assert isinstance(ctl.msg, Truncate) and ctl.msg.offset == 4 * ONE
+    assert not of(resumed().on_fetch(fetch("n2", 6 * ONE), [b"n2"], 0.0), SendControl)  # n2 was heard: a prefix
 
 
 def test_verify_repair_rules():

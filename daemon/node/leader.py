@@ -19,8 +19,8 @@ from daemon.auth import policy
 from daemon.node.node import REVOKED, FsyncFailure, Node, Transition, decode_client
 from daemon.node.peers import PeerProbe
 from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, ok_reply
-from daemon.node.leader_core import (AppendRepair, CheckPeers, Confirmed, Heard, LeaderCore, RepairRefused, Reply,
-                                     SendChunk, SendControl, ServeRead, StepDown)
+from daemon.node.leader_core import (AppendRepair, CheckPeers, CompareOwn, Confirmed, Heard, LeaderCore,
+                                     RepairRefused, Reply, SendChunk, SendControl, ServeRead, StepDown)
 from daemon.node.repair import REPAIR_MAX_BYTES
 from daemon.wal.format import MAX_FRAME
 from daemon.wire.replication import BadMessage, Refuse, RepairData, decode_to_leader, encode
@@ -321,6 +321,9 @@ class LeaderRole:
                 self._append_repair(a)
             elif isinstance(a, RepairRefused):
                 logs.warn("repair_refused", follower=a.source, reason=a.reason, end=self.core.end)
+            elif isinstance(a, CompareOwn):
+                n = max(0, min(len(a.data), self.core.end - a.offset))
+                self.core.compared(a.follower, a.offset, a.data, os.pread(node.writer.read_fd, n, a.offset))
             elif isinstance(a, Heard):
                 left = [n for n in node.state.unheard if n != a.follower]
                 node.save_state(node.state.with_(unheard=left, resume_at=node.state.resume_at if left else None))

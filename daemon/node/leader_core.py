@@ -123,6 +123,16 @@ class RepairRefused:
 
 
 @dataclass(slots=True)
+class CompareOwn:
+    """An unheard follower sent its frames beyond `resume_at`: read our own bytes at [offset, offset +
+    len(data)), never beyond our end (fewer then), and call `LeaderCore.compared(follower, offset, data, ours)`."""
+
+    follower: str
+    offset: int
+    data: bytes
+
+
+@dataclass(slots=True)
 class Heard:
     """A follower in `unheard` has fetched at a prefix of this log: the glue removes it durably."""
 
@@ -242,6 +252,11 @@ class LeaderCore:
         self.repair_frames: list[tuple[Frame, Any]] | None = None  # verified, on their way to disk
         self.resume_at = resume_at
         self.unheard = set(unheard) if resume_at is not None else set()
+        # Per unheard follower beyond resume_at: how far its log is proved equal
+        # to ours, where it was proved to differ, and a comparison under way.
+        self.proved: dict[str, int] = {}
+        self.differs: dict[str, int] = {}
+        self.comparing: dict[str, int] = {}
         # The log's end before recovery cut it (NodeState.damaged_end). Every
         # record this leader ever acknowledged lay below it; once repair brings
         # the log back there, the log is whole again and no quorum is needed.
@@ -456,12 +471,8 @@ class LeaderCore:
         if fetch.last_epoch > fetch.epoch:
             return [SendControl(envelope, Refuse(self.epoch, f"last epoch {fetch.last_epoch} is above epoch {fetch.epoch}"))]
         if name in self.unheard and fetch.last_epoch == self.epoch and self.resume_at is not None \
-                and offset > self.resume_at:
-            # It did not answer when this leader resumed after cutting its tail:
-            # its bytes of this epoch beyond resume_at are the old ones, never
-            # acknowledged (F - K + 1 others answered, and the leader took up to
-            # the most advanced of them). New writes made them look like a prefix.
-            return [SendControl(envelope, Truncate(self.epoch, self.name, self.resume_at, self.epoch))]
+                and offset > self.proved.get(name, self.resume_at):
+            return self._unheard_beyond(name, envelope, offset, now)
         if fetch.last_epoch == self.epoch and offset > self.end:
             # Ahead of us in our own epoch: we lost fsynced records that it holds.
             if self.confirming is not None:
@@ -484,14 +495,18 @@ class LeaderCore:
             # acknowledged by it; it does not count as in sync meanwhile.
             return [SendControl(envelope, Truncate(self.epoch, self.name, matched_end, matched_epoch))]
         out: list[Any] = []
+        if name in self.unheard:
+            # A prefix of the log this leader resumed (at or below resume_at, or
+            # proved equal beyond it): from now on it holds only bytes we send it.
+            self.unheard.discard(name)
+            for d in (self.proved, self.differs, self.comparing):
+                d.pop(name, None)
+            out.append(Heard(name))
         if self.confirming is not None:
             self.confirming.add(name)
             self.ahead.pop(name, None)
             self.beyond.pop(name, None)
             out.extend(self._decide_confirm(now))
-        elif name in self.unheard:
-            self.unheard.discard(name)
-            out.append(Heard(name))
         if f.last_seen == float("-inf") or now - f.last_seen > self.timeout:
             f.connects += 1
         f.last_seen = now
@@ -526,6 +541,50 @@ class LeaderCore:
 
     # -- a restarted leader that cut its tail (Protocol-Aware Recovery) ---------------
 
+    def _unheard_beyond(self, name: str, envelope: Envelope, offset: int, now: float) -> list[Any]:
+        """A follower that did not answer when we resumed holds bytes of our epoch beyond resume_at.
+
+        Those written by our earlier incarnation were never acknowledged
+        (F - K + 1 others answered and we took up to the most advanced), but
+        they sit at offsets we have written again, so they would pass for a
+        prefix. We compare them with our own bytes (it sends them as repair
+        data) and truncate it where they first differ: never a copy of a
+        record we hold identically, acknowledged or not.
+        """
+        assert self.resume_at is not None
+        f = self.followers[name]
+        proved = self.proved.get(name, self.resume_at)
+        if name in self.differs:
+            return [SendControl(envelope, Truncate(self.epoch, self.name, self.differs[name], self.epoch))]
+        if name in self.comparing:
+            # Asked, and it fetched again without sending frames: nothing to compare, cut at what is proved.
+            del self.comparing[name]
+            self.differs[name] = proved
+            return [SendControl(envelope, Truncate(self.epoch, self.name, proved, self.epoch))]
+        upto = min(offset, self.end)
+        if upto <= proved:
+            # Beyond our end: bytes this incarnation never wrote, of an earlier one, never acknowledged.
+            self.differs[name] = proved
+            return [SendControl(envelope, Truncate(self.epoch, self.name, proved, self.epoch))]
+        self.comparing[name] = proved
+        f.parked = None
+        return [SendControl(envelope, RepairRequest(self.epoch, self.name, proved, upto, self.repair_max))]
+
+    def compared(self, name: str, offset: int, data: bytes, ours: bytes) -> None:
+        """Our own bytes at [offset, offset + len(ours)) for a CompareOwn: record how far the logs agree."""
+        if self.comparing.pop(name, None) != offset:
+            return
+        checked = verify_repair(data, offset, self.epoch, offset + len(data), len(data))
+        agree = offset
+        if not isinstance(checked, str):
+            for frame, _ in checked:
+                if ours[frame.offset - offset:frame.end - offset] != data[frame.offset - offset:frame.end - offset]:
+                    break
+                agree = frame.end
+        self.proved[name] = agree  # its log equals ours up to here
+        if agree < offset + len(data) or isinstance(checked, str):
+            self.differs[name] = agree
+
     def _ahead(self, name: str, envelope: Envelope, offset: int, now: float) -> list[Any]:
         """A follower holds bytes of our epoch beyond our end: ask it for them (one source at a time)."""
         assert self.confirming is not None
@@ -551,6 +610,11 @@ class LeaderCore:
     def on_repair(self, msg: RepairData, now: float) -> list[Any]:
         """A follower's answer to our RepairRequest: append it if every frame checks out, else change nothing."""
         src = msg.name
+        if src in self.comparing:
+            if msg.offset != self.comparing[src] or msg.epoch != self.epoch:
+                del self.comparing[src]
+                return self._repair_refused(src, f"compare data at offset {msg.offset} of epoch {msg.epoch}")
+            return [CompareOwn(src, msg.offset, msg.data)]
         asked = self.repairing
         if self.confirming is None or asked is None or asked[0] != src or self.repair_frames is not None:
             return self._repair_refused(src, "no repair was asked of it now")
