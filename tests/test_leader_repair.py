@@ -238,6 +238,7 @@ def test_verify_repair_rules():
     assert isinstance(verify_repair(LOG[:2 * ONE], 0, 1, 2 * ONE, 1 << 20), list)
     assert "past the end" in verify_repair(LOG[:2 * ONE], 0, 1, ONE, 1 << 20)
     assert "epoch" in verify_repair(frames(1, epoch=2), 0, 1, ONE, 1 << 20)
+    assert "epoch" in verify_repair(frames(1, epoch=1), 0, 2, ONE, 1 << 20)  # an older epoch is not ours either
     assert verify_repair(b"", 0, 1, ONE, 1 << 20) == "no bytes"
     assert isinstance(verify_repair(LOG[:ONE], 0, 1, ONE, 1), list)  # one frame may exceed the budget
 

@@ -228,7 +228,7 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
         if not d2.ok and not force:
             return PromoteResult(False, name, epoch,
                                  f"after fencing: {d2.reason}. The cluster is fenced at epoch {epoch} with no leader; "
-                                 f"run 'zwal promote' again")
+                                 f"run 'zwal promote {name}' again")
         try:
             # `end`: the node refuses if its log has since shrunk below what was
             # checked (a recovery cut a damaged tail between the check and now).

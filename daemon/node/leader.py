@@ -163,7 +163,8 @@ class LeaderRole:
             # One leader per epoch is the rule every other rule rests on: stop
             # acknowledging at once and let an operator promote at a new epoch.
             self._step_down(self.core.epoch, None, f"{rival} also leads epoch {self.core.epoch}; "
-                            "two leaders of one epoch: run 'zwal promote' to choose one", loud=True)
+                            "two leaders of one epoch: run 'zwal promote NAME' for the most advanced follower "
+                            "('zwal status' shows each node's last_epoch and end)", loud=True)
 
     # -- clients --------------------------------------------------------------------
 
