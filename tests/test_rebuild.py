@@ -8,7 +8,6 @@ import time
 
 import msgpack
 import pytest
-import zmq
 
 from daemon.wal import CLEAN, scan_path
 from harness import wait_until

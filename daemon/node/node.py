@@ -31,7 +31,7 @@ from daemon.node import identity as nodestate
 from daemon.node import bootstrap, epochs
 from daemon.node.repair import REPAIR_MAX_BYTES
 from daemon.wal.format import MAX_FRAME
-from daemon.node.identity import FOLLOWER, LEADER, NodeState
+from daemon.node.identity import LEADER, NodeState
 from daemon.wire.client import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
 from daemon.node.kv import KVState
 from daemon.node.outbox import Outbox
