@@ -15,12 +15,14 @@ from harness import wait_until
 pytestmark = pytest.mark.slow
 
 
-def test_a_rebuilt_bootstrap_node_never_leads_epoch_1_again_and_rejoins_the_real_leader(make_cluster):
+@pytest.mark.parametrize("k", [0, 1])
+def test_a_rebuilt_bootstrap_node_never_leads_epoch_1_again_and_rejoins_the_real_leader(make_cluster, k):
     """node1 is the bootstrap leader; node2 leads epoch 2. node1 is rebuilt
     from an empty data directory while 50 writes wait for it in its socket.
     Before the fix it led epoch 1 a second time, acknowledged all 50 (lost),
-    and its log was no prefix of node2's."""
-    c = make_cluster(3, ack_replicas=0, heartbeat_interval=0.2, peer_probe_interval=0.3)
+    and its log was no prefix of node2's. With K = 1 it joins once both
+    peers answered (a promotion may have fenced only it and node2)."""
+    c = make_cluster(3, ack_replicas=k, heartbeat_interval=0.2, peer_probe_interval=0.3)
     c.start_all()
     cl = c.client()
     for i in range(10):

@@ -14,7 +14,7 @@ MUTANTS = [
     return StartFresh(NodeState(FOLLOWER, 0, None, [], joining=True),''',
            why="a rebuilt bootstrap node (no state, empty log, no marker) leads epoch 1 on its own word",
            killers=[B + "test_a_rebuilt_bootstrap_leader_without_a_marker_joins_as_a_follower_of_nobody",
-                    "tests/test_rebuild.py::test_a_rebuilt_bootstrap_node_never_leads_epoch_1_again_and_rejoins_the_real_leader"]),
+                    "tests/test_rebuild.py::test_a_rebuilt_bootstrap_node_never_leads_epoch_1_again_and_rejoins_the_real_leader[0]"]),
     Mutant(id="heal-joining-node-votes", file="daemon/node/epochs.py",
            find="    if cur.joining:\n", replace="    if False:\n",
            why="a rebuilt node, which may have voted before, votes again: two leaders of one epoch",
