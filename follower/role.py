@@ -22,9 +22,13 @@ from daemon.auth import policy
 from daemon.node.node import REVOKED, FsyncFailure, Node, Transition, decode_client
 from daemon.node.peers import PeerProbe
 from daemon.wire.client import WRITE_OPS, ok_reply
+from daemon.node.bootstrap import join_leader
 from daemon.node.epochs import may_follow
 from daemon.node.leader_core import Counters
-from daemon.wire.replication import BadMessage, NotLeader, decode_fetch, decode_from_leader, encode, encode_fetch
+from daemon.wire.replication import (BadMessage, NotLeader, RepairRequest, decode_fetch, decode_from_leader, encode,
+                                     encode_fetch, encode_repair_data)
+from daemon.node.repair import repair_reply
+from daemon.wal.reader import read_chunk
 from daemon.node.kv import Placed
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 
@@ -150,6 +154,12 @@ class FollowerRole:
                 "errors": dict(self.counters.errors)}
 
     def _check_peers(self) -> None:
+        if self.node.state.joining:
+            # -- a rebuilt node (daemon/node/bootstrap.py): only the highest epoch a quorum of peers reports --
+            found = join_leader(self.node.name, self.probe.latest, len(self.cfg.names), self.cfg.ack_replicas)
+            if found is not None:
+                self._follow(found[0], found[1], "joined: found the leader by asking peers")
+            return
         newer = self.probe.newer_epoch(self.core.epoch)
         if newer is not None and newer[1] is not None:
             self._follow(newer[0], newer[1], f"a peer reports epoch {newer[0]} led by {newer[1]}")
@@ -171,7 +181,26 @@ class FollowerRole:
             except BadMessage as e:
                 self._act(self.core.on_message(e))
                 continue
+            if isinstance(msg, RepairRequest):
+                self._repair(msg)  # -- Protocol-Aware Recovery (daemon/node/repair.py) --
+                continue
             self._act(self.core.on_message(msg))
+
+    def _repair(self, req: RepairRequest) -> None:
+        """Our leader (of our epoch) lost records of its epoch that we hold: send them back, then fetch."""
+        assert self.dealer is not None
+        node = self.node
+        reply = None
+        if req.epoch == self.core.epoch and req.leader == self.leader:
+            reply = repair_reply(req, node.name, self.core.end, self.core.history,
+                                 lambda o, e, m: read_chunk(node.writer.read_fd, o, e, m))
+        if reply is not None:
+            logs.event("repair_sent", leader=req.leader, offset=req.offset, bytes=len(reply.data))
+            self.dealer.send_multipart(encode_repair_data(reply), zmq.NOBLOCK)
+        else:
+            logs.warn("repair_not_sent", leader=req.leader, epoch=req.epoch, offset=req.offset, upto=req.upto,
+                      our_end=self.core.end, reason="not our leader or epoch, or we hold no frames of that epoch there")
+        self._fetch()
 
     def _act(self, d: Any) -> None:
         node = self.node

@@ -16,7 +16,8 @@ import time
 from typing import Any, Callable
 
 from daemon.client.blocking import Client
-from daemon.cli.cmd_cluster import create_keys, render
+from daemon import config as config_mod
+from daemon.cli.cmd_cluster import create_keys, mark_first_start, render
 from daemon.ops.ports import free_base_port  # noqa: F401  (tests import it from here)
 from daemon.wal.reader import sha256_file
 
@@ -78,6 +79,7 @@ class Cluster:
         self.config = os.path.join(root, "cluster.toml")
         with open(self.config, "w") as f:
             f.write(cluster)
+        mark_first_start(config_mod.load(self.config))  # as `zwal cluster init` does: a new cluster's first start
         with open(os.path.join(root, "supervisord.conf"), "w") as f:
             f.write(sup)
         self.names = [f"node{i}" for i in range(1, nodes + 1)]

@@ -107,6 +107,12 @@ def test_a_two_host_cluster_with_a_data_root_replicates(tmp_path):
     cfg_path = os.path.join(d, "cluster.toml")
     cfg = config_mod.load(cfg_path)
     assert cfg.ack_replicas == 1
+    # The operator's first-start step on the bootstrap node's host (init cannot reach it).
+    assert "zwal cluster bootstrap --config" in r.stdout, r.stdout
+    b = run("cluster", "bootstrap", "--config", cfg_path, "--timeout", "0.5")
+    assert b.returncode == 0, b.stdout + b.stderr
+    assert os.path.exists(os.path.join(root, "node1", "first-start.json"))
+    assert not os.path.exists(os.path.join(root, "node2", "first-start.json"))
     os.makedirs(os.path.join(d, "log"), exist_ok=True)
     procs = []
     try:

@@ -9,7 +9,7 @@ from daemon.node.kv import KVState
 from daemon.node.leader_core import (CheckPeers, Confirmed, InvariantViolation, LeaderCore, Reply, SendChunk,
                                      SendControl, ServeRead, StepDown)
 from daemon.wire.client import Request
-from daemon.wire.replication import Data, Fetch, Refuse, Truncate
+from daemon.wire.replication import Data, Fetch, Refuse, RepairRequest, Truncate
 
 CID = b"client-1"
 
@@ -55,11 +55,12 @@ def test_a_follower_ahead_in_the_leaders_own_epoch_is_refused_never_truncated():
     assert c.followers["n2"].acked == 0 and c.commit == 0
 
 
-def test_a_restarted_leader_that_lost_its_tail_steps_down_for_a_follower_that_holds_more():
+def test_a_restarted_leader_that_lost_its_tail_asks_a_follower_that_holds_more_for_it_never_truncates_it():
+    # Issue 19: it used to step down and wait for an operator; it repairs now (tests/test_leader_repair.py).
     c = core(end=100, confirming=True)
     out = c.on_fetch(fetch("n2", 154), [b"n2"], 0.0)
-    assert len(out) == 1 and isinstance(out[0], StepDown) and out[0].loud
-    assert out[0].epoch == 1 and "promote n2" in out[0].reason
+    assert len(out) == 1 and isinstance(out[0], SendControl) and isinstance(out[0].msg, RepairRequest)
+    assert (out[0].msg.offset, out[0].msg.upto) == (100, 154) and c.stepped_down is None
     assert not any(isinstance(a, SendControl) and isinstance(a.msg, Truncate) for a in out)
 
 

@@ -195,6 +195,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         with open(sup_path, "w") as f:
             f.write(sup)
     cfg = config_mod.load(cluster_path)  # what we wrote must load
+    if not hosts and args.data_root is None:
+        mark_first_start(cfg)
     print(f"wrote {cluster_path} ({len(cfg.nodes)} node(s), ack_replicas = {cfg.ack_replicas})"
           + ("" if hosts else f" and {sup_path}"))
     print(f"keys:      {keys_dir}/ (nodes/, clients/client.key_secret, admins/admin.key_secret; "
@@ -204,10 +206,67 @@ def cmd_init(args: argparse.Namespace) -> int:
             print(f"  {n.name}: {n.client_endpoint} (data {n.data_dir})")
         print(f"on each host: copy {d}/ to /etc/zwal/ (each host needs only its own node's "
               "keys/nodes/<node>.key_secret), then: systemctl enable --now zwal@<node>  (deploy/README.md)")
+        print(f"first start: once, on {cfg.bootstrap_leader}'s host, before {cfg.bootstrap_leader} first starts "
+              f"(it alone leads epoch 1; the other nodes join it by themselves):")
+        print(f"  {BOOTSTRAP_HINT.format(node=cfg.bootstrap_leader)}")
         print(f"then:      zwal status --config {cluster_path}")
         return 0
+    if args.data_root is not None:
+        print(f"first start: once, before {cfg.bootstrap_leader} first starts (it alone leads epoch 1):")
+        print(f"  {BOOTSTRAP_HINT.format(node=cfg.bootstrap_leader)}")
     print(f"start it:  supervisord -c {sup_path}")
     print(f"then:      zwal status --config {cluster_path}")
+    return 0
+
+
+BOOTSTRAP_HINT = ("sudo install -d -o zwal -g zwal /var/lib/zwal/{node} && "
+                  "sudo -u zwal /opt/zwal/.venv/bin/zwal cluster bootstrap --config /etc/zwal/cluster.toml --name {node}")
+
+
+def mark_first_start(cfg: config_mod.ClusterConfig) -> None:
+    """A new local cluster: every node's data directory gets its first-start marker
+    (daemon/node/bootstrap.py), so the bootstrap leader leads epoch 1 and the others follow it."""
+    from daemon.node.bootstrap import write_marker
+
+    for n in cfg.nodes:
+        write_marker(n.data_dir, cfg.cluster_id, cfg.bootstrap_leader)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    """Mark a node's first start, after checking that it and its peers hold nothing yet."""
+    from daemon.client.blocking import fetch_statuses
+    from daemon.failover.promote import operator_creds
+    from daemon.node.bootstrap import read_marker, write_marker
+
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as e:
+        raise CLIError(str(e), 2) from None
+    name = args.name or cfg.bootstrap_leader
+    try:
+        me = cfg.node(name)
+    except config_mod.ConfigError as e:
+        raise CLIError(str(e), 2) from None
+    if os.path.exists(me.state_path) or (os.path.exists(me.log_path) and os.path.getsize(me.log_path) > 0):
+        raise CLIError(f"{me.data_dir} already holds node-state.json or records: {name} has started before, and a "
+                       "node that started before never bootstraps again (a rebuilt node joins as a follower by "
+                       "itself; nothing to do)", 1)
+    sts = fetch_statuses([(n.name, n.client_endpoint) for n in cfg.nodes], args.timeout, operator_creds(cfg))
+    if sts.get(name) is not None:
+        raise CLIError(f"{name} is running: stop it, run this again, then start it", 1)
+    used = sorted(n for n, s in sts.items() if s is not None
+                  and (s.get("end") or s.get("epoch", 0) > 1 or s.get("role") == "leader"))
+    if used:
+        raise CLIError(f"this cluster is not new: {', '.join(used)} already hold records, an epoch above 1 or "
+                       f"lead; {name} must join it, not bootstrap it (start it without a marker: it joins as a "
+                       "follower by itself)", 1)
+    if read_marker(me.data_dir) is None:
+        write_marker(me.data_dir, cfg.cluster_id, cfg.bootstrap_leader)
+    silent = sorted(n for n, s in sts.items() if s is None and n != name)
+    print(f"marked {name}'s first start in {me.data_dir}: on its next start it "
+          + ("leads epoch 1" if name == cfg.bootstrap_leader else f"follows {cfg.bootstrap_leader} at epoch 1"))
+    if silent:
+        print(f"(not answering, so not checked: {', '.join(silent)}; nobody else may hold this cluster's records)")
     return 0
 
 
@@ -251,6 +310,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="absolute folder holding each node's data directory, PATH/<node> "
                    "(e.g. /var/lib/zwal, what the systemd unit writes); default: DIR/<node>")
     i.set_defaults(func=cmd_init)
+
+    b = cs.add_parser(
+        "bootstrap", help="mark a node's first start of a new cluster (it then leads epoch 1)",
+        description="Write the first-start marker (first-start.json) into a node's data directory, so its next "
+        "start is the first start of a new cluster: the bootstrap leader leads epoch 1. Without a marker a node "
+        "with no node-state.json and an empty log joins as a follower of the leader its peers report, never "
+        "leading on its own word (a rebuilt node). 'zwal cluster init' marks every node of a local cluster "
+        "itself; run this on the bootstrap node's host for a cluster made with --hosts or --data-root. "
+        "Refuses when the node has started before, is running, or a peer already holds records.",
+    )
+    b.add_argument("--config", required=True, help="cluster file")
+    b.add_argument("--name", default=None, help="the node (default: the cluster's bootstrap_leader)")
+    b.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each peer's status")
+    b.set_defaults(func=cmd_bootstrap)
 
     u = cs.add_parser(
         "systemd-unit", help="print the systemd template unit zwal@.service shipped with zwal",

@@ -14,6 +14,8 @@ Invariants:
   fences it for itself first) and follows nobody in E;
 - following is not voting: a node follows whoever leads an epoch it is in
   (only a majority's candidate can), but never leads and follows at once;
+- a `joining` node (rebuilt, daemon/node/bootstrap.py) casts no vote: it
+  may have voted before it lost its state;
 - an epoch from a client request never reaches these rules (it is a hint);
   only admin requests and peers move a node's epoch.
 """
@@ -87,8 +89,10 @@ def decide(op: str, args: dict[str, Any], cur: NodeState, me: str, names: frozen
 
 
 def _as(cur: NodeState, role: str, epoch: int, leader: str | None, vote: str | None) -> NodeState:
-    """`cur` in a new role and epoch: the history, led epoch and damage mark are kept, confirm_from is not."""
-    return cur.with_(role=role, epoch=epoch, leader=leader, voted_for=vote, confirm_from=None)
+    """`cur` in a new role and epoch: the history, led epoch and damage mark are kept, confirm_from is not
+    (nor `joining`: only a follow gets here from a joining node)."""
+    return cur.with_(role=role, epoch=epoch, leader=leader, voted_for=vote, confirm_from=None, joining=False,
+                     resume_at=None, unheard=[])
 
 
 def _stale(epoch: int, cur: NodeState, me: str) -> Refusal:
@@ -102,6 +106,12 @@ def _fence(epoch: int, candidate: Any, cur: NodeState, me: str, names: frozenset
         return Refusal("bad_request", "'candidate' must name a node of the cluster")
     if epoch < cur.epoch:
         return _stale(epoch, cur, me)
+    if cur.joining:
+        # Rebuilt from an empty data directory: it may have voted in this very
+        # epoch before, so a vote now could be its second (two leaders).
+        return Refusal("refused", f"{me} was rebuilt (it started with no node-state.json and an empty log) and "
+                                  "has not found its leader yet: it may have voted before, so it casts no vote "
+                                  "until it follows a leader", {"epoch": cur.epoch, "voted_for": None})
     fields = {"epoch": epoch, "end": end, "last_epoch": last_epoch, "voted_for": candidate}
     if epoch > cur.epoch:
         st = _as(cur, FOLLOWER, epoch, None, candidate)

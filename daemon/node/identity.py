@@ -55,6 +55,18 @@ class NodeState:
     # reaches that end again by replication it may miss acknowledged
     # records, so promotion does not count it as a copy (docs/protocol.md).
     damaged_end: int | None = None
+    # Set when this node started with no node-state.json, an empty log and no
+    # first-start marker (daemon/node/bootstrap.py): it was rebuilt, so it
+    # may have voted in epochs it no longer knows. It casts no vote and
+    # follows only the leader its peers report; following clears it.
+    joining: bool = False
+    # Set when this node, as leader, resumed writing after confirming a log
+    # its recovery had cut: the end it resumed at, and the followers that had
+    # not answered then. Such a follower may hold old, unacknowledged bytes
+    # of this epoch beyond `resume_at`; its first fetch beyond it is told to
+    # truncate there (daemon/node/leader_core.py). Cleared as each is heard.
+    resume_at: int | None = None
+    unheard: list[str] = field(default_factory=list)
 
     def follower_of(self, epoch: int, leader: str | None, voted_for: str | None = None) -> "NodeState":
         """This node as a follower at `epoch`, keeping its history and led_epoch.
@@ -70,13 +82,16 @@ class NodeState:
 
     def with_(self, **changes: object) -> "NodeState":
         """A copy with some fields changed."""
-        return dataclasses.replace(self, **{"history": list(self.history), **changes})  # type: ignore[arg-type]
+        return dataclasses.replace(self, **{"history": list(self.history), "unheard": list(self.unheard),
+                                            **changes})  # type: ignore[arg-type]
 
     def to_json(self) -> bytes:
         return json.dumps(
             {"version": STATE_VERSION, "role": self.role, "epoch": self.epoch, "leader": self.leader,
              "history": [list(h) for h in self.history], "led_epoch": self.led_epoch,
-             "voted_for": self.voted_for, "confirm_from": self.confirm_from, "damaged_end": self.damaged_end},
+             "voted_for": self.voted_for, "confirm_from": self.confirm_from, "damaged_end": self.damaged_end,
+             **({"joining": True} if self.joining else {}),
+             **({"resume_at": self.resume_at, "unheard": list(self.unheard)} if self.resume_at is not None else {})},
             indent=1,
         ).encode() + b"\n"
 
@@ -99,11 +114,20 @@ class NodeState:
                     raise StateError(f"{path}: invalid confirm_from or damaged_end")
             if voted_for is not None and not isinstance(voted_for, str):
                 raise StateError(f"{path}: invalid voted_for")
+            joining = m.get("joining", False)
+            if not isinstance(joining, bool):
+                raise StateError(f"{path}: invalid joining")
+            resume_at = m.get("resume_at")
+            unheard = m.get("unheard", [])
+            if (resume_at is not None and (not isinstance(resume_at, int) or resume_at < 0)) \
+                    or not isinstance(unheard, list) or not all(isinstance(u, str) for u in unheard):
+                raise StateError(f"{path}: invalid resume_at or unheard")
         except StateError:
             raise
         except Exception as e:
             raise StateError(f"{path}: unreadable node state ({e}); restore it from a backup; or, to rebuild this node from its peers, move its whole data directory aside and start it while the cluster has a leader") from None
-        return cls(role, epoch, leader, history, led_epoch, voted_for, confirm_from, damaged_end)
+        return cls(role, epoch, leader, history, led_epoch, voted_for, confirm_from, damaged_end, joining,
+                   resume_at, list(unheard))
 
     def note_epoch_start(self, epoch: int, offset: int) -> bool:
         """Record that `epoch` begins at `offset`; True if the history changed."""

@@ -19,9 +19,11 @@ from daemon.auth import policy
 from daemon.node.node import REVOKED, FsyncFailure, Node, Transition, decode_client
 from daemon.node.peers import PeerProbe
 from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, ok_reply
-from daemon.node.leader_core import (CheckPeers, Confirmed, LeaderCore, Reply, SendChunk, SendControl, ServeRead,
-                                     StepDown)
-from daemon.wire.replication import BadMessage, Refuse, decode_fetch, encode
+from daemon.node.leader_core import (AppendRepair, CheckPeers, CompareOwn, Confirmed, Heard, LeaderCore,
+                                     RepairRefused, Reply, SendChunk, SendControl, ServeRead, StepDown)
+from daemon.node.repair import REPAIR_MAX_BYTES
+from daemon.wal.format import MAX_FRAME
+from daemon.wire.replication import BadMessage, Refuse, RepairData, decode_to_leader, encode
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 from daemon.wal.reader import read_chunk
 from daemon.ops.stats import LatencyWindow
@@ -54,6 +56,11 @@ class LeaderRole:
             batch_max_bytes=cfg.batch_max_bytes,
             confirming=node.state.confirm_from is not None,
             incarnation=int.from_bytes(os.urandom(7), "big"),
+            # -- Protocol-Aware Recovery of a cut tail (daemon/node/repair.py) --
+            repair_max_bytes=min(cfg.fetch_max_bytes, REPAIR_MAX_BYTES),
+            resume_at=node.state.resume_at,
+            unheard=frozenset(node.state.unheard),
+            damaged_end=node.state.damaged_end,
         )
         if self.core.confirming is not None:
             logs.warn("confirming_log", end=node.writer.end, cut_at=node.state.confirm_from,
@@ -156,7 +163,8 @@ class LeaderRole:
             # One leader per epoch is the rule every other rule rests on: stop
             # acknowledging at once and let an operator promote at a new epoch.
             self._step_down(self.core.epoch, None, f"{rival} also leads epoch {self.core.epoch}; "
-                            "two leaders of one epoch: run 'zwal promote' to choose one", loud=True)
+                            "two leaders of one epoch: run 'zwal promote NAME' for the most advanced follower "
+                            "('zwal status' shows each node's last_epoch and end)", loud=True)
 
     # -- clients --------------------------------------------------------------------
 
@@ -260,7 +268,7 @@ class LeaderRole:
                 self.core.counters.dropped += 1
                 continue
             try:
-                fetch = decode_fetch(frames)
+                fetch = decode_to_leader(frames, REPAIR_MAX_BYTES + MAX_FRAME)
             except BadMessage:
                 self.core.counters.dropped += 1
                 continue
@@ -269,6 +277,9 @@ class LeaderRole:
                 # node's name would be a forged acknowledgement.
                 self.core.counters.dropped += 1
                 logs.warn("forbidden", key=str(who), op="fetch", reason=f"fetch in the name of {fetch.name!r}")
+                continue
+            if isinstance(fetch, RepairData):
+                self._perform(self.core.on_repair(fetch, time.monotonic()))  # -- repair (daemon/node/repair.py)
                 continue
             ours = self.cfg.cluster_id
             if fetch.cluster and ours and fetch.cluster != ours:
@@ -302,8 +313,42 @@ class LeaderRole:
                     logs.event("checking_peers", reason=a.reason)
                     self.probe.next_at = 0.0
             elif isinstance(a, Confirmed):
-                logs.event("log_confirmed", end=self.core.end, followers=",".join(a.followers))
-                node.save_state(node.state.with_(confirm_from=None))
+                logs.event("log_confirmed", end=self.core.end, followers=",".join(a.followers),
+                           unheard=",".join(a.unheard) or "-")
+                node.save_state(node.state.with_(confirm_from=None, resume_at=a.end if a.unheard else None,
+                                                 unheard=list(a.unheard)))
+            # -- Protocol-Aware Recovery of a cut tail (daemon/node/repair.py) --
+            elif isinstance(a, AppendRepair):
+                self._append_repair(a)
+            elif isinstance(a, RepairRefused):
+                logs.warn("repair_refused", follower=a.source, reason=a.reason, end=self.core.end)
+            elif isinstance(a, CompareOwn):
+                n = max(0, min(len(a.data), self.core.end - a.offset))
+                self.core.compared(a.follower, a.offset, a.data, os.pread(node.writer.read_fd, n, a.offset))
+            elif isinstance(a, Heard):
+                left = [n for n in node.state.unheard if n != a.follower]
+                node.save_state(node.state.with_(unheard=left, resume_at=node.state.resume_at if left else None))
+
+    def _append_repair(self, a: AppendRepair) -> None:
+        """Append frames of our epoch copied back from a follower (checked by the core), fsynced, then tell the core."""
+        node = self.node
+        st = node.state.before_append(node.writer.end, [])
+        if st is not None:
+            node.save_state(st)
+        try:
+            _, end = node.writer.append_frames(a.data)
+        except (WalFsyncError, WalPoisoned) as e:
+            raise FsyncFailure(str(e)) from None
+        except WalWriteError as e:
+            logs.error("repair_append_failed", offset=a.offset, bytes=len(a.data), error=str(e))
+            self.core.repair_failed()
+            return
+        logs.event("repaired_from_follower", follower=a.source, offset=a.offset, end=end, records=a.records)
+        st = node.state.after_append(end)
+        if st is not None:
+            logs.event("damage_repaired", end=end, reason="the log reached its end before recovery cut it again")
+            node.save_state(st)
+        self._perform(self.core.repaired(end, time.monotonic()))
 
     def _log_follower_changes(self, now: float) -> None:
         """One line when a follower starts or stops fetching: what an operator greps for."""

@@ -15,8 +15,10 @@ Invariants it protects (docs/protocol.md):
   OffsetsForLeaderEpoch); a follower ahead of the leader in the leader's own
   epoch is never told to truncate;
 - a restarted leader that cut bytes from its log (`confirming`) takes no
-  writes and truncates nobody until F - K + 1 followers show they hold
-  nothing it lost; if one does, it steps down (the replicas repair it);
+  writes and truncates nobody until F - K + 1 followers have answered; a
+  follower holding records of its epoch that it lost repairs it (frames
+  checked, daemon/node/repair.py) and it leads on; only records of another
+  epoch it cannot repair make it step down, naming the follower to promote;
 - reads: a fresh read is served only from committed state, after K
   followers' fetches at this epoch prove it still leads (ReadIndex, Raft
   thesis 6.4); reads waiting together share one round;
@@ -39,7 +41,9 @@ from daemon.node.kv import KVState, Placed, content_digest
 from daemon.node.retry import Conflict, Join, Known, RetryTracker, Waiters, Waiting
 from daemon.wal.format import Record, encode_frame
 from daemon.wire.client import Err, ProtocolError, Request, error_reply, validate_write, write_ok
-from daemon.wire.replication import Data, Fetch, FromLeader, Refuse, Truncate
+from daemon.node.repair import MAX_REPAIR_FAILURES, confirm_quorum, verify_repair
+from daemon.wal.format import Frame
+from daemon.wire.replication import Data, Fetch, FromLeader, Refuse, RepairData, RepairRequest, Truncate
 
 Envelope = list[bytes]
 
@@ -91,9 +95,52 @@ class ServeRead:
 
 @dataclass(slots=True)
 class Confirmed:
-    """A restarted leader that lost its tail has heard from enough followers: it may take writes."""
+    """A restarted leader that lost its tail has heard from enough followers: it may take writes.
+
+    The glue saves `confirm_from` None and, durably, `resume_at` = `end` and
+    `unheard` (NodeState): a follower that did not answer may hold old bytes
+    of this epoch beyond `end`, which new writes would make look like a
+    prefix; its first fetch beyond `end` is told to truncate there."""
 
     followers: list[str]
+    end: int = 0
+    unheard: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class AppendRepair:
+    """Append these verified frames of the leader's own epoch (copied from `source`), fsync, then call
+    `LeaderCore.repaired(new_end, now)`; on a failed write, `repair_failed()`."""
+
+    source: str
+    offset: int
+    data: bytes
+    records: int
+
+
+@dataclass(slots=True)
+class RepairRefused:
+    """Repair data that failed a check: nothing changed (log it, warn)."""
+
+    source: str
+    reason: str
+
+
+@dataclass(slots=True)
+class CompareOwn:
+    """An unheard follower sent its frames beyond `resume_at`: read our own bytes at [offset, offset +
+    len(data)), never beyond our end (fewer then), and call `LeaderCore.compared(follower, offset, data, ours)`."""
+
+    follower: str
+    offset: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class Heard:
+    """A follower in `unheard` has fetched at a prefix of this log: the glue removes it durably."""
+
+    follower: str
 
 
 @dataclass(slots=True)
@@ -167,6 +214,10 @@ class LeaderCore:
         incarnation: int = 0,
         retry_budget_bytes: int = RETRY_BUDGET_BYTES,
         wall_clock: Callable[[], float] = time.time,
+        repair_max_bytes: int = 1 << 20,
+        resume_at: int | None = None,
+        unheard: frozenset[str] = frozenset(),
+        damaged_end: int | None = None,
     ) -> None:
         self.name = name
         self.epoch = epoch
@@ -187,13 +238,35 @@ class LeaderCore:
         self.batch_max_records = batch_max_records
         self.batch_max_bytes = batch_max_bytes
         self.followers = {n: FollowerProgress(n) for n in followers}
-        # Followers that showed they hold nothing this restarted leader lost;
-        # None when there is nothing to confirm.
-        # All followers must answer: once this leader writes again, it writes
-        # offsets of its epoch a second time, so no follower may hold the old
-        # bytes there (they would look like a matching prefix).
-        self.confirm_need = len(followers)
+        # Followers whose positions this restarted leader (which cut its tail)
+        # has seen; None when there is nothing to confirm. F - K + 1 of them
+        # suffice (Protocol-Aware Recovery, Alagappan et al., FAST 2018): an
+        # acknowledged record is on K followers, so any F - K + 1 include one
+        # that holds it, and the most advanced answer covers every
+        # acknowledged record (daemon/node/repair.py). Those that did not
+        # answer may hold old, unacknowledged bytes of this epoch beyond the
+        # end it resumes at: they are `unheard`, and truncated there.
+        self.confirm_need = confirm_quorum(len(followers), ack_replicas)
         self.confirming: set[str] | None = set() if confirming and self.confirm_need else None
+        self.repair_max = repair_max_bytes
+        # Followers that hold bytes of our epoch beyond our end (their fetch offset).
+        self.ahead: dict[str, int] = {}
+        # Followers that hold bytes beyond our end of an epoch we cannot repair: (last_epoch, offset).
+        self.beyond: dict[str, tuple[int, int]] = {}
+        self.repair_failures: dict[str, int] = {}
+        self.repairing: tuple[str, int, float] | None = None  # (follower asked, offset asked from, deadline)
+        self.repair_frames: list[tuple[Frame, Any]] | None = None  # verified, on their way to disk
+        self.resume_at = resume_at
+        self.unheard = set(unheard) if resume_at is not None else set()
+        # Per unheard follower beyond resume_at: how far its log is proved equal
+        # to ours, where it was proved to differ, and a comparison under way.
+        self.proved: dict[str, int] = {}
+        self.differs: dict[str, int] = {}
+        self.comparing: dict[str, int] = {}
+        # The log's end before recovery cut it (NodeState.damaged_end). Every
+        # record this leader ever acknowledged lay below it; once repair brings
+        # the log back there, the log is whole again and no quorum is needed.
+        self.damaged_end = damaged_end
         # Read rounds count only from fetches that echo this incarnation: a
         # restarted leader starts its rounds again, and a fetch sent to (or
         # before) an earlier incarnation must not confirm a read of this one.
@@ -441,10 +514,13 @@ class LeaderCore:
             return [SendControl(envelope, Refuse(self.epoch, f"{name} is not a node of this cluster"))]
         if fetch.last_epoch > fetch.epoch:
             return [SendControl(envelope, Refuse(self.epoch, f"last epoch {fetch.last_epoch} is above epoch {fetch.epoch}"))]
+        if name in self.unheard and fetch.last_epoch == self.epoch and self.resume_at is not None \
+                and offset > self.proved.get(name, self.resume_at):
+            return self._unheard_beyond(name, envelope, offset, now)
         if fetch.last_epoch == self.epoch and offset > self.end:
             # Ahead of us in our own epoch: we lost fsynced records that it holds.
             if self.confirming is not None:
-                return [self._lost_tail(name, offset)]
+                return self._ahead(name, envelope, offset, now)
             return [SendControl(envelope, Refuse(
                 self.epoch, f"follower end {offset} is beyond the leader's end {self.end} in epoch {self.epoch}; "
                 "a disk lost fsynced records: no truncation"))]
@@ -452,17 +528,29 @@ class LeaderCore:
         consistent = offset == 0 or (matched_epoch == fetch.last_epoch and offset <= matched_end)
         if not consistent:
             if self.confirming is not None and offset > self.end:
-                return [self._lost_tail(name, offset)]
+                # It holds bytes we lost, of an epoch other than ours: not ours
+                # to repair. Told nothing (never truncated); decided below.
+                self.beyond[name] = (fetch.last_epoch, offset)
+                self.confirming.add(name)
+                f.parked, f.parked_at = envelope, now
+                return self._decide_confirm(now)
             # Kafka's OffsetsForLeaderEpoch: where its log stops matching ours.
             # Its bytes beyond that were never part of this log, so never
             # acknowledged by it; it does not count as in sync meanwhile.
             return [SendControl(envelope, Truncate(self.epoch, self.name, matched_end, matched_epoch))]
         out: list[Any] = []
+        if name in self.unheard:
+            # A prefix of the log this leader resumed (at or below resume_at, or
+            # proved equal beyond it): from now on it holds only bytes we send it.
+            self.unheard.discard(name)
+            for d in (self.proved, self.differs, self.comparing):
+                d.pop(name, None)
+            out.append(Heard(name))
         if self.confirming is not None:
             self.confirming.add(name)
-            if len(self.confirming) >= self.confirm_need:
-                out.append(Confirmed(sorted(self.confirming)))
-                self.confirming = None
+            self.ahead.pop(name, None)
+            self.beyond.pop(name, None)
+            out.extend(self._decide_confirm(now))
         if f.last_seen == float("-inf") or now - f.last_seen > self.timeout:
             f.connects += 1
         f.last_seen = now
@@ -495,11 +583,166 @@ class LeaderCore:
             if f is not None:
                 f.parked = None
 
-    def _lost_tail(self, name: str, offset: int) -> StepDown:
+    # -- a restarted leader that cut its tail (Protocol-Aware Recovery) ---------------
+
+    def _unheard_beyond(self, name: str, envelope: Envelope, offset: int, now: float) -> list[Any]:
+        """A follower that did not answer when we resumed holds bytes of our epoch beyond resume_at.
+
+        Those written by our earlier incarnation were never acknowledged
+        (F - K + 1 others answered and we took up to the most advanced), but
+        they sit at offsets we have written again, so they would pass for a
+        prefix. We compare them with our own bytes (it sends them as repair
+        data) and truncate it where they first differ: never a copy of a
+        record we hold identically, acknowledged or not.
+        """
+        assert self.resume_at is not None
+        f = self.followers[name]
+        proved = self.proved.get(name, self.resume_at)
+        if name in self.differs:
+            return [SendControl(envelope, Truncate(self.epoch, self.name, self.differs[name], self.epoch))]
+        if name in self.comparing:
+            # Asked, and it fetched again without sending frames: nothing to compare, cut at what is proved.
+            del self.comparing[name]
+            self.differs[name] = proved
+            return [SendControl(envelope, Truncate(self.epoch, self.name, proved, self.epoch))]
+        upto = min(offset, self.end)
+        if upto <= proved:
+            # Beyond our end: bytes this incarnation never wrote, of an earlier one, never acknowledged.
+            self.differs[name] = proved
+            return [SendControl(envelope, Truncate(self.epoch, self.name, proved, self.epoch))]
+        self.comparing[name] = proved
+        f.parked = None
+        return [SendControl(envelope, RepairRequest(self.epoch, self.name, proved, upto, self.repair_max))]
+
+    def compared(self, name: str, offset: int, data: bytes, ours: bytes) -> None:
+        """Our own bytes at [offset, offset + len(ours)) for a CompareOwn: record how far the logs agree."""
+        if self.comparing.pop(name, None) != offset:
+            return
+        checked = verify_repair(data, offset, self.epoch, offset + len(data), len(data))
+        agree = offset
+        if not isinstance(checked, str):
+            for frame, _ in checked:
+                if ours[frame.offset - offset:frame.end - offset] != data[frame.offset - offset:frame.end - offset]:
+                    break
+                agree = frame.end
+        self.proved[name] = agree  # its log equals ours up to here
+        if agree < offset + len(data) or isinstance(checked, str):
+            self.differs[name] = agree
+
+    def _ahead(self, name: str, envelope: Envelope, offset: int, now: float) -> list[Any]:
+        """A follower holds bytes of our epoch beyond our end: ask it for them (one source at a time)."""
+        assert self.confirming is not None
+        f = self.followers[name]
+        self.confirming.add(name)
+        self.ahead[name] = offset
+        self.beyond.pop(name, None)
+        if self.repairing is not None and self.repairing[0] == name:
+            # Asked, and it fetched again without sending good frames (it has
+            # none of our epoch there): a failure, so a refusal never spins.
+            self.repairing = None
+            self.repair_failures[name] = self.repair_failures.get(name, 0) + 1
+        elif self.repairing is not None and now >= self.repairing[2]:
+            self.repairing = None  # the follower asked never answered: ask another
+        if (self.repairing is None and self.repair_frames is None
+                and self.repair_failures.get(name, 0) < MAX_REPAIR_FAILURES):
+            self.repairing = (name, self.end, now + self.timeout)
+            f.parked = None
+            return [SendControl(envelope, RepairRequest(self.epoch, self.name, self.end, offset, self.repair_max))]
+        f.parked, f.parked_at = envelope, now  # a heartbeat brings its next fetch
+        return self._decide_confirm(now)
+
+    def on_repair(self, msg: RepairData, now: float) -> list[Any]:
+        """A follower's answer to our RepairRequest: append it if every frame checks out, else change nothing."""
+        src = msg.name
+        if src in self.comparing:
+            if msg.offset != self.comparing[src] or msg.epoch != self.epoch:
+                del self.comparing[src]
+                return self._repair_refused(src, f"compare data at offset {msg.offset} of epoch {msg.epoch}")
+            return [CompareOwn(src, msg.offset, msg.data)]
+        asked = self.repairing
+        if self.confirming is None or asked is None or asked[0] != src or self.repair_frames is not None:
+            return self._repair_refused(src, "no repair was asked of it now")
+        if msg.offset != self.end or msg.offset != asked[1] or msg.epoch != self.epoch:
+            return self._repair_refused(src, f"repair data at offset {msg.offset} of epoch {msg.epoch}; asked for "
+                                             f"offset {self.end} of epoch {self.epoch}")
+        checked = verify_repair(msg.data, msg.offset, self.epoch, self.ahead.get(src, self.end), self.repair_max)
+        if isinstance(checked, str):
+            return self._repair_refused(src, checked)
+        self.repair_frames = checked
+        return [AppendRepair(src, msg.offset, msg.data, len(checked))]
+
+    def _repair_refused(self, src: str, reason: str) -> list[Any]:
+        self.counters.error("repair_refused")
+        if self.repairing is not None and self.repairing[0] == src:
+            self.repairing = None
+            self.repair_failures[src] = self.repair_failures.get(src, 0) + 1
+        return [RepairRefused(src, reason)]
+
+    def repaired(self, new_end: int, now: float) -> list[Any]:
+        """The frames of AppendRepair are appended and fsynced: our log ends at `new_end` now."""
+        frames = self.repair_frames
+        if frames is None or self.repairing is None:
+            raise InvariantViolation("repaired() without a repair on its way to disk")
+        if frames[-1][0].end != new_end or frames[0][0].offset != self.end:
+            raise InvariantViolation(f"repair accounting: {self.end}..{new_end} is not the frames appended")
+        for frame, rec in frames:
+            self.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))
+        src = self.repairing[0]
+        self.repair_frames, self.repairing = None, None
+        self.repair_failures.pop(src, None)
+        self.end = self.start_end = new_end
+        if self.k == 0:
+            self.commit = new_end
+        f = self.followers[src]
+        if self.ahead.get(src, 0) > new_end and f.parked is not None:
+            # More to take from it: ask now rather than at its next heartbeat.
+            env, f.parked = f.parked, None
+            return self._ahead(src, env, self.ahead[src], now)
+        return self._decide_confirm(now)
+
+    def repair_failed(self) -> None:
+        """The append of a repair failed and was rolled back (disk full): nothing changed; ask again later."""
+        self.repair_frames, self.repairing = None, None
+
+    def _decide_confirm(self, now: float) -> list[Any]:
+        """Enough answers? Then lead on, or (records of another epoch we cannot repair) step down."""
+        if self.confirming is None or self.repair_frames is not None:
+            return []
+        if self.damaged_end is not None and self.end >= self.damaged_end:
+            # Repaired up to where the log ended before the cut: byte for byte
+            # the log it had (frames of its own epoch, copied back), so every
+            # follower's log is a prefix of it again, answered or not.
+            done = Confirmed(sorted(self.confirming), self.end, [])
+            self.confirming = None
+            self.ahead.clear()
+            return [done]
+        if len(self.confirming) < self.confirm_need:
+            return []
+        if any(off > self.end and self.repair_failures.get(n, 0) < MAX_REPAIR_FAILURES
+               for n, off in self.ahead.items()):
+            return []  # a follower still holds records of our epoch we can take: keep repairing
+        lost = {n: p for n, p in self.beyond.items() if p[1] > self.end}
+        lost.update({n: (self.epoch, off) for n, off in self.ahead.items() if off > self.end})
+        if lost:
+            return [self._lost_tail(lost)]
+        out: list[Any] = [Confirmed(sorted(self.confirming), self.end, sorted(set(self.followers) - self.confirming))]
+        self.confirming = None
+        self.resume_at = self.end
+        self.unheard = set(self.followers) - set(out[0].followers)
+        self.ahead.clear()
+        return out
+
+    def _lost_tail(self, lost: dict[str, tuple[int, int]]) -> StepDown:
+        # F - K + 1 followers answered (so a promotion's quorum is there) and
+        # the most advanced of them holds every acknowledged record.
+        best = max(lost, key=lambda n: (lost[n], n))
+        last_epoch, offset = lost[best]
         sd = StepDown(self.epoch, None,
-                      f"follower {name} holds records up to offset {offset}, beyond this leader's end {self.end} "
-                      f"after its recovery cut its log: they may have been acknowledged. Not truncating anyone; "
-                      f"stepping down: run 'zwal promote {name}'", loud=True)
+                      f"follower {best} holds records up to offset {offset} (last epoch {last_epoch}), beyond this "
+                      f"leader's end {self.end} after its recovery cut its log, and they could not be repaired "
+                      f"from it: they may have been acknowledged. Not truncating anyone; stepping down: "
+                      f"run 'zwal promote {best}' ({len(self.confirming or ())} of {len(self.followers)} "
+                      f"followers answered, {self.confirm_need} needed)", loud=True)
         self.stepped_down = sd
         return sd
 

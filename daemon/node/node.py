@@ -28,8 +28,10 @@ from daemon.auth import zap
 from daemon.auth.zap import Gate
 from daemon.ops import logs
 from daemon.node import identity as nodestate
-from daemon.node import epochs
-from daemon.node.identity import FOLLOWER, LEADER, NodeState
+from daemon.node import bootstrap, epochs
+from daemon.node.repair import REPAIR_MAX_BYTES
+from daemon.wal.format import MAX_FRAME
+from daemon.node.identity import LEADER, NodeState
 from daemon.wire.client import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
 from daemon.node.kv import KVState
 from daemon.node.outbox import Outbox
@@ -44,6 +46,9 @@ EXIT_FATAL = 2
 # Descriptors kept back from client connections: peers' and admins'
 # connections, the log, node-state.json, evidence files, ZeroMQ's own.
 FD_HEADROOM = 256
+# The largest message a node's replication socket takes: a repair's frames
+# (daemon/node/repair.py: REPAIR_MAX_BYTES, or one frame of up to MAX_FRAME).
+REPL_MESSAGE_MAX = REPAIR_MAX_BYTES + MAX_FRAME + 4096
 STATE_SAVE_PATIENCE = 15.0  # seconds a role change waits for a file descriptor to save node-state.json
 
 
@@ -78,16 +83,10 @@ class Node:
         os.makedirs(self.me.data_dir, exist_ok=True)
         st = nodestate.load(self.me.state_path)
         if st is None:
-            if os.path.exists(self.me.log_path) and os.path.getsize(self.me.log_path) > 0:
-                # The log holds records but the state that goes with them
-                # (epoch, votes, role) is gone: starting afresh could make a
-                # second leader of an epoch, or vote twice in one.
-                raise nodestate.StateError(
-                    f"{self.me.state_path} is missing but {self.me.log_path} holds records: refusing to start "
-                    "afresh (it could lead or vote as if new). Restore node-state.json from a backup; or, to "
-                    "rebuild this node from its peers, stop it, move its whole data directory aside, and "
-                    "start it while the cluster has a leader")
-            st = self._bootstrap_state()
+            # -- bootstrap (daemon/node/bootstrap.py decides; issue 19) --
+            st = self._fresh_state()
+        else:
+            bootstrap.remove_marker(self.me.data_dir)  # a first start that crashed before removing it
         self.state = st
         self.writer = None  # type: ignore[assignment]
         self.kv = KVState()
@@ -115,16 +114,19 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------
 
-    def _bootstrap_state(self) -> NodeState:
-        if self.name == self.cfg.bootstrap_leader:
-            st = NodeState(LEADER, 1, self.name, [(1, 0)], led_epoch=1, voted_for=self.name)
-        else:
-            # Epoch 1 with the vote cast for the bootstrap leader: a promotion
-            # can never also win epoch 1 while the bootstrap leader is down.
-            st = NodeState(FOLLOWER, 1, self.cfg.bootstrap_leader, [], voted_for=self.cfg.bootstrap_leader)
-        nodestate.save(self.me.state_path, st)
-        logs.event("bootstrapped", role=st.role, epoch=st.epoch, leader=st.leader)
-        return st
+    def _fresh_state(self) -> NodeState:
+        """No node-state.json: the first state as daemon/node/bootstrap.py decides it, saved, marker removed."""
+        log_empty = not (os.path.exists(self.me.log_path) and os.path.getsize(self.me.log_path) > 0)
+        d = bootstrap.fresh_start(name=self.name, bootstrap_leader=self.cfg.bootstrap_leader,
+                                  cluster_id=self.cfg.cluster_id, log_empty=log_empty,
+                                  marker=bootstrap.read_marker(self.me.data_dir))
+        if isinstance(d, bootstrap.RefuseStart):
+            raise nodestate.StateError(f"{self.me.data_dir}: {d.message}")
+        nodestate.save(self.me.state_path, d.state)
+        bootstrap.remove_marker(self.me.data_dir)
+        logs.event("bootstrapped", role=d.state.role, epoch=d.state.epoch, leader=d.state.leader,
+                   joining=d.state.joining, reason=d.why)
+        return d.state
 
     def save_state(self, st: NodeState, patience: float = STATE_SAVE_PATIENCE) -> None:
         """Save the node state durably, then adopt it.
@@ -227,7 +229,7 @@ class Node:
         r = self.ctx.socket(zmq.ROUTER)
         if self.gate is not None:
             self.gate.serve(r, zap.REPL_DOMAIN)
-        r.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        r.setsockopt(zmq.MAXMSGSIZE, REPL_MESSAGE_MAX)  # fetches are tiny; repair data (daemon/node/repair.py) is not
         r.setsockopt(zmq.LINGER, 0)
         r.bind(self.me.repl_endpoint)
         self.client_sock = c
@@ -412,6 +414,7 @@ class Node:
             "last_epoch": self.last_log_epoch(),
             "led_epoch": self.state.led_epoch,
             "damaged_end": self.state.damaged_end,
+            "joining": self.state.joining,
             "records": self.kv.records,
             "keys": len(self.kv.data),
             "pid": os.getpid(),

@@ -2,7 +2,9 @@
 
 A follower sends `Fetch`; a leader answers with `Data` (a chunk or, with
 `offset` None, a heartbeat), `Truncate` or `Refuse`; a node that does not
-lead answers `NotLeader`. Every decoder checks every field: bytes from the
+lead answers `NotLeader`. A restarted leader that lost records of its own
+epoch asks a follower that holds them with `RepairRequest`, and the
+follower answers `RepairData` (daemon/node/repair.py). Every decoder checks every field: bytes from the
 network become a typed message or a `BadMessage` with a reason, never a
 half-trusted dict.
 """
@@ -91,7 +93,33 @@ class NotLeader:
     leader: str | None
 
 
-FromLeader = Data | Truncate | Refuse | NotLeader
+@dataclass(frozen=True, slots=True)
+class RepairRequest:
+    """Leader -> follower: send me your frames of epoch `epoch` from `offset` (my end) up to `upto`.
+
+    At most `max` bytes (or one frame if larger). Only a leader confirming
+    its log after recovery cut records of its own epoch sends it.
+    """
+
+    epoch: int
+    leader: str
+    offset: int
+    upto: int
+    max: int
+
+
+@dataclass(frozen=True, slots=True)
+class RepairData:
+    """Follower -> leader: whole frames of the leader's epoch, from `offset`, copied from the follower's log."""
+
+    name: str
+    epoch: int
+    offset: int
+    data: bytes
+
+
+FromLeader = Data | Truncate | Refuse | NotLeader | RepairRequest
+ToLeader = Fetch | RepairData
 
 
 def _uint(m: dict[str, Any], k: str, *, optional: bool = False) -> Any:
@@ -142,6 +170,23 @@ def encode_fetch(f: Fetch) -> bytes:
     return _pack(m)
 
 
+def encode_repair_data(r: RepairData) -> list[bytes]:
+    return [_pack({"t": "repair_data", "name": r.name, "epoch": r.epoch, "offset": r.offset}), r.data]
+
+
+def decode_to_leader(frames: list[bytes], max_data: int) -> ToLeader:
+    """A ROUTER's [identity, body] (a fetch) or [identity, header, data] (repair data) from a follower."""
+    if len(frames) == 3:
+        m = _map(frames[1])
+        if m["t"] != "repair_data":
+            raise BadMessage(f"a two-frame message must be repair data, got {m['t']!r}")
+        data = frames[2]
+        if not 0 < len(data) <= max_data:
+            raise BadMessage(f"repair data must be 1..{max_data} bytes, got {len(data)}")
+        return RepairData(_str(m, "name"), _uint(m, "epoch"), _uint(m, "offset"), data)
+    return decode_fetch(frames)
+
+
 def decode_fetch(frames: list[bytes]) -> Fetch:
     """A ROUTER's [identity, body] from a follower."""
     if len(frames) != 2:
@@ -169,7 +214,12 @@ def encode(msg: FromLeader) -> list[bytes]:
                        "last_epoch": msg.last_epoch})]
     if isinstance(msg, Refuse):
         return [_pack({"t": "error", "epoch": msg.epoch, "message": msg.message})]
-    return [_pack({"t": "not_leader", "epoch": msg.epoch, "leader": msg.leader})]
+    if isinstance(msg, RepairRequest):
+        return [_pack({"t": "repair", "epoch": msg.epoch, "leader": msg.leader, "offset": msg.offset,
+                       "upto": msg.upto, "max": msg.max})]
+    if isinstance(msg, NotLeader):
+        return [_pack({"t": "not_leader", "epoch": msg.epoch, "leader": msg.leader})]
+    raise AssertionError(f"not a message to a follower: {msg!r}")
 
 
 def decode_from_leader(frames: list[bytes]) -> FromLeader:
@@ -195,4 +245,9 @@ def decode_from_leader(frames: list[bytes]) -> FromLeader:
         return Refuse(epoch, msg if isinstance(msg, str) else repr(msg))
     if t == "not_leader":
         return NotLeader(epoch, _str(m, "leader", optional=True))
+    if t == "repair":
+        offset, upto, most = _uint(m, "offset"), _uint(m, "upto"), _uint(m, "max")
+        if not offset < upto or most == 0:
+            raise BadMessage(f"a repair request needs offset < upto and max > 0 (got {offset}, {upto}, {most})")
+        return RepairRequest(epoch, _str(m, "leader"), offset, upto, most)
     raise BadMessage(f"unknown message type {t!r}")

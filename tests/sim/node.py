@@ -26,8 +26,10 @@ from daemon.wal.format import MAX_FRAME, frame_sizes
 from daemon.wal.reader import CORRUPT, TORN, scan_buffer
 from daemon.wire.client import (ADMIN_OPS, WRITE_OPS, Err, ProtocolError, Request, decode_request, error_reply,
                                 ok_reply)
-from daemon.wire.replication import (BadMessage, NotLeader, decode_fetch, decode_from_leader, encode,
-                                     encode_fetch)
+from daemon.wire.replication import (BadMessage, NotLeader, RepairData, RepairRequest, decode_fetch,
+                                     decode_from_leader, decode_to_leader, encode, encode_fetch, encode_repair_data)
+from daemon.node.leader_core import AppendRepair, CompareOwn, Heard, RepairRefused
+from daemon.node.repair import REPAIR_MAX_BYTES, repair_reply
 from follower.core import AdoptEpoch, Append, FollowerCore, Redirect, Refetch, Truncate
 
 from .world import Disk
@@ -76,7 +78,9 @@ class ToReplSock:
 
     def describe(self) -> str:
         try:
-            f = decode_fetch(self.frames)
+            f = decode_to_leader(self.frames, 1 << 30)
+            if isinstance(f, RepairData):
+                return f"repair_data off={f.offset} ep={f.epoch} bytes={len(f.data)}"
             return f"fetch off={f.offset} ep={f.epoch} last_ep={f.last_epoch} round={f.round}"
         except BadMessage as e:
             return f"fetch (bad: {e})"
@@ -416,7 +420,10 @@ class SimLeader:
             replication_timeout=cfg.replication_timeout, heartbeat_interval=cfg.heartbeat_interval,
             max_uncommitted_bytes=cfg.max_uncommitted_bytes, batch_max_records=cfg.batch_max_records,
             batch_max_bytes=cfg.batch_max_bytes, confirming=node.state.confirm_from is not None,
-            incarnation=node.w.rng.getrandbits(56))
+            incarnation=node.w.rng.getrandbits(56),
+            # -- Protocol-Aware Recovery of a cut tail (daemon/node/repair.py) --
+            repair_max_bytes=min(cfg.fetch_max_bytes, REPAIR_MAX_BYTES), resume_at=node.state.resume_at,
+            unheard=frozenset(node.state.unheard), damaged_end=node.state.damaged_end)
         self.probe = SimProbe(node)
         self.transition: Transition | None = None
         # (batch id, end after it, run inline) while a batch is on its way to disk
@@ -432,8 +439,11 @@ class SimLeader:
             self._drain_clients()
         elif isinstance(msg, ToReplSock):
             try:
-                fetch = decode_fetch(msg.frames)
+                fetch = decode_to_leader(msg.frames, REPAIR_MAX_BYTES + MAX_FRAME)
             except BadMessage:
+                return
+            if isinstance(fetch, RepairData):
+                self.perform(self.core.on_repair(fetch, self.node.w.now))
                 return
             self.perform(self.core.on_fetch(fetch, msg.frames[:1], self.node.w.now))
         elif isinstance(msg, ClientReply) and msg.ident.decode().endswith(f":{self.probe.tag}"):
@@ -570,8 +580,30 @@ class SimLeader:
                     self.hint_at = node.w.now + node.cfg.peer_probe_interval
                     self.probe.next_at = 0.0
             elif isinstance(a, Confirmed):
-                node.log(f"log confirmed by {a.followers}")
-                node.save_state(node.state.with_(confirm_from=None))
+                node.log(f"log confirmed by {a.followers}, unheard {a.unheard}")
+                node.save_state(node.state.with_(confirm_from=None, resume_at=a.end if a.unheard else None,
+                                                 unheard=list(a.unheard)))
+            # -- Protocol-Aware Recovery of a cut tail (daemon/node/repair.py) --
+            elif isinstance(a, AppendRepair):
+                st = node.state.before_append(node.end, [])
+                if st is not None:
+                    node.save_state(st)
+                end = node.disk.write(a.data)
+                node.disk.fsync()  # WalWriter.append_frames: write + fdatasync in the loop
+                node.end = end
+                node.log(f"repaired {a.records} record(s) from {a.source}: end {end}")
+                st = node.state.after_append(end)
+                if st is not None:
+                    node.save_state(st)
+                self.perform(core.repaired(end, node.w.now))
+            elif isinstance(a, RepairRefused):
+                node.log(f"repair from {a.source} refused: {a.reason}")
+            elif isinstance(a, CompareOwn):
+                n = max(0, min(len(a.data), core.end - a.offset))
+                core.compared(a.follower, a.offset, a.data, bytes(node.disk.cache[a.offset:a.offset + n]))
+            elif isinstance(a, Heard):
+                left = [n for n in node.state.unheard if n != a.follower]
+                node.save_state(node.state.with_(unheard=left, resume_at=node.state.resume_at if left else None))
 
     def _step_down(self, epoch: int, leader: str | None, reason: str) -> None:
         if self.transition is not None:
@@ -705,6 +737,15 @@ class SimFollower:
                 m = decode_from_leader(msg.frames)
             except BadMessage as e:
                 self._act(self.core.on_message(e))
+                return
+            if isinstance(m, RepairRequest):  # -- Protocol-Aware Recovery (daemon/node/repair.py) --
+                reply = None
+                if m.epoch == self.core.epoch and m.leader == self.leader:
+                    reply = repair_reply(m, node.name, self.core.end, self.core.history,
+                                         lambda o, e, n: read_chunk(node.disk.cache, o, e, n))
+                if reply is not None and self.conn is not None and self.leader is not None:
+                    node.send(self.leader, ToReplSock([self.conn, *encode_repair_data(reply)]))
+                self._fetch()
                 return
             self._act(self.core.on_message(m))
         elif isinstance(msg, ToClientSock):

@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 from daemon import config as config_mod
-from daemon.cli.cmd_cluster import create_keys, render
+from daemon.cli.cmd_cluster import create_keys, mark_first_start, render
 from daemon.failover.faults.disk import FailingDisk
 from daemon.failover.faults.netns import Net
 from daemon.ops.ports import free_base_port
@@ -69,6 +69,7 @@ class ScratchCluster:
                 self.disks[n] = FailingDisk.make(os.path.join(self.root, "disks", n), os.path.join(self.root, n),
                                                  backing_mib=64, image_mib=96)
         self.cfg = config_mod.load(self.config_path)
+        mark_first_start(self.cfg)  # a new cluster (daemon/node/bootstrap.py)
         for n in self.names:
             self._spawn(n)
         self._monitor = threading.Thread(target=self._watch, name="zwal-scratch-supervisor", daemon=True)
