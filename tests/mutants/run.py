@@ -188,7 +188,7 @@ def self_check(c: Copy) -> str | None:
 @dataclass
 class Result:
     mutant: Mutant
-    verdict: str  # killed, SURVIVED, STALE, BROKEN-KILLERS
+    verdict: str  # killed, SURVIVED, STALE, INVALID, BROKEN-KILLERS
     by: str = ""
     detail: str = ""
     seconds: float = 0.0
@@ -198,7 +198,7 @@ class Result:
         return self.verdict == "killed"
 
 
-def run_mutant(c: Copy, m: Mutant, baseline: dict[str, Outcome]) -> Result:
+def run_mutant(c: Copy, m: Mutant, baseline: dict[str, Outcome], every: bool = False) -> Result:
     t0 = time.monotonic()
     n = occurrences(c.root, m)
     if n != 1:
@@ -211,13 +211,23 @@ def run_mutant(c: Copy, m: Mutant, baseline: dict[str, Outcome]) -> Result:
     with open(path, encoding="utf-8") as f:
         original = f.read()
     try:
+        compile(original.replace(m.find, m.replace, 1), m.file, "exec")
+    except SyntaxError as e:
+        return Result(m, "INVALID", detail=f"the mutated file does not compile ({e.msg}): a kill would prove nothing",
+                      seconds=time.monotonic() - t0)
+    try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(original.replace(m.find, m.replace, 1))
         c.forget_bytecode(m.file)
+        kills: list[tuple[str, str]] = []
         for k in usable:
             o = c.killer(k, max(60.0, 4 * baseline[k].seconds + 30))
             if o.code != 0:
-                return Result(m, "killed", k, o.detail, time.monotonic() - t0)
+                kills.append((k, o.detail))
+                if not every:
+                    break
+        if kills:
+            return Result(m, "killed", " + ".join(k for k, _ in kills), kills[0][1], time.monotonic() - t0)
         return Result(m, "SURVIVED", detail=f"{len(usable)} killer(s) passed", seconds=time.monotonic() - t0)
     finally:
         with open(path, "w", encoding="utf-8") as f:
@@ -240,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", metavar="ID", help="run only these mutants (ids or id prefixes ending in *)")
     ap.add_argument("--list", action="store_true", help="list the mutants and whether each applies, run nothing")
     ap.add_argument("--jobs", type=int, default=1, help="mutants at once, each in its own copy (default 1)")
+    ap.add_argument("--every-killer", action="store_true",
+                    help="run every killer of each mutant, not only up to the first that kills (which killers guard it)")
     ap.add_argument("--report", default=REPORT, help=f"where to write the table (default {os.path.relpath(REPORT)})")
     a = ap.parse_args(argv)
 
@@ -302,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         results: list[Result] = []
 
         def mut_one(c: Copy, m: Mutant) -> Result:
-            r = run_mutant(c, m, baseline)
+            r = run_mutant(c, m, baseline, a.every_killer)
             with lock:
                 results.append(r)
                 print(f"  [{len(results)}/{len(mutants)}] {m.id}: {r.verdict} {r.by} {r.detail} ({r.seconds:.0f}s)",
@@ -315,15 +327,18 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
 
     broken = sorted(k for k, o in baseline.items() if o.code != 0)
-    lines = [f"{'id':38} {'file':30} {'result':56} {'s':>5}", "-" * 132]
+    lines = [f"{'id':42} {'file':28} {'result':80} {'s':>5}", "-" * 158]
     for r in ordered:
-        res = f"killed by {r.by}" if r.killed else f"{r.verdict}: {r.detail}"
-        lines.append(f"{r.mutant.id:38} {r.mutant.file:30} {res[:56]:56} {r.seconds:5.0f}")
+        res = f"killed by {r.by.replace('tests/', '')}" if r.killed else f"{r.verdict}: {r.detail}"
+        if r.killed and "timeout" in r.detail:
+            res += " (timeout)"
+        lines.append(f"{r.mutant.id:42} {r.mutant.file:28} {res[:80]:80} {r.seconds:5.0f}")
     killed = sum(r.killed for r in ordered)
-    lines.append("-" * 132)
+    lines.append("-" * 158)
     lines.append(f"kill rate: {killed}/{len(ordered)} ({100 * killed / len(ordered):.0f}%)"
                  f"; survived {sum(r.verdict == 'SURVIVED' for r in ordered)}"
                  f", stale {sum(r.verdict == 'STALE' for r in ordered)}"
+                 f", invalid {sum(r.verdict == 'INVALID' for r in ordered)}"
                  f", only broken killers {sum(r.verdict == 'BROKEN-KILLERS' for r in ordered)}")
     lines.append(f"simulator on the unmutated tree: {seeds_per_minute(baseline)} seeds/minute")
     if broken:
@@ -334,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in ordered:
         if r.verdict == "SURVIVED":
             print(f"SURVIVED {r.mutant.id}: {r.mutant.why}")
-        elif r.verdict == "STALE":
-            print(f"STALE {r.mutant.id}: {r.detail}; update its catalogue")
+        elif r.verdict in ("STALE", "INVALID", "BROKEN-KILLERS"):
+            print(f"{r.verdict} {r.mutant.id}: {r.detail}; fix its catalogue entry")
     with open(a.report, "w", encoding="utf-8") as f:
         f.write(text + "\n")
     return 0 if killed == len(ordered) else 1
