@@ -23,7 +23,7 @@ and `follower` are imported from the copy.
 
 Each distinct killer first runs once on the unmutated copy: a killer that
 fails there is a "broken killer" and proves nothing. Its duration sets its
-timeout for the mutants (4x + 30 s, at least 60 s).
+timeout for the mutants (10x + 60 s, at least 120 s).
 
 Prints a table (id, file, result, seconds), the kill rate and the
 simulator's seeds per minute, and writes it to tests/mutants/last-report.txt.
@@ -198,6 +198,12 @@ class Result:
         return self.verdict == "killed"
 
 
+def timeout_for(unmutated: Outcome) -> float:
+    """Ten times the killer's unmutated run, plus a minute: two shared cores can slow a run several-fold,
+    and a survivor reported as a 'timeout' kill would hide a missing test."""
+    return max(120.0, 10 * unmutated.seconds + 60)
+
+
 def run_mutant(c: Copy, m: Mutant, baseline: dict[str, Outcome], every: bool = False) -> Result:
     t0 = time.monotonic()
     n = occurrences(c.root, m)
@@ -221,7 +227,7 @@ def run_mutant(c: Copy, m: Mutant, baseline: dict[str, Outcome], every: bool = F
         c.forget_bytecode(m.file)
         kills: list[tuple[str, str]] = []
         for k in usable:
-            o = c.killer(k, max(60.0, 4 * baseline[k].seconds + 30))
+            o = c.killer(k, timeout_for(baseline[k]))
             if o.code != 0:
                 kills.append((k, o.detail))
                 if not every:
