@@ -7,13 +7,15 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup sysdeps run stop demo test simulate soak bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
+.PHONY: setup sysdeps run stop demo test simulate mutants soak bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
 
 help:
 	@echo "make run    - set up .venv and start a local 3-node cluster under supervisord (in var/)"
 	@echo "make stop   - stop the local cluster"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make simulate [SEEDS=1000] - the deterministic cluster simulator over SEEDS random seeds (tests/sim/)"
+	@echo "make mutants [MUTANTS_JOBS=1] [MUTANTS_ARGS='--only ID']"
+	@echo "             - mutation testing: every mutant in tests/mutants/catalogue_*.py must be killed (not in make test)"
 	@echo "make bench  - zwal (1 and 3 nodes) beside the disk's fsync floor, Redis, SQLite, etcd and pysyncobj"
 	@echo "               (installs the peers with apt-get when missing: needs root; report in bench/results/)"
 	@echo "make bench-quick   - a shorter one (under 2 minutes)"
@@ -81,6 +83,13 @@ test: setup sysdeps
 SEEDS ?= 1000
 simulate: setup
 	cd tests && ../$(BIN)/python -m sim.run --seeds $(SEEDS)
+
+# Mutation testing (tests/mutants/): each mutant applied alone to a private copy of the tree;
+# exits non-zero if one survives or is stale. Report in tests/mutants/last-report.txt.
+MUTANTS_JOBS ?= 1
+MUTANTS_ARGS ?=
+mutants: setup
+	$(BIN)/python -m tests.mutants.run --jobs $(MUTANTS_JOBS) $(MUTANTS_ARGS)
 
 # Real faults at random on a scratch cluster (kill, pause, partition, disk; root for the last two):
 # stops at the first violation and prints how to rerun it.
