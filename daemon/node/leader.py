@@ -56,6 +56,7 @@ class LeaderRole:
             batch_max_bytes=cfg.batch_max_bytes,
             confirming=node.state.confirm_from is not None,
             incarnation=int.from_bytes(os.urandom(7), "big"),
+            retry_budget_bytes=cfg.retry_budget_bytes,
             # -- Protocol-Aware Recovery of a cut tail (daemon/node/repair.py) --
             repair_max_bytes=min(cfg.fetch_max_bytes, REPAIR_MAX_BYTES),
             resume_at=node.state.resume_at,

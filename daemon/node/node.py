@@ -89,7 +89,7 @@ class Node:
             bootstrap.remove_marker(self.me.data_dir)  # a first start that crashed before removing it
         self.state = st
         self.writer = None  # type: ignore[assignment]
-        self.kv = KVState()
+        self.kv = KVState(cfg.retry_window_seconds)
         self.scan: ScanResult | None = None
         self.started = time.monotonic()
         self.fsync_lat: list[float] = []
@@ -189,7 +189,7 @@ class Node:
                 raise WalPoisoned(f"{self.me.log_path}: the log is poisoned ({self.writer.poisoned}); restarting")
             self.writer.close()
             self.writer = None
-        kv = KVState()
+        kv = KVState(self.cfg.retry_window_seconds)
         t0 = time.monotonic()
 
         def progress(pos: int, size: int) -> None:

@@ -421,6 +421,7 @@ class SimLeader:
             max_uncommitted_bytes=cfg.max_uncommitted_bytes, batch_max_records=cfg.batch_max_records,
             batch_max_bytes=cfg.batch_max_bytes, confirming=node.state.confirm_from is not None,
             incarnation=node.w.rng.getrandbits(56),
+            wall_clock=lambda: 1_700_000_000.0 + node.w.now,  # simulated time: the records (their ts) are the same on every run
             # -- Protocol-Aware Recovery of a cut tail (daemon/node/repair.py) --
             repair_max_bytes=min(cfg.fetch_max_bytes, REPAIR_MAX_BYTES), resume_at=node.state.resume_at,
             unheard=frozenset(node.state.unheard), damaged_end=node.state.damaged_end)
