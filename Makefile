@@ -14,6 +14,7 @@ help:
 	@echo "make stop   - stop the local cluster"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make simulate [SEEDS=1000] - the deterministic cluster simulator over SEEDS random seeds (tests/sim/)"
+	@echo "               [FAULTS=rebuild,damage,lying,churn,promotes|all] [LIVENESS=operator|self]: issue 19's faults"
 	@echo "make bench  - zwal (1 and 3 nodes) beside the disk's fsync floor, Redis, SQLite, etcd and pysyncobj"
 	@echo "               (installs the peers with apt-get when missing: needs root; report in bench/results/)"
 	@echo "make bench-quick   - a shorter one (under 2 minutes)"
@@ -79,8 +80,10 @@ test: setup sysdeps
 # Deterministic simulation (tests/sim/): a failing seed prints its trace; replay it with
 # cd tests && ../.venv/bin/python -m sim.run --seed N --trace
 SEEDS ?= 1000
+FAULTS ?=
+LIVENESS ?=
 simulate: setup
-	cd tests && ../$(BIN)/python -m sim.run --seeds $(SEEDS)
+	cd tests && ../$(BIN)/python -m sim.run --seeds $(SEEDS) $(if $(FAULTS),--faults $(FAULTS)) $(if $(LIVENESS),--liveness $(LIVENESS))
 
 # Real faults at random on a scratch cluster (kill, pause, partition, disk; root for the last two):
 # stops at the first violation and prints how to rerun it.

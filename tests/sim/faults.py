@@ -229,6 +229,7 @@ class FaultSim(Sim):
         self.live: Any = None
         self.bound = bound
         self._once: set[str] = set()
+        self.healed = False
 
     def random_run(self, duration: float = 12.0, settle: float = 4.0, clients: int = 3) -> None:
         if not self.faults and self.liveness_mode is None:
@@ -267,6 +268,27 @@ class FaultSim(Sim):
         return not (self._once & self.COPY_FAULTS) and not any(
             n.disk.flips or n.disk.destroyed for n in self.nodes.values())
 
+    def chaos(self, until: float) -> Gen:
+        """cluster.py's chaos, except that it does nothing once `until` has passed (faults stop at heal_all)."""
+        inner = super().chaos(until)
+        value = None
+        while True:
+            try:
+                cmd = inner.send(value)
+            except StopIteration:
+                return
+            value = yield cmd
+            if self.world.now >= until:
+                return
+
+    def heal_all(self) -> None:
+        self.healed = True
+        super().heal_all()
+
+    def _crash_restart(self, node: "SimNode") -> None:
+        if not self.healed:  # a crash after a flip that was due after the faults stopped
+            super()._crash_restart(node)
+
     def flip(self, node: "SimNode", last: bool | None = None, own_epoch: int | None = None) -> bool:
         if self._once & self.COPY_FAULTS:
             return False  # cluster.py's chaos flip, after one of ours took copies
@@ -277,6 +299,8 @@ class FaultSim(Sim):
         picks = sorted(self.faults)
         while w.now < until - 1.0:
             yield Sleep(rng.expovariate(1 / 1.5))
+            if w.now >= until - 1.0:
+                return
             pick = rng.choice(picks)
             self.stats[f"fault_{pick}"] += 1
             leader = self.leader()
@@ -314,11 +338,11 @@ class FaultSim(Sim):
                 self.promote(b)
 
     def _start_rebuilt(self, node: "SimNode") -> None:
-        if self.nodes.get(node.name) is node and not node.up:
+        if self.nodes.get(node.name) is node and not node.up and node.refused is None:
             node.start()
 
     def _crash_liar(self, node: "SimNode") -> None:
-        if self.nodes.get(node.name) is node and node.up:
+        if self.nodes.get(node.name) is node and node.up and not self.healed:
             node.crash("killed (the lie is revealed)")
             self.schedule_restart(node, 0.2)
 

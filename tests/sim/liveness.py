@@ -12,6 +12,9 @@ them to:
   message says: stopped, its data directory moved aside, started while the
   cluster has a leader (always; a node that will never start is no fault of
   the protocol's liveness);
+- a node refusing to start while nobody leads leaves docs/ only `zwal promote
+  --force` ("accept possible loss"): that run is no wedge (`healed_by` is
+  "needs --force", counted in stats);
 - with `operator=True`, `zwal promote` (the most advanced follower) whenever
   no node leads: README "Failover by hand", docs/protocol.md "run promote
   again" after a crash between its steps, a stepped-down leader "waits fenced
@@ -36,6 +39,7 @@ margin without hiding a wedge (a wedge never heals).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from .workload import Client, Gen, Sleep, promote
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
     from .cluster import Sim
 
 BOUND = 5.0
+SUGGESTION = re.compile(r"promote (\w+) instead|run 'zwal promote (\w+)'")
 # `SimNode.refused` values that are not a node's own refusal: nobody rebuilds these.
 REBUILT = "rebuilt"
 GONE = "gone for good (the machine is lost)"
@@ -60,6 +65,7 @@ class Liveness:
         self.promotions0 = 0
         self.healed_by: str | None = None
         self.actions: list[tuple[float, str]] = []
+        self.suggested: str | None = None
 
     def start(self) -> None:
         sim = self.sim
@@ -105,16 +111,30 @@ class Liveness:
                     sim.stats["operator_rebuilds"] += 1
                     rebuild(sim, n.name).start()
             if self.operator and leader is None:
-                self.actions.append((w.now, "promote"))
-                result = yield from promote(sim, None)
+                # `zwal promote` of the most advanced follower, or of the node the last
+                # refusal (or a stepped-down leader's log) named: a person does what it says.
+                name = self.suggested
+                self.actions.append((w.now, f"promote {name or '(most advanced)'}"))
+                result = yield from promote(sim, name)
                 ok = " leads epoch " in result
                 sim.stats["promotions" if ok else "promotions_refused"] += 1
-                w.log("op", f"promote (most advanced, as docs/ say): {result}")
+                w.log("op", f"promote {name or '(most advanced)'}, as docs/ say: {result}")
+                m = SUGGESTION.search(result)
+                self.suggested = (m.group(1) or m.group(2)) if m and not ok else None
 
     def check(self) -> None:
         if self.t_ok is not None:
             return
         sim = self.sim
+        refused = [n.name for n in sim.nodes.values() if n.refused is not None and n.refused not in (REBUILT, GONE)]
+        if refused and sim.leader() is None:
+            # A node refuses to start (a corrupt log) and nobody leads: docs/ leave a person only
+            # `zwal promote --force` ("accept possible loss"), or rebuilding it "while the cluster
+            # has a leader". No protocol step is proven safe here, so this is no wedge of the protocol.
+            self.healed_by = "needs --force"
+            sim.stats["liveness_needs_force"] += 1
+            sim.world.log("live", f"no write resumed: {refused} refuse to start and nobody leads (needs --force)")
+            return
         roles = ", ".join(
             f"{n.name}:{'down' if not n.up else n.state.role}@{n.state.epoch}"
             f"{'(gone)' if n.refused == GONE else '(refused)' if n.refused else ''}"
