@@ -165,9 +165,12 @@ def make_lying(node: "SimNode") -> LyingDisk:
 # -- client-id churn ----------------------------------------------------------------------------
 
 
+CHURN = 5000  # issue 19's measurement: 5,000 one-off client ids
+
+
 def churn_count() -> int:
-    """More one-off client ids than any count limit of the retry window."""
-    return kv_mod.WINDOW_CLIENTS + 200
+    """More one-off client ids than any count limit of the retry window (4,096 before issue 19's fix)."""
+    return max(CHURN, getattr(kv_mod, "WINDOW_CLIENTS", 0) + 200)
 
 
 def churn(sim: Sim, n: int, wave: int = 64, tag: str = "") -> Gen:
