@@ -173,25 +173,31 @@ def churn_count() -> int:
     return max(CHURN, getattr(kv_mod, "WINDOW_CLIENTS", 0) + 200)
 
 
-def churn(sim: Sim, n: int, wave: int = 64, tag: str = "") -> Gen:
-    """`n` one-off client ids, each writing once (in waves to whoever leads)."""
+def churn(sim: Sim, n: int, wave: int = 64, tag: str = "", deadline: float = 10.0) -> Gen:
+    """`n` one-off client ids, each writing once (in waves to whoever leads).
+
+    A write that gets no `ok` is retried with its own (cid, id) until the
+    deadline, so that (faults permitting) all `n` ids reach the log.
+    """
     w = sim.world
-    sent = i = 0
-    while i < n:
+    end = w.now + deadline
+    todo = list(range(n))
+    while todo and w.now < end:
         ld = sim.leader()
         if ld is None:
             yield Sleep(0.05)
             continue
-        calls = []
-        for j in range(i, min(n, i + wave)):
-            calls.append((ld.name, {"id": 1, "op": "set", "key": b"churn", "value": b"v%d" % j,
-                                    "cid": f"one-off{tag}-{j}".encode(), "epoch": ld.state.epoch}))
+        batch, todo = todo[:wave], todo[wave:]
+        calls = [(ld.name, {"id": 1, "op": "set", "key": b"churn", "value": b"v%d" % j,
+                            "cid": f"one-off{tag}-{j}".encode(), "epoch": ld.state.epoch}) for j in batch]
         rs = yield CallAll(calls, 0.5)
-        i += len(calls)
-        sent += sum(1 for r in rs if r and r.get("ok"))
-    sim.stats["churn_ok"] += sent
-    w.log("chaos", f"client churn: {n} one-off client ids wrote once ({sent} ok)")
-    return sent
+        failed = [j for j, r in zip(batch, rs) if not (r and r.get("ok"))]
+        todo = failed + todo
+        if failed:
+            yield Sleep(0.05)
+    sim.stats["churn_ok"] += n - len(todo)
+    w.log("chaos", f"client churn: {n - len(todo)} of {n} one-off client ids wrote once")
+    return n - len(todo)
 
 
 def retry_of(sim: Sim, cid: bytes, rid: int, deadline: float = 3.0) -> Gen:
@@ -233,6 +239,7 @@ class FaultSim(Sim):
         self.bound = bound
         self._once: set[str] = set()
         self.healed = False
+        self.churner: Any = None
 
     def random_run(self, duration: float = 12.0, settle: float = 4.0, clients: int = 3) -> None:
         if not self.faults and self.liveness_mode is None:
@@ -260,6 +267,9 @@ class FaultSim(Sim):
             self.live.start()
             self.run_until(duration + max(settle, bound + 0.5))
             self.live.check()
+        # Churn outlasts the fault period (thousands of writes): its retry is checked when it is done.
+        while self.churner is not None and not self.churner.done and self.world.now < duration + 40.0:
+            self.run_for(0.5)
         self.inv.check_end()
 
     # Faults that take copies of acknowledged records (a flip, a rebuild, a lie,
@@ -333,7 +343,7 @@ class FaultSim(Sim):
                     self._once.add("churn")
                     c = rng.choice(done)
                     orig = dict(c.last_ok)  # type: ignore[arg-type]
-                    self.spawn("x", self._churn_then_retry(c.cid, orig["id"]))
+                    self.churner = self.spawn("x", self._churn_then_retry(c.cid, orig["id"]))
             elif pick == "promotes":
                 a, b = rng.sample(self.names, 2)
                 w.log("chaos", f"two promotes at once: {a} and {b}")
@@ -350,7 +360,7 @@ class FaultSim(Sim):
             self.schedule_restart(node, 0.2)
 
     def _churn_then_retry(self, cid: bytes, rid: int) -> Gen:
-        yield from churn(self, churn_count())
+        yield from churn(self, churn_count(), wave=256, deadline=30.0)
         r = yield from retry_of(self, cid, rid)
         self.world.log("chaos", f"retry of ({cid!r}, {rid}) after churn: {r}")
         return r

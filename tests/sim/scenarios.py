@@ -487,7 +487,7 @@ def client_churn(seed: int = 0) -> Sim:
     c = sim.client("c1")
     first = _writes(sim, c, 1)[0]
     assert first and first["ok"], first
-    a = sim.spawn("x", churn(sim, churn_count()))
+    a = sim.spawn("x", churn(sim, churn_count(), wave=256, deadline=30.0))
     while not a.done:
         sim.run_for(0.5)
     r = sim.spawn("x", retry_of(sim, c.cid, 1))
