@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     faults = parse_faults(a.faults)
     kw = dict(faults=faults, liveness=a.liveness, bound=a.bound)
     if a.scenario:
-        from sim.scenarios import ALL
+        from sim.scenarios import ALL, NEW
 
         try:
-            sim = ALL[a.scenario](a.seed or 0)
+            sim = {**ALL, **NEW}[a.scenario](a.seed or 0)
         except Violation as e:
             print(f"scenario {a.scenario} seed {a.seed or 0} FAILED\ninvariant violated: {e.invariant}\n{e.detail}")
             return 1
