@@ -126,11 +126,8 @@ class LyingDisk(Disk):
     the node held when it acknowledged them).
     """
 
-    def __init__(self, base: Disk) -> None:
-        super().__init__()
-        self.__dict__.update(base.__dict__)
-        self.landed: int | None = None  # while lying: where the bytes that really landed end
-        self.lied: list[tuple[int, bytes]] = []
+    landed: int | None = None  # while lying: where the bytes that really landed end
+    lied: list[tuple[int, bytes]]
 
     def lie(self, budget: int) -> None:
         if self.landed is None:
@@ -157,9 +154,12 @@ class LyingDisk(Disk):
 
 
 def make_lying(node: "SimNode") -> LyingDisk:
-    if not isinstance(node.disk, LyingDisk):
-        node.disk = LyingDisk(node.disk)
-    return node.disk
+    """Make a node's disk a liar in place (whatever holds a reference to it writes through the liar)."""
+    d = node.disk
+    if not isinstance(d, LyingDisk):
+        d.__class__ = LyingDisk
+        d.landed, d.lied = None, []  # type: ignore[attr-defined]
+    return d  # type: ignore[return-value]
 
 
 # -- client-id churn ----------------------------------------------------------------------------
