@@ -14,6 +14,7 @@ help:
 	@echo "make stop   - stop the local cluster"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make simulate [SEEDS=1000] - the deterministic cluster simulator over SEEDS random seeds (tests/sim/)"
+	@echo "               [FAULTS=rebuild,damage,lying,churn,promotes|all] [LIVENESS=operator|self]: issue 19's faults"
 	@echo "make mutants [MUTANTS_JOBS=1] [MUTANTS_ARGS='--only ID']"
 	@echo "             - mutation testing: every mutant in tests/mutants/catalogue_*.py must be killed (not in make test)"
 	@echo "make bench  - zwal (1 and 3 nodes) beside the disk's fsync floor, Redis, SQLite, etcd and pysyncobj"
@@ -81,8 +82,10 @@ test: setup sysdeps
 # Deterministic simulation (tests/sim/): a failing seed prints its trace; replay it with
 # cd tests && ../.venv/bin/python -m sim.run --seed N --trace
 SEEDS ?= 1000
+FAULTS ?=
+LIVENESS ?=
 simulate: setup
-	cd tests && ../$(BIN)/python -m sim.run --seeds $(SEEDS)
+	cd tests && ../$(BIN)/python -m sim.run --seeds $(SEEDS) $(if $(FAULTS),--faults $(FAULTS)) $(if $(LIVENESS),--liveness $(LIVENESS))
 
 # Mutation testing (tests/mutants/): each mutant applied alone to a private copy of the tree;
 # exits non-zero if one survives or is stale. Report in tests/mutants/last-report.txt.

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from sim.run import report, run_seed
-from sim.scenarios import ALL, concurrent_promotes, fence_during_batch
+from sim.faults import FAULTS, parse_faults
+from sim.run import main, report, run_seed
+from sim.scenarios import (ALL, NEW, client_churn, concurrent_promotes, damaged_leader_tail, fence_during_batch,
+                           lying_leader_disk, rebuild_bootstrap, rebuild_bootstrap_k0, two_promotes_at_once)
+from sim.world import Violation
 
 RANDOM_SEEDS = range(200)
 
@@ -63,3 +66,106 @@ def test_same_seed_same_trace():
     assert a.world.trace() == b.world.trace()
     c = run_seed(8, full_trace=True)
     assert c.world.trace() != a.world.trace()
+
+
+# -- issue 19 item 8: the faults the simulator learnt (tests/sim/faults.py, tests/sim/liveness.py) ----------
+
+
+class TodaysBug(Exception):
+    """The scenario failed with exactly the violation the issue describes (not some other failure)."""
+
+
+def expect_bug(fn, invariant: str, detail: str, *args):
+    """Run a scenario that fails on code without issue 19's fixes; only the named violation counts as expected.
+
+    Marked xfail(strict=True, raises=TodaysBug): any other failure is a real
+    failure, and once the fix lands the scenario passes and the mark must go.
+    """
+    try:
+        fn(*args)
+    except Violation as e:
+        if e.invariant == invariant and detail in e.detail:
+            raise TodaysBug(f"[{e.invariant}] {e.detail}") from e
+        raise
+
+
+def test_a_rebuilt_follower_catches_up_and_counts_again():
+    NEW["i_rebuild_follower"]()
+
+
+@pytest.mark.xfail(strict=True, raises=TodaysBug,
+                   reason="issue 19: a rebuilt bootstrap node leads epoch 1 again on an empty log "
+                          "(_bootstrap_state), fixed by explicit bootstrap (item 3)")
+def test_a_rebuilt_bootstrap_node_follows_the_leader():
+    expect_bug(rebuild_bootstrap, "acked-write", "n1 leads epoch 1 without the record acknowledged")
+
+
+@pytest.mark.xfail(strict=True, raises=TodaysBug,
+                   reason="issue 19: a rebuilt bootstrap node acknowledges writes that are lost (K = 0), "
+                          "fixed by explicit bootstrap (item 3)")
+def test_a_rebuilt_bootstrap_node_acknowledges_no_write_that_is_lost():
+    expect_bug(rebuild_bootstrap_k0, "acked-write", "acknowledged twice with different records")
+
+
+@pytest.mark.xfail(strict=True, raises=TodaysBug,
+                   reason="issue 19: a leader with a damaged tail steps down and waits for an operator, "
+                          "fixed by Protocol-Aware Recovery repair (item 5)")
+@pytest.mark.parametrize("records", [1, 2])
+def test_a_damaged_leader_tail_heals_by_itself(records):
+    expect_bug(damaged_leader_tail, "liveness", "nobody promotes", 0, records)
+
+
+@pytest.mark.xfail(strict=True, raises=TodaysBug,
+                   reason="issue 19: with a follower gone, a damaged leader tail wedges: `zwal promote` "
+                          "refuses (F - K + 1 intact), fixed by repair and promote.decide (item 5)")
+def test_a_damaged_leader_tail_with_a_follower_gone_heals():
+    expect_bug(NEW["j_damaged_leader_tail_one_gone"], "liveness", "operator actions: ")
+
+
+@pytest.mark.xfail(strict=True, raises=TodaysBug,
+                   reason="issue 19: a leader whose disk lied refuses its followers' fetches and writes wait "
+                          "for an operator, fixed by repair from the followers (item 5)")
+def test_a_lying_leader_disk_heals_by_itself():
+    expect_bug(lying_leader_disk, "liveness", "nobody promotes")
+
+
+@pytest.mark.xfail(strict=True, raises=TodaysBug,
+                   reason="issue 19 (found by the simulator): a leader whose disk lost whole fsynced records "
+                          "restarts with a clean shorter log and a follower that was behind acknowledges new "
+                          "records at their offsets; needs a leader restart to confirm with F - K + 1 (item 5)")
+def test_a_lying_leader_disk_loses_no_acknowledged_write():
+    expect_bug(lying_leader_disk, "acked-write", "acknowledged twice with different records", 0, True)
+
+
+@pytest.mark.xfail(strict=True, raises=TodaysBug,
+                   reason="issue 19: the retry window evicts whole clients past 4,096 and a retry is written "
+                          "twice, fixed by retries recognised by time (item 4; on main since 2ae7b08: flip at merge)")
+def test_a_retry_after_client_id_churn_is_answered_from_the_window():
+    expect_bug(client_churn, "exactly-once", "the retry was written twice")
+
+
+@pytest.mark.xfail(strict=True, raises=TodaysBug,
+                   reason="issue 19: two promotes at once can both lose the vote and leave no leader, fixed by "
+                          "the losing promoter retrying at a higher epoch (item 5; in daemon/failover/promote.py "
+                          "and in its restatement, tests/sim/workload.py promote)")
+def test_two_promotes_at_once_resolve_the_split_vote():
+    expect_bug(two_promotes_at_once, "liveness", "nobody promotes")
+
+
+def test_the_fault_names_parse():
+    assert parse_faults("all") == frozenset(FAULTS)
+    assert parse_faults("damage, promotes") == {"damage", "promotes"}
+    with pytest.raises(ValueError):
+        parse_faults("rebuild,bogus")
+
+
+def test_same_seed_same_trace_with_the_new_faults():
+    every = frozenset(FAULTS) - {"churn"}  # churn is slow; it draws from the same RNG
+    runs = []
+    for _ in range(2):
+        try:
+            sim = run_seed(3, full_trace=True, faults=every, liveness="operator")
+        except Violation as e:
+            sim = e.sim  # type: ignore[attr-defined]
+        runs.append(sim.world.trace())
+    assert runs[0] == runs[1]

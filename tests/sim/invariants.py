@@ -14,7 +14,11 @@
    and a linearizable read is served only from committed state;
 5. a retry with other content than the original never gets `ok`;
 6. a write all of whose attempts were answered `written: false` is never in a log's committed prefix;
-7. no node's epoch is above the highest epoch an operator fenced or promoted at.
+7. no node's epoch is above the highest epoch an operator fenced or promoted at;
+8. exactly once: a (cid, id) acknowledged at one offset is never acknowledged at
+   another (a retry is answered from the retry window, not written again).
+
+Liveness (writes resume once the faults stop) is tests/sim/liveness.py.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class Invariants:
         self.definite_fail: dict[tuple[bytes, int], str] = {}
         self._leader_seen: dict[int, tuple[int, int]] = {}  # id(role) -> (disk version, acks checked)
         self._agree_seen: dict[tuple[int, str], tuple[int, int, int]] = {}
+        self.acked_at: dict[tuple[bytes, int], tuple[int, str]] = {}  # (cid, id) -> (offset, who said so)
 
     def fail(self, invariant: str, message: str) -> None:
         raise Violation(invariant, message)
@@ -132,6 +137,8 @@ class Invariants:
                                            f"beyond its commit point {core.commit}")
 
     def on_reply(self, sent: dict[str, Any], reply: dict[str, Any], original: dict[str, Any] | None) -> None:
+        if reply.get("ok") and isinstance(reply.get("offset"), int) and "found" not in reply:
+            self._exactly_once(sent, reply)
         if original is None or not reply.get("ok"):
             return
         same = all(sent.get(k) == original.get(k) for k in ("op", "key", "value"))
@@ -139,6 +146,17 @@ class Invariants:
             self.fail("retry-content", f"a retry of (cid={sent.get('cid')!r}, id={sent.get('id')}) with other "
                                        f"content {sent.get('op')} {sent.get('key')!r}={sent.get('value')!r} "
                                        f"got ok: {reply}")
+
+    def _exactly_once(self, sent: dict[str, Any], reply: dict[str, Any]) -> None:
+        key = (sent.get("cid"), sent.get("id"))
+        if key[0] is None:
+            return
+        now = self.sim.world.now
+        first = self.acked_at.setdefault(key, (reply["offset"], f"epoch {reply.get('epoch')} at {now:.4f}"))  # type: ignore[arg-type]
+        if first[0] != reply["offset"]:
+            self.fail("exactly-once", f"(cid={key[0]!r}, id={key[1]}) was acknowledged at offset {first[0]} "
+                                      f"({first[1]}) and again at offset {reply['offset']} (epoch "
+                                      f"{reply.get('epoch')} at {now:.4f}): the retry was written twice")
 
     # -- after every step -------------------------------------------------------------
 
@@ -162,7 +180,10 @@ class Invariants:
         version, done = self._leader_seen.get(key, (-1, 0))
         if version != n.disk.version:
             done = 0
+        lied = getattr(n.disk, "lied", ())  # faults.LyingDisk: bytes it said were durable and lost
         for a in self.ack_list[done:]:
+            if lied and any(o < a.end and a.offset < o + len(b) for o, b in lied):
+                continue  # the leader cannot know; harm shows as a second ack, a truncation or a stale read
             if a.lead <= core.epoch and pristine(n, a.offset, a.end) != a.frame:
                 self.fail("acked-write", f"{n.name} leads epoch {core.epoch} without the record acknowledged by "
                                          f"{a.node} at {a.at:.4f}: [{a.offset},{a.end}) epoch {a.epoch}")
@@ -184,6 +205,9 @@ class Invariants:
             if pristine(m, 0, upto) != pristine(n, 0, upto):
                 a, b = pristine(m, 0, upto), pristine(n, 0, upto)
                 i = next(i for i in range(upto) if a[i] != b[i])
+                lied = getattr(m.disk, "lied", ())  # faults.LyingDisk: the follower's ack was a lie of its disk
+                if lied and i >= min(o for o, _ in lied):
+                    continue
                 self.fail("logs-agree", f"{f.name} acknowledged up to {f.acked} to {n.name} (epoch {core.epoch}) "
                                         f"but their logs differ at byte {i}")
 
