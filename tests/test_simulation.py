@@ -107,17 +107,11 @@ def test_a_rebuilt_bootstrap_node_acknowledges_no_write_that_is_lost():
     expect_bug(rebuild_bootstrap_k0, "acked-write", "acknowledged twice with different records")
 
 
-@pytest.mark.xfail(strict=True, raises=TodaysBug,
-                   reason="issue 19: a leader with a damaged tail steps down and waits for an operator, "
-                          "fixed by Protocol-Aware Recovery repair (item 5)")
 @pytest.mark.parametrize("records", [1, 2])
 def test_a_damaged_leader_tail_heals_by_itself(records):
     expect_bug(damaged_leader_tail, "liveness", "nobody promotes", 0, records)
 
 
-@pytest.mark.xfail(strict=True, raises=TodaysBug,
-                   reason="issue 19: with a follower gone, a damaged leader tail wedges: `zwal promote` "
-                          "refuses (F - K + 1 intact), fixed by repair and promote.decide (item 5)")
 def test_a_damaged_leader_tail_with_a_follower_gone_heals():
     expect_bug(NEW["j_damaged_leader_tail_one_gone"], "liveness", "operator actions: ")
 
@@ -137,9 +131,6 @@ def test_a_lying_leader_disk_loses_no_acknowledged_write():
     expect_bug(lying_leader_disk, "acked-write", "acknowledged twice with different records", 0, True)
 
 
-@pytest.mark.xfail(strict=True, raises=TodaysBug,
-                   reason="issue 19: the retry window evicts whole clients past 4,096 and a retry is written "
-                          "twice, fixed by retries recognised by time (item 4; on main since 2ae7b08: flip at merge)")
 def test_a_retry_after_client_id_churn_is_answered_from_the_window():
     expect_bug(client_churn, "exactly-once", "the retry was written twice")
 
