@@ -5,6 +5,18 @@ comes first where the simulator drives that code (leader_core, follower
 core, epochs, retry, the frame format and the reader's scan): a kill there
 shows the simulator guards the rule. The WAL writer and recovery run only in
 real processes, so their killers are fast engine tests.
+
+Measured 2026-12-03 (`--every-killer`, sim:300): every mutant is killed.
+The simulator kills 11 of the 26 it is tried on: core-commit-ignores-followers,
+core-reply-before-fsync, core-ack-without-prefix-check,
+core-read-before-start-end-committed, both core-step-down-*, fol-gap-appended
+and fol-truncate-to-leader-end-only (both as a timeout), ep-second-vote-in-an-epoch,
+retry-conflict-in-window-known, wal-crc-not-checked. The other 15 only a named
+fast test kills: its 300 seeds never reach a follower ahead of its leader in
+the leader's own epoch, a read joining an already-sent round, a round echoed
+across a leader restart, stale or newer-epoch data at a follower, promote
+refusals, a conflicting retry in flight, corruption before a valid frame, or
+malformed replication and client messages.
 """
 
 from tests.mutants.model import Mutant

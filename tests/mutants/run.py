@@ -58,6 +58,16 @@ IGNORE = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache",
                                 "*.egg-info", "results", "mycluster", "last-report.txt", "*.wal.torn-*")
 SIM = re.compile(r"^sim:(\d+)$")
 CANARY_EXIT = 97
+# Process groups of killers now running: ended if the runner itself is stopped (Ctrl-C, SIGTERM).
+LIVE: set[int] = set()
+
+
+def _end_live_killers() -> None:
+    for pgid in list(LIVE):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def load_catalogues(root: str = ROOT) -> list[Mutant]:
@@ -121,10 +131,13 @@ class Copy:
         log = tempfile.TemporaryFile(mode="w+", dir=os.path.dirname(self.root))
         p = subprocess.Popen(argv, cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True)
+        LIVE.add(p.pid)
         try:
             code: int | None = p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             code = None
+        finally:
+            LIVE.discard(p.pid)
         # The killer's own process group (nodes its tests started included): nothing outlives it.
         try:
             os.killpg(p.pid, signal.SIGKILL)
@@ -283,6 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     jobs = max(1, min(a.jobs, len(mutants)))
     base = tempfile.mkdtemp(prefix="zwal-mutants-")
     t_start = time.monotonic()
+
+    def stop(signum: int, _frame: object) -> None:
+        # Worker threads wait on killers: end the killers' process groups and the copies, then leave at once.
+        _end_live_killers()
+        shutil.rmtree(base, ignore_errors=True)
+        print(f"\nstopped by signal {signum}; no report written", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         copies: queue.Queue[Copy] = queue.Queue()
         for i in range(jobs):
@@ -330,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(jobs) as ex:
             ordered = list(ex.map(lambda m: with_copy(mut_one, m), mutants))
     finally:
+        _end_live_killers()
         shutil.rmtree(base, ignore_errors=True)
 
     broken = sorted(k for k, o in baseline.items() if o.code != 0)
