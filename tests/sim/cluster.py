@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .invariants import Invariants
@@ -25,6 +25,9 @@ class SimConfig:
     max_uncommitted_bytes: int = 1 << 20
     batch_max_records: int = 8
     batch_max_bytes: int = 1 << 16
+    fsync_mode: str = "group"
+    cluster_id: str = ""
+    names: list[str] = field(default_factory=list)
 
 
 class Sim:
@@ -35,12 +38,13 @@ class Sim:
         n = nodes or rng.randint(3, 5)
         self.names = [f"n{i + 1}" for i in range(n)]
         k = ack_replicas if ack_replicas is not None else rng.randint(1, n - 1)
-        self.cfg = SimConfig(k)
+        self.cfg = SimConfig(k, names=list(self.names))
         self.inv = Invariants(self)
         self.nodes = {name: SimNode(self, name) for name in self.names}
         self.originals: dict[tuple[bytes, int], dict[str, Any]] = {}
         self.stats: Counter[str] = Counter()
         self.p_enospc = 0.0
+        self.p_emfile = 0.0  # admin ops' state saves meet EMFILE
         # Bit flips anywhere (off by default: only in a leader's own last record; README.md, finding 1).
         self.all_flips = all_flips
         self.disk_latency: float | None = None  # a fixed leader write + fsync time (scenarios)
@@ -151,6 +155,7 @@ class Sim:
         w.net.heal()
         w.net.loss = w.net.slow = 0.0
         self.p_enospc = 0.0
+        self.p_emfile = 0.0
         for n in self.nodes.values():
             n.fail_fsync = False
             if n.paused:
