@@ -37,7 +37,7 @@ from daemon.wire.replication import BadMessage, Fetch, NotLeader, decode_from_le
 from .core import AdoptEpoch, Append, Decision, FollowerCore, Redirect, Refetch, Truncate
 
 NO_SPACE_BACKOFF_MIN = 0.2  # seconds before asking again when the disk is full (doubling up to the max)
-NO_SPACE_BACKOFF_MAX = 2.0
+NO_SPACE_BACKOFF_MAX = 1.0
 
 
 class FollowerRole:
@@ -82,7 +82,7 @@ class FollowerRole:
 
     def on_tick(self, now: float) -> None:
         host = self.host
-        if now - self.last_heard > self.silence_limit:
+        if now - self.last_heard > self.silence_limit and self._refetch_at is None:  # not while backing off
             if host.link.connected:
                 host.events.warn("leader_silent", leader=self.leader, seconds=round(now - self.last_heard, 2))
             self.last_heard = now

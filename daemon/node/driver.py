@@ -175,15 +175,16 @@ class Driver:
             wake_at = min(role.next_deadline(now), node.notifier.next_due(now))
             timeout_ms = max(0.0, wake_at - now) * 1000 + 1
             timeout_ms = node.outbox.poll_timeout(timeout_ms)  # replies waiting: retry them soon
-            events = dict(poller.poll(timeout_ms))
+            events = dict(poller.poll(int(timeout_ms)))
             if self._wake_r.fileno() in events:
                 self._drain_wake()
             if log.sock is not None and log.busy and log.sock.fileno() in events:
                 log.collect()
             if polled is not None and polled in events:
-                while role.transition is None and role.accepting() and link is not None and link.sock is polled:
+                sock: zmq.Socket[Any] = polled
+                while role.transition is None and role.accepting() and link is not None and link.sock is sock:
                     try:
-                        frames = polled.recv_multipart(zmq.NOBLOCK)
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     role.on_leader(frames)

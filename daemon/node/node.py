@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 import zmq
 
 from daemon import config as config_mod
-from daemon.auth.creds import Credentials, for_config
+from daemon.auth.creds import Credentials, Plain, for_config
 from daemon.auth.keys import KeyError_, secret_path
 from daemon.auth import zap
 from daemon.auth.zap import Gate
@@ -81,7 +81,8 @@ class Node:
         self.me = cfg.node(name)
         self.name = name
         self.stopping = False
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[Any] = zmq.Context.instance()
+        self.fd_limit = 1 << 20  # raise_fd_limit() sets it before the sockets are bound
         self.clock = MonotonicClock()
         self.events = LogEvents()
         os.makedirs(self.me.data_dir, exist_ok=True)
@@ -108,7 +109,7 @@ class Node:
         # CurveZMQ (docs/security.md): the gate guards this node's sockets;
         # `creds` is what it shows other nodes (its own certificate).
         self.gate: Gate | None = None
-        self.creds: Credentials | None = None
+        self.creds: Credentials | Plain | None = None
         self._reload_keys = False
         self.keys_generation = 0  # bumped on each SIGHUP reload: roles drop what revoked keys left parked
         self.peers: PeerProbe = None  # type: ignore[assignment]  # per role: begin_role
@@ -261,10 +262,12 @@ class Node:
         if self.gate is None:
             return sock.recv_multipart(zmq.NOBLOCK), None
         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        uid: str | None = None
         try:
-            uid = frames[-1].get("User-Id")
+            got = frames[-1].get("User-Id")
+            uid = got if isinstance(got, str) else None
         except zmq.ZMQError:
-            uid = None
+            pass
         who = self.gate.who(uid)
         return [f.bytes for f in frames], (who if who is not None else REVOKED)
 

@@ -99,8 +99,9 @@ class ToDealer:
         except BadMessage as e:
             return f"bad {e}"
         d = {k: getattr(m, k) for k in m.__slots__ if k != "data"}  # type: ignore[attr-defined]
-        if getattr(m, "data", None):
-            d["bytes"] = len(m.data)  # type: ignore[union-attr]
+        data = getattr(m, "data", None)
+        if data:
+            d["bytes"] = len(data)
         return f"{type(m).__name__} {d}"
 
 
@@ -174,7 +175,7 @@ class SimLog:
         node = self.node
         rng = node.w.rng
         assert self.inflight is None, "one append in flight at a time"
-        if (self.overlap or node.sim.p_enospc) and rng.random() < node.sim.p_enospc:
+        if node.disk_full or (self.overlap or node.sim.p_enospc) and rng.random() < node.sim.p_enospc:
             node.trace(f"append of {records} records: write fails (ENOSPC), rolled back")
             done(SyncResult(0, WalWriteError("No space left on device", errno.ENOSPC), 0.0, records))
             return
@@ -336,6 +337,7 @@ class SimNode:
         self.kv = KVState()
         self.end = 0
         self.fail_fsync = False
+        self.disk_full = False  # every write and state save fails with ENOSPC
         self.internal_errors = 0
         self.keys_generation = 0
         self.revoked: set[str] = set()  # node keys this process's allow-list lacks
@@ -361,6 +363,9 @@ class SimNode:
     def save_state(self, st: NodeState, patience: float = 15.0) -> None:
         if not self._recovering and self.role is not None:
             rng = self.w.rng
+            if self.disk_full:
+                self.trace("saving node-state.json fails (ENOSPC: disk full)")
+                raise NoSpace("node-state.json: No space left on device")
             if self.sim.p_enospc and rng.random() < self.sim.p_enospc:
                 self.trace("saving node-state.json fails (ENOSPC)")
                 raise NoSpace("node-state.json: No space left on device")
