@@ -175,6 +175,8 @@ class SimLog:
         node = self.node
         rng = node.w.rng
         assert self.inflight is None, "one append in flight at a time"
+        if self.overlap and node.cfg.fsync_mode == "per-record" and records != 1:
+            raise Violation("per-record", f"{node.name} appends {records} records in one fsync in per-record mode")
         if node.disk_full or (self.overlap or node.sim.p_enospc) and rng.random() < node.sim.p_enospc:
             node.trace(f"append of {records} records: write fails (ENOSPC), rolled back")
             done(SyncResult(0, WalWriteError("No space left on device", errno.ENOSPC), 0.0, records))

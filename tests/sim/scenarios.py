@@ -361,6 +361,26 @@ def follower_disk_full(seed: int = 0) -> Sim:
     return sim
 
 
+def admin_emfile(seed: int = 0) -> Sim:
+    """(k) Out of descriptors, an admin op's state save fails: the op is refused, nothing
+    changes, and the node does not restart; once descriptors are back, it is carried out."""
+    sim = _sim(seed=seed)
+    n1 = sim.nodes["n1"]
+    inc = n1.inc
+    sim.p_emfile = 1.0
+    sim.inv.max_admin_epoch = 2
+    r = sim.spawn("x", _one({"id": 5, "op": "fence", "args": {"epoch": 2, "candidate": "n2"}}, "n1"))
+    sim.run_for(0.5)
+    assert r.result and r.result.get("error") == "refused", r.result
+    assert n1.up and n1.inc == inc and n1.state.role == "leader" and n1.state.epoch == 1
+    sim.p_emfile = 0.0
+    r = sim.spawn("x", _one({"id": 6, "op": "fence", "args": {"epoch": 2, "candidate": "n2"}}, "n1"))
+    sim.run_for(0.5)
+    assert r.result and r.result.get("ok"), r.result
+    assert n1.state.epoch == 2 and n1.state.role == "follower"
+    return sim
+
+
 ALL = {
     "a_bitflip_leader_tail": bitflip_leader_tail,
     "b_kip279": kip279,
@@ -373,4 +393,5 @@ ALL = {
     "h_fence_during_batch": fence_during_batch,
     "i_not_a_prefix": not_a_prefix,
     "j_follower_disk_full": follower_disk_full,
+    "k_admin_emfile": admin_emfile,
 }
