@@ -14,7 +14,9 @@
    and a linearizable read is served only from committed state;
 5. a retry with other content than the original never gets `ok`;
 6. a write all of whose attempts were answered `written: false` is never in a log's committed prefix;
-7. no node's epoch is above the highest epoch an operator fenced or promoted at.
+7. no node's epoch is above the highest epoch an operator fenced or promoted at;
+8. once the faults stop, one node leads (a deposed leader steps down by itself); no log bytes go
+   to a node whose key the sender revoked; in per-record mode a leader fsyncs each record alone.
 """
 
 from __future__ import annotations
@@ -194,6 +196,12 @@ class Invariants:
         if not v.ok:
             self.fail("linearizable", v.message)
         sim = self.sim
+        leading = sorted((n.state.epoch, n.name) for n in sim.nodes.values()
+                         if n.up and n.role is not None and n.state.role == "leader")
+        if len(leading) > 1:
+            # Faults stopped seconds ago: a deposed leader hears of the newer
+            # epoch from its peers within a few probe intervals.
+            self.fail("one-leader-after-heal", f"after the faults stopped, {leading} all still lead")
         for n in sim.nodes.values():
             if not (n.up and n.role is not None and n.state.role == "leader"):
                 continue

@@ -334,7 +334,7 @@ class SimNode:
         self.inc = 0  # process incarnation: timers of a dead process never fire
         self.paused = False
         self.blocked = False  # the loop waits on the disk (inline write + fsync)
-        self.stash: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.stash: deque[tuple[Callable[..., Any], tuple[Any, ...], bool]] = deque()
         self.role: LeaderRole | FollowerRole | None = None
         self.kv = KVState()
         self.end = 0
@@ -461,7 +461,7 @@ class SimNode:
         if not self.up:
             return
         if self.paused or ((self.blocked or self.stash) and not system):
-            self.stash.append((fn, args))
+            self.stash.append((fn, args, system))
             return
         self._run(fn, args)
 
@@ -486,8 +486,17 @@ class SimNode:
         # Everything that queued while the loop was busy is read in one turn.
         inc = self.inc
         ran = False
-        while self.stash and self.up and self.inc == inc and not self.paused and not self.blocked:
-            fn, args = self.stash.popleft()
+        while self.stash and self.up and self.inc == inc and not self.paused:
+            if self.blocked:
+                # Only the disk's completion can unblock the loop: it may have
+                # queued behind other events while the process was paused.
+                i = next((i for i, e in enumerate(self.stash) if e[2]), None)
+                if i is None:
+                    break
+                fn, args, _ = self.stash[i]
+                del self.stash[i]
+            else:
+                fn, args, _ = self.stash.popleft()
             self._run(fn, args, turn=False)
             ran = True
         if ran and self.up and self.inc == inc and not self.blocked:

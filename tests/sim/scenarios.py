@@ -285,7 +285,12 @@ def fence_during_batch(seed: int = 0, open_records: int = 1) -> Sim:
     assert sim.nodes["n1"].log.inflight is not None and sim.nodes["n1"].log.inflight != batch1
     sim.spawn("x", _one({"id": 7, "op": "fence", "args": {"epoch": 2, "candidate": "n2"}}, "n1"))
     sim.inv.max_admin_epoch = 2
+    # A write that queues behind the fence (it waits for the batch in flight)
+    # is answered not_leader by the role that is ending: not left unanswered.
+    late = sim.spawn("x", _one({"id": 8, "op": "set", "key": b"k", "value": b"late", "cid": b"late"}, "n1"), 0.001)
     sim.run_for(1.0)
+    assert late.result and late.result.get("error") == "not_leader", late.result
+    assert sim.stats["internal_errors"] == 0, "a role change broke a rule of the core (internal_error)"
     logs = _records(sim, "n1")
     for a, c in zip(acts, clients):
         r = a.result
