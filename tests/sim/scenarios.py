@@ -386,6 +386,26 @@ def admin_emfile(seed: int = 0) -> Sim:
     return sim
 
 
+def fence_then_write(seed: int = 0) -> Sim:
+    """(l) A fence and a write queue while the leader's loop is inside an fsync: the fence is
+    carried out, and the write behind it is answered not_leader by the role that is ending."""
+    sim = _sim(seed=seed)
+    sim.disk_latency = 0.2
+    c = sim.client("c1")
+    c.deadline = 0.5
+    first = sim.write(c, b"k", b"v1", target="n1")  # alone: written and fsynced inline
+    sim.run_for(0.05)
+    assert sim.nodes["n1"].blocked
+    sim.inv.max_admin_epoch = 2
+    fence = sim.spawn("x", _one({"id": 7, "op": "fence", "args": {"epoch": 2, "candidate": "n2"}}, "n1"))
+    late = sim.spawn("x", _one({"id": 8, "op": "set", "key": b"k", "value": b"late", "cid": b"late"}, "n1"), 0.01)
+    sim.run_for(0.6)
+    assert first.result is not None, "the write in flight is answered"
+    assert fence.result and fence.result.get("ok"), fence.result
+    assert late.result and late.result.get("error") == "not_leader", late.result
+    return sim
+
+
 ALL = {
     "a_bitflip_leader_tail": bitflip_leader_tail,
     "b_kip279": kip279,
@@ -399,4 +419,5 @@ ALL = {
     "i_not_a_prefix": not_a_prefix,
     "j_follower_disk_full": follower_disk_full,
     "k_admin_emfile": admin_emfile,
+    "l_fence_then_write": fence_then_write,
 }
