@@ -21,9 +21,9 @@ def _sim(nodes: int = 3, k: int = 1, seed: int = 0) -> Sim:
     return sim
 
 
-def _records(sim: Sim, name: str) -> dict[tuple[bytes, int], int]:
+def _records(sim: Sim, name: str) -> dict[tuple[bytes, int | None], int]:
     """(cid, id) -> offset of every record in a node's log."""
-    out = {}
+    out: dict[tuple[bytes, int | None], int] = {}
     for f in iter_frames_in(bytes(sim.nodes[name].disk.cache)):
         r = decode_payload(f.payload)
         if r.client_id is not None:
@@ -230,7 +230,7 @@ def huge_client_epoch(seed: int = 0) -> Sim:
     before = {n: (s.state.epoch, s.state.role) for n, s in sim.nodes.items()}
     for i, n in enumerate(sim.names):
         for op in ("get", "set", "ping", "status", "del"):
-            msg = {"id": 100 + i, "op": op, "epoch": MAX_EPOCH}
+            msg: dict[str, object] = {"id": 100 + i, "op": op, "epoch": MAX_EPOCH}
             if op in ("get", "set", "del"):
                 msg["key"] = b"k"
             if op == "set":
