@@ -213,9 +213,9 @@ class Driver:
             if heard:
                 role.on_peer_status()
             now = node.clock.now()
+            node.service_tick(now, role.snapshot)  # a SIGHUP's reload first: on_tick drops what revoked keys parked
             role.on_tick(now)
             node.outbox.flush()
-            node.service_tick(now, role.snapshot)
         # The role is changing: what is on its way to disk lands (and is answered) first.
         log.wait(BATCH_WAIT_S)
         return role.transition

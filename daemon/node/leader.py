@@ -87,20 +87,22 @@ class LeaderRole:
         return min(self.core.next_deadline(now), self.host.peers.next_at)
 
     def on_tick(self, now: float) -> None:
-        """The end of a turn: start a batch, heed the peers, the core's timers."""
-        self.host.peers.maybe_send(now, self.core.epoch)
+        """The end of a turn: drop what revoked keys left parked, start a batch, heed the peers, the core's timers."""
+        host = self.host
+        if host.keys_generation != self._keys_seen:
+            # First: the batch started below may complete at once (inline),
+            # and must find no parked fetch of a revoked key to answer.
+            self._keys_seen = host.keys_generation
+            allowed = host.node_keys()
+            if allowed is not None:
+                self.core.revoke(set(self.cfg.names) - allowed)
+        host.peers.maybe_send(now, self.core.epoch)
         self._maybe_start_batch()
         self._check_peers()
         if self.transition is not None:
             return
         self._perform(self.core.tick(now))
         self._log_follower_changes(now)
-        host = self.host
-        if host.keys_generation != self._keys_seen:
-            self._keys_seen = host.keys_generation
-            allowed = host.node_keys()
-            if allowed is not None:
-                self.core.revoke(set(self.cfg.names) - allowed)
 
     def on_peer_status(self) -> None:
         self._check_peers()
