@@ -60,6 +60,9 @@ class Redirect:
     leader: str | None
 
 
+Decision = Append | Truncate | Refetch | AdoptEpoch | Redirect
+
+
 class FollowerCore:
     def __init__(self, name: str, epoch: int, end: int, last_epoch: int, records: int, max_fetch: int,
                  history: list[tuple[int, int]] | None = None, max_backoff: float = 0.2) -> None:
@@ -80,7 +83,7 @@ class FollowerCore:
         self.max_backoff = max_backoff
         self.refused = 0  # loud refetches since the last append
 
-    def on_message(self, msg: FromLeader | BadMessage) -> Append | Truncate | Refetch | AdoptEpoch | Redirect:
+    def on_message(self, msg: FromLeader | BadMessage) -> Decision:
         d = self._decide(msg)
         if isinstance(d, Refetch):
             self.refused = self.refused + 1 if d.loud else 0
@@ -93,7 +96,7 @@ class FollowerCore:
         return Fetch(self.name, self.epoch, self.end, self.last_epoch, self.records, self.max_fetch, self.round,
                      self.inc)
 
-    def _decide(self, msg: FromLeader | BadMessage) -> Append | Truncate | Refetch | AdoptEpoch | Redirect:
+    def _decide(self, msg: FromLeader | BadMessage) -> Decision:
         if isinstance(msg, BadMessage):
             return Refetch(f"malformed message from the leader: {msg}", loud=True)
         epoch = msg.epoch
@@ -153,7 +156,9 @@ class FollowerCore:
             frames.append((frame, rec))
             pos += frame.size
         if not frames:
-            return Refetch("empty chunk")
+            # Bytes were due (the leader sends a chunk only below its end):
+            # an empty one is a refusal in disguise, asked again with a backoff.
+            return Refetch(f"empty chunk at offset {self.end} (the leader has bytes beyond it)", loud=True)
         return Append(data, frames, starts)
 
     def appended(self, end: int, last_epoch: int, records: int, epoch_starts: list[tuple[int, int]] = []) -> None:

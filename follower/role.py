@@ -1,4 +1,4 @@
-"""The follower role's I/O loop around `FollowerCore`.
+"""The follower role: a reactor around `FollowerCore`, with no loop of its own.
 
 Pull replication: the follower asks the leader for bytes from its durable
 end; the leader answers at once when it has them, or parks the fetch until
@@ -6,320 +6,333 @@ its next fsync (a long poll, answered with a heartbeat when idle). Because
 the follower fsyncs before it asks again, every fetch is also an
 acknowledgement of its end, and a slow follower costs the leader nothing:
 it is sent only what it asked for.
+
+The driver hands it `on_leader` (the leader's messages), `on_client`,
+`on_peer_fetch` (another node fetching from us), `on_peer_status`, then
+`on_tick` each turn; it sleeps until `next_deadline`.
+
+Invariants:
+- a fetch (an acknowledgement of our end) is sent only after the append's
+  completion said our bytes are durable;
+- a newer epoch is saved before its data is taken;
+- no refusal is asked again at once: a standing one is asked later and
+  later (FollowerCore), and a full disk backs off on a timer, logged.
 """
 
 from __future__ import annotations
 
-import os
 import dataclasses
-import time
-from typing import Any
+from typing import Any, assert_never
 
-import zmq
-
-from daemon.ops import logs
-from daemon.auth import policy
-from daemon.node.node import REVOKED, FsyncFailure, Node, Transition, decode_client
-from daemon.node.peers import PeerProbe
-from daemon.wire.client import WRITE_OPS, ok_reply
+from daemon.node import answers
+from daemon.node.admission import Sender, authorize_fetch, decode_client
 from daemon.node.bootstrap import join_leader
-from daemon.node.epochs import may_follow
-from daemon.node.leader_core import Counters
-from daemon.wire.replication import (BadMessage, NotLeader, RepairRequest, decode_fetch, decode_from_leader, encode,
-                                     encode_fetch, encode_repair_data)
 from daemon.node.repair import repair_reply
-from daemon.wal.reader import read_chunk
+from daemon.node.epochs import may_follow
 from daemon.node.kv import Placed
+from daemon.node.leader_core import Counters
+from daemon.node.ports import FsyncFailure, Host, NoSpace, SyncResult, Transition
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
+from daemon.wire.client import WRITE_OPS, ok_reply
+from daemon.wire.replication import (BadMessage, Fetch, NotLeader, RepairRequest, decode_from_leader, encode,
+                                     encode_fetch, encode_repair_data)
 
-from .core import AdoptEpoch, Append, FollowerCore, Redirect, Refetch, Truncate
+from .core import AdoptEpoch, Append, Decision, FollowerCore, Redirect, Refetch, Truncate
+
+NO_SPACE_BACKOFF_MIN = 0.2  # seconds before asking again when the disk is full (doubling up to the max)
+NO_SPACE_BACKOFF_MAX = 1.0
 
 
 class FollowerRole:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.cfg = node.cfg
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.cfg = host.cfg
+        end = host.log.end
         self.core = FollowerCore(
-            node.name, node.state.epoch, node.writer.end, node.last_log_epoch(), node.kv.records,
-            node.cfg.fetch_max_bytes, [h for h in node.state.history if h[1] < node.writer.end],
-            max_backoff=node.cfg.heartbeat_interval,
+            host.name, host.state.epoch, end, answers.last_log_epoch(host), host.kv.records,
+            self.cfg.fetch_max_bytes, [h for h in host.state.history if h[1] < end],
+            max_backoff=self.cfg.heartbeat_interval,
         )
         self.counters = Counters()
-        self.probe = PeerProbe(node.ctx, node.cfg.peers(node.name), node.cfg.peer_probe_interval, node.creds,
-                               node.cfg.cluster_id, set(node.cfg.names))
-        self.dealer: zmq.Socket | None = None
-        self.leader = node.state.leader
-        self.last_heard = time.monotonic()
+        self.leader = host.state.leader
+        self.last_heard = host.clock.now()
         # No word from the leader for this long: reconnect and ask again (Lazy Pirate).
         self.silence_limit = max(3 * self.cfg.heartbeat_interval, 1.0)
         self.transition: Transition | None = None
-        self._refetch_at: float | None = None  # a paced fetch after a refusal (FollowerCore decides the delay)
-        self.poller = zmq.Poller()
+        self._refetch_at: float | None = None  # a paced fetch after a refusal or a full disk
+        self.no_space: str | None = None  # why the disk refused us, while it does
+        self._no_space_times = 0
+        self.stopping = False
+
+    # -- what the driver asks ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._connect()
+        self.on_tick(self.host.clock.now())
+
+    def accepting(self) -> bool:
+        return True
+
+    def wants_clients(self) -> bool:
+        return self.transition is None
+
+    def next_deadline(self, now: float) -> float:
+        peers = self.host.peers
+        t = min(self.last_heard + self.silence_limit, peers.next_at if not self.host.link.connected else now + 1.0)
+        if self._refetch_at is not None:
+            t = min(t, self._refetch_at)
+        return t
+
+    def on_tick(self, now: float) -> None:
+        host = self.host
+        if now - self.last_heard > self.silence_limit and self._refetch_at is None:  # not while backing off
+            if host.link.connected:
+                host.events.warn("leader_silent", leader=self.leader, seconds=round(now - self.last_heard, 2))
+            self.last_heard = now
+            host.peers.ask_now()
+            self._connect()
+        if not host.link.connected or now - self.last_heard > self.cfg.heartbeat_interval * 2:
+            host.peers.maybe_send(now, self.core.epoch)
+        if self._refetch_at is not None and now >= self._refetch_at:
+            self._refetch_at = None
+            self._fetch()
+        self._check_peers()
+
+    def on_peer_status(self) -> None:
+        self._check_peers()
+
+    def on_shutdown(self) -> Transition:
+        return Transition(None, "shutdown")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"role": "follower", "epoch": self.core.epoch, "end": self.core.end, "records": self.host.kv.records,
+                "errors": dict(self.counters.errors)}
 
     # -- connection to the leader -------------------------------------------------
 
     def _connect(self) -> None:
-        if self.dealer is not None:
-            self.poller.unregister(self.dealer)
-            self.dealer.close(linger=0)
-            self.dealer = None
-        if self.leader is None or self.leader == self.node.name:
-            return
-        ep = self.cfg.node(self.leader).repl_endpoint
-        s = self.node.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.MAXMSGSIZE, self.cfg.fetch_max_bytes + 2 * (1 << 20))
-        if self.node.creds is not None:
-            self.node.creds.apply(s, ep)  # our node key; only the leader's own key is accepted back
-        s.connect(ep)
-        self.dealer = s
-        self.poller.register(s, zmq.POLLIN)
-        self._fetch()
+        leader = self.leader if self.leader != self.host.name else None
+        if self.host.link.connect(leader):
+            self._fetch()
 
     def _fetch(self) -> None:
-        if self.dealer is not None:
-            self.dealer.send(encode_fetch(dataclasses.replace(self.core.fetch_msg(), cluster=self.cfg.cluster_id)),
-                             zmq.NOBLOCK)
+        if self.host.link.connected:
+            self.host.link.send(encode_fetch(dataclasses.replace(self.core.fetch_msg(), cluster=self.cfg.cluster_id)))
 
-    def _follow(self, epoch: int, leader: str | None, why: str) -> None:
-        """Adopt a newer epoch (durably first) and, if named, a new leader."""
-        st = self.node.state
+    def _backoff(self, delay: float) -> None:
+        self._refetch_at = self.host.clock.now() + delay
+
+    def _follow(self, epoch: int, leader: str | None, why: str) -> bool:
+        """Adopt a newer epoch (durably first) and, if named, a new leader. False: not adopted."""
+        host = self.host
+        st = host.state
         if epoch < st.epoch or (epoch == st.epoch and leader == st.leader):
-            return
+            return True
         if not may_follow(st, epoch, leader):
-            logs.error("refusing_leader", epoch=epoch, leader=leader, reason=f"{why}; this node leads epoch {epoch}")
-            return
+            host.events.error("refusing_leader", epoch=epoch, leader=leader,
+                              reason=f"{why}; this node leads epoch {epoch}")
+            return True
         new = st.follower_of(epoch, leader or (st.leader if epoch == st.epoch else None))
-        self.node.save_state(new)
+        try:
+            host.save_state(new)
+        except NoSpace as e:
+            self._disk_full(str(e))
+            return False
         self.core.epoch = epoch
-        logs.event("following", epoch=epoch, leader=new.leader, reason=why)
+        host.events.event("following", epoch=epoch, leader=new.leader, reason=why)
         if new.leader != self.leader:
             self.leader = new.leader
             self._connect()
-
-    # -- the loop -------------------------------------------------------------------
-
-    def run(self) -> Transition:
-        node = self.node
-        p = self.poller
-        p.register(node.client_sock, zmq.POLLIN)
-        p.register(node.repl_sock, zmq.POLLIN)
-        p.register(node.wake_fd(), zmq.POLLIN)
-        self.probe.register(p)
-        self._connect()
-        try:
-            while self.transition is None:
-                if node.stopping:
-                    return Transition(None, "shutdown")
-                now = time.monotonic()
-                if now - self.last_heard > self.silence_limit:
-                    if self.dealer is not None:
-                        logs.warn("leader_silent", leader=self.leader, seconds=round(now - self.last_heard, 2))
-                    self.last_heard = now
-                    self.probe.next_at = 0.0
-                    self._connect()
-                if self.dealer is None or now - self.last_heard > self.cfg.heartbeat_interval * 2:
-                    self.probe.maybe_send(now, self.core.epoch)
-                if self._refetch_at is not None and now >= self._refetch_at:
-                    self._refetch_at = None
-                    self._fetch()
-                wait = min(self.last_heard + self.silence_limit, self.probe.next_at if self.dealer is None else now + 1.0,
-                           node.notifier.next_due(now),
-                           self._refetch_at if self._refetch_at is not None else now + 1.0) - now
-                timeout_ms = max(0.0, wait) * 1000 + 1
-                timeout_ms = node.outbox.poll_timeout(timeout_ms)  # replies waiting: retry them soon
-                events = dict(p.poll(timeout_ms))
-                if node.wake_fd().fileno() in events:
-                    node.drain_wake()
-                if self.dealer is not None and self.dealer in events:
-                    self._drain_leader()
-                if node.client_sock in events:
-                    self._drain_clients()
-                if node.repl_sock in events:
-                    self._drain_repl()
-                for s in self.probe.socks:
-                    if s in events:
-                        self.probe.read(s)
-                self._check_peers()
-                node.outbox.flush()
-                node.service_tick(time.monotonic(), self._snapshot)
-            return self.transition
-        finally:
-            self.probe.close()
-            if self.dealer is not None:
-                self.dealer.close(linger=0)
-
-    def _snapshot(self) -> dict[str, Any]:
-        return {"role": "follower", "epoch": self.core.epoch, "end": self.core.end, "records": self.node.kv.records,
-                "errors": dict(self.counters.errors)}
+        return True
 
     def _check_peers(self) -> None:
-        if self.node.state.joining:
+        view = self.host.peers.view
+        if self.host.state.joining:
             # -- a rebuilt node (daemon/node/bootstrap.py): only the highest epoch a quorum of peers reports --
-            found = join_leader(self.node.name, self.probe.latest, len(self.cfg.names), self.cfg.ack_replicas)
+            found = join_leader(self.host.name, view.latest, len(self.cfg.names), self.cfg.ack_replicas)
             if found is not None:
                 self._follow(found[0], found[1], "joined: found the leader by asking peers")
             return
-        newer = self.probe.newer_epoch(self.core.epoch)
+        newer = view.newer_epoch(self.core.epoch)
         if newer is not None and newer[1] is not None:
             self._follow(newer[0], newer[1], f"a peer reports epoch {newer[0]} led by {newer[1]}")
         elif self.leader is None:
-            leader = self.probe.leader_at(self.core.epoch)
-            if leader is not None and leader != self.node.name:
-                self._follow(self.probe.latest[leader]["epoch"], leader, "found the leader by asking peers")
+            leader = view.leader_at(self.core.epoch)
+            if leader is not None and leader != self.host.name:
+                self._follow(view.latest[leader]["epoch"], leader, "found the leader by asking peers")
 
-    def _drain_leader(self) -> None:
-        assert self.dealer is not None
-        while self.transition is None:
-            try:
-                frames = self.dealer.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.last_heard = time.monotonic()
-            try:
-                msg = decode_from_leader(frames)
-            except BadMessage as e:
-                self._act(self.core.on_message(e))
-                continue
-            if isinstance(msg, RepairRequest):
-                self._repair(msg)  # -- Protocol-Aware Recovery (daemon/node/repair.py) --
-                continue
-            self._act(self.core.on_message(msg))
+    # -- the leader's messages --------------------------------------------------------
+
+    def on_leader(self, frames: list[bytes]) -> None:
+        self.last_heard = self.host.clock.now()
+        try:
+            msg = decode_from_leader(frames)
+        except BadMessage as e:
+            self._act(self.core.on_message(e))
+            return
+        if isinstance(msg, RepairRequest):
+            self._repair(msg)  # -- Protocol-Aware Recovery (daemon/node/repair.py); never FollowerCore's
+            return
+        self._act(self.core.on_message(msg))
 
     def _repair(self, req: RepairRequest) -> None:
         """Our leader (of our epoch) lost records of its epoch that we hold: send them back, then fetch."""
-        assert self.dealer is not None
-        node = self.node
+        host = self.host
         reply = None
         if req.epoch == self.core.epoch and req.leader == self.leader:
-            reply = repair_reply(req, node.name, self.core.end, self.core.history,
-                                 lambda o, e, m: read_chunk(node.writer.read_fd, o, e, m))
+            reply = repair_reply(req, host.name, self.core.end, self.core.history, host.log.read_chunk)
         if reply is not None:
-            logs.event("repair_sent", leader=req.leader, offset=req.offset, bytes=len(reply.data))
-            self.dealer.send_multipart(encode_repair_data(reply), zmq.NOBLOCK)
+            host.events.event("repair_sent", leader=req.leader, offset=req.offset, bytes=len(reply.data))
+            host.link.send_parts(encode_repair_data(reply))
         else:
-            logs.warn("repair_not_sent", leader=req.leader, epoch=req.epoch, offset=req.offset, upto=req.upto,
-                      our_end=self.core.end, reason="not our leader or epoch, or we hold no frames of that epoch there")
+            host.events.warn("repair_not_sent", leader=req.leader, epoch=req.epoch, offset=req.offset,
+                             upto=req.upto, our_end=self.core.end,
+                             reason="not our leader or epoch, or we hold no frames of that epoch there")
         self._fetch()
 
-    def _act(self, d: Any) -> None:
-        node = self.node
-        if isinstance(d, Append):
-            st = node.state.before_append(self.core.end, d.epoch_starts)
-            if st is not None:
-                node.save_state(st)
+    def _act(self, d: Decision) -> None:
+        host = self.host
+        match d:
+            case Append():
+                self._append(d)
+            case Refetch():
+                if d.loud:
+                    self.counters.dropped += 1
+                    if d.times <= 3 or d.times % 100 == 0:
+                        host.events.warn("refetch", reason=d.reason, offset=self.core.end, leader=self.leader,
+                                         times=d.times)
+                if d.delay:
+                    self._backoff(d.delay)
+                else:
+                    self._fetch()
+            case AdoptEpoch():
+                if self._follow(d.epoch, d.leader or self.leader, f"leader {d.leader} is at epoch {d.epoch}"):
+                    self._fetch()
+            case Redirect():
+                self._redirect(d)
+            case Truncate():
+                self._truncate(d)
+            case _:
+                assert_never(d)
+
+    def _redirect(self, d: Redirect) -> None:
+        if d.leader and d.leader not in self.cfg.names:
+            # Not a node of this cluster (a node of another one answered):
+            # following it would save a leader we cannot even reach.
+            self.host.events.warn("redirect_ignored", leader=d.leader, epoch=d.epoch,
+                                  reason="not a node of this cluster")
+            self.host.peers.ask_now()
+        elif d.epoch >= self.core.epoch and d.leader and d.leader != self.leader:
+            self._follow(d.epoch, d.leader, f"{self.leader} redirected us")
+        else:
+            self.host.peers.ask_now()
+
+    def _append(self, d: Append) -> None:
+        host = self.host
+        if self._refetch_at is not None and self.no_space is not None:
+            return  # backing off a full disk: this answer to an older fetch is asked again later
+        st = host.state.before_append(self.core.end, d.epoch_starts)
+        if st is not None:
             try:
-                _, end = node.writer.append_frames(d.data)
-                node.metrics.batch(len(d.frames), len(d.data), node.writer.last_append_s, node.writer.last_fsync_s)
-            except (WalFsyncError, WalPoisoned) as e:
-                raise FsyncFailure(str(e)) from None
-            except WalWriteError as e:
-                logs.error("append_failed", offset=self.core.end, bytes=len(d.data), error=str(e))
-                time.sleep(0.2)  # disk full: back off, then ask again from our (unchanged) end
-                self._fetch()
+                host.save_state(st)
+            except NoSpace as e:
+                self._disk_full(str(e))
                 return
-            self.core.appended(end, d.frames[-1][0].epoch, len(d.frames), d.epoch_starts)
-            st = node.state.after_append(end)
-            if st is not None:
-                logs.event("damage_repaired", end=end, reason="the log reached its end before recovery cut it again")
-                node.save_state(st)
-            # Acknowledge first (the fetch carries our durable end): the leader's
-            # commit does not wait for our in-memory state.
-            self._fetch()
-            for frame, rec in d.frames:
-                node.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))
-        elif isinstance(d, Refetch):
-            if d.loud:
-                self.counters.dropped += 1
-                if d.times <= 3 or d.times % 100 == 0:
-                    logs.warn("refetch", reason=d.reason, offset=self.core.end, leader=self.leader, times=d.times)
-            if d.delay:
-                self._refetch_at = time.monotonic() + d.delay
+        host.log.append(d.data, len(d.frames), lambda r: self._appended(d, r))
+
+    def _appended(self, d: Append, r: SyncResult) -> None:
+        host = self.host
+        e = r.error
+        if isinstance(e, (WalFsyncError, WalPoisoned)):
+            raise FsyncFailure(str(e)) from None
+        if isinstance(e, WalWriteError):
+            host.events.error("append_failed", offset=self.core.end, bytes=len(d.data), error=str(e))
+            if e.no_space:
+                self._disk_full(str(e))
             else:
-                self._fetch()
-        elif isinstance(d, AdoptEpoch):
-            self._follow(d.epoch, d.leader or self.leader, f"leader {d.leader} is at epoch {d.epoch}")
-            self._fetch()
-        elif isinstance(d, Redirect):
-            if d.leader and d.leader not in self.cfg.names:
-                # Not a node of this cluster (a node of another one answered):
-                # following it would save a leader we cannot even reach.
-                logs.warn("redirect_ignored", leader=d.leader, epoch=d.epoch, reason="not a node of this cluster")
-                self.probe.next_at = 0.0
-            elif d.epoch >= self.core.epoch and d.leader and d.leader != self.leader:
-                self._follow(d.epoch, d.leader, f"{self.leader} redirected us")
-            else:
-                self.probe.next_at = 0.0
-        elif isinstance(d, Truncate):
-            self._truncate(d)
+                self._backoff(NO_SPACE_BACKOFF_MIN)  # ask again from our (unchanged) end, not at once
+            return
+        if e is not None:
+            raise e
+        end = r.end
+        host.batch_metrics(len(d.frames), len(d.data), r.append_s, r.fsync_s)
+        self.core.appended(end, d.frames[-1][0].epoch, len(d.frames), d.epoch_starts)
+        if self.no_space is not None:
+            host.events.event("disk_has_room", offset=end, after_refusals=self._no_space_times)
+            self.no_space, self._no_space_times = None, 0
+        st = host.state.after_append(end)
+        if st is not None:
+            try:
+                host.save_state(st)
+                host.events.event("damage_repaired", end=end,
+                                  reason="the log reached its end before recovery cut it again")
+            except NoSpace as e2:
+                self._disk_full(str(e2))  # the marks stay: the next append tries again
+        # Acknowledge first (the fetch carries our durable end): the leader's
+        # commit does not wait for our in-memory state.
+        self._fetch()
+        for frame, rec in d.frames:
+            host.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))
+
+    def _disk_full(self, why: str) -> None:
+        """The disk refused us: stay up, stop fetching for a while, say so in `status`, try again."""
+        self._no_space_times += 1
+        n = self._no_space_times
+        if n <= 3 or n % 50 == 0:
+            self.host.events.error("no_space", offset=self.core.end, times=n, error=why,
+                                   action="free space on this node's disk; it resumes by itself")
+        self.no_space = why
+        self._backoff(min(NO_SPACE_BACKOFF_MAX, NO_SPACE_BACKOFF_MIN * 2 ** min(n - 1, 4)))
 
     def _truncate(self, d: Truncate) -> None:
-        node = self.node
-        w = node.writer
+        host = self.host
         last = self.core.last_epoch
-        save = os.path.join(node.me.data_dir, f"divergent-{last}-{d.offset}.wal")
-        if os.path.exists(save):
-            save = f"{save[:-4]}-{int(time.time())}.wal"
         try:
-            n = w.truncate_suffix(d.offset, save)
+            n, saved = host.log.truncate_suffix(d.offset, last)
         except (WalFsyncError, WalPoisoned, OSError) as e:
             raise FsyncFailure(f"truncating the divergent suffix failed: {e}") from None
-        logs.warn("divergent_suffix_truncated", offset=d.offset, bytes=n, last_epoch=last,
-                  leader=self.leader, leader_epoch=d.leader_epoch, saved_to=save)
-        st = node.state
+        host.events.warn("divergent_suffix_truncated", offset=d.offset, bytes=n, last_epoch=last,
+                         leader=self.leader, leader_epoch=d.leader_epoch, saved_to=saved)
+        st = host.state
         st.trim_history(d.offset)
-        node.save_state(st)
+        host.save_state(st)
         # Replay the shortened log into a fresh state, then follow again.
-        self.transition = Transition(node.state, "truncated a divergent suffix", reload=True)
+        self.transition = Transition(host.state, "truncated a divergent suffix", reload=True)
 
     # -- requests from clients and other followers ----------------------------------
 
-    def _drain_clients(self) -> None:
-        node = self.node
-        sock = node.client_sock
-        for _ in range(1024):
-            try:
-                frames, who = node.recv(sock)
-            except zmq.Again:
-                return
-            decoded = decode_client(node.outbox, frames, self.counters, who, node.cfg.cluster_id)
-            if decoded is None:
-                continue
-            envelope, req = decoded
-            if req.op in WRITE_OPS:
-                node.reply([*envelope, node.not_leader(req.id)])
-            elif req.op == "status":
-                node.reply([*envelope, ok_reply(req.id, status=node.status({
-                    "leader_end": self.core.leader_end, "leader_commit": self.core.leader_commit,
-                    "connected": self.dealer is not None and time.monotonic() - self.last_heard < self.silence_limit,
-                }))])
-            elif req.op in ("get", "ping"):
-                node.reply([*envelope, node.read_reply(req, stale=True, envelope=envelope)])
-            else:
-                body, t = node.admin(req)
-                node.reply([*envelope, body])
-                if t is not None:
-                    self.transition = t
-                    return
+    def on_client(self, frames: list[bytes], who: Sender) -> None:
+        host = self.host
+        now = host.clock.now()
+        decoded = decode_client(host.client, frames, self.counters, who, self.cfg.cluster_id, host.events, now)
+        if decoded is None:
+            return
+        envelope, req = decoded
+        if req.op in WRITE_OPS:
+            host.client.send([*envelope, answers.not_leader(host, req.id)])
+        elif req.op == "status":
+            host.client.send([*envelope, ok_reply(req.id, status=answers.status(host, {
+                "leader_end": self.core.leader_end, "leader_commit": self.core.leader_commit,
+                "connected": host.link.connected and now - self.last_heard < self.silence_limit,
+                "no_space": self.no_space,
+            }))])
+        elif req.op in ("get", "ping"):
+            host.client.send([*envelope, answers.read_reply(host, req, stale=True, envelope=envelope)])
+        else:
+            body, t = answers.admin(host, req)
+            host.client.send([*envelope, body])
+            if t is not None:
+                self.transition = t
 
-    def _drain_repl(self) -> None:
+    def on_peer_fetch(self, frames: list[bytes], who: Sender) -> None:
         """Another follower fetching from us: we do not lead; say who does."""
-        node = self.node
-        for _ in range(256):
-            try:
-                frames, who = node.recv(node.repl_sock)
-            except zmq.Again:
-                return
-            if who is not None and (who is REVOKED or not policy.may_replicate(who.role)):
-                continue
-            try:
-                fetch = decode_fetch(frames)
-            except BadMessage:
-                continue
-            if who is not None and fetch.name != who.name:
-                continue  # a node key speaks only for its own node
-            if fetch.cluster and node.cfg.cluster_id and fetch.cluster != node.cfg.cluster_id:
-                continue  # another cluster's node: it learns nothing from us, and we nothing from it
-            if fetch.epoch > self.core.epoch:
-                self.probe.next_at = 0.0
-            node.repl_sock.send_multipart([frames[0], *encode(NotLeader(self.core.epoch, node.state.leader))])
+        host = self.host
+        v = authorize_fetch(frames, who, self.cfg.names, self.cfg.cluster_id, self.counters, host.events,
+                            host.clock.now())
+        if not isinstance(v, Fetch):
+            return  # dropped, or another cluster's node: it learns nothing from us, and we nothing from it
+        if v.epoch > self.core.epoch:
+            host.peers.ask_now()
+        host.repl.send(frames[:1], encode(NotLeader(self.core.epoch, host.state.leader)))
+
+    on_fetch = on_peer_fetch

@@ -75,6 +75,18 @@ def test_the_leader_repairs_its_own_epoch_from_a_follower_and_leads_on():
     assert done.end == 6 * ONE and c.confirming is None and c.stepped_down is None
 
 
+def test_a_fetch_that_arrives_while_the_repair_is_on_its_way_to_disk_changes_nothing():
+    # The append of a repair completes later (the syncer thread, or the simulator's disk): the
+    # follower's next fetch, sent right after its repair data, may come first. Found by the
+    # simulator (j_damaged_leader_tail_one_gone) once the role's append became asynchronous.
+    c = core(4 * ONE)
+    c.on_fetch(fetch("n2", 6 * ONE), [b"n2"], 0.0)
+    [app] = of(c.on_repair(RepairData("n2", 1, 4 * ONE, LOG[4 * ONE:]), 0.0), AppendRepair)
+    assert repair_requests(c.on_fetch(fetch("n2", 6 * ONE), [b"n2"], 0.01)) == []  # no second request
+    c.repaired(6 * ONE, 0.02)  # and the one on disk is still accounted for
+    assert c.end == 6 * ONE and c.repair_failures.get("n2") is None
+
+
 def test_with_node3_down_for_good_the_leader_repairs_from_node2_up_to_its_old_end_and_leads_on():
     # 3 nodes, K = 1 (F - K + 1 = 2 = both followers) and node3 never answers.
     # node2 holds everything up to the end the log had before the cut: once

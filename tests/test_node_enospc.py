@@ -52,3 +52,57 @@ def test_enospc_fails_writes_cleanly_and_writes_resume_when_space_returns(make_c
     disk = {f.offset: rec.key for f in iter_frames(c.log_path("node1")) for rec in [f.record()]}
     assert all(disk.get(o) == k for k, o in acked) and b"after" in disk.values()
     assert "code=no_space" in open(c.node_log("node1")).read()
+
+
+@pytest.fixture
+def tiny_fs_node3(tmp_path):
+    mnt = tmp_path / "cluster0" / "node3"
+    mnt.mkdir(parents=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    yield str(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_follower_whose_disk_fills_stays_up_says_no_space_and_catches_up(make_cluster, tiny_fs_node3):
+    """Issue 19: a chunk that starts a new epoch needs a node-state save; on a full disk
+    that save used to exit 3 (a restart loop under supervisord)."""
+    import errno
+    import time
+
+    from harness import wait_until
+
+    c = make_cluster(3, ack_replicas=1, heartbeat_interval=0.2)
+    assert os.path.dirname(c.log_path("node3")) == tiny_fs_node3
+    c.start_all()
+    cl = c.client()
+    cl.set("before", "x")
+    c.wait_converged()
+    promote = c.zwal("promote", "node2", "--config", c.config, "--timeout", "2")
+    assert promote.returncode == 0, promote.stdout + promote.stderr
+    wait_until(lambda: c.status("node3")["epoch"] == 2, 10, "node3 follows epoch 2")
+    filler = os.path.join(tiny_fs_node3, "filler")
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    cl2 = Client([c.endpoint("node2")], config=c.config, timeout=2.0, deadline=10.0)
+    for i in range(5):
+        cl2.set(f"k{i}", "v" * 100)  # K = 1: node1 acknowledges
+    wait_until(lambda: c.status("node3").get("no_space"), 10, "node3 reports no_space")
+    time.sleep(1.0)
+    assert c.alive("node3"), "the follower whose disk is full stayed up"
+    st = c.status("node3")
+    assert st["role"] == "follower" and st["end"] < c.status("node2")["end"]
+    log = open(c.node_log("node3")).read()
+    assert "event=no_space" in log
+    os.unlink(filler)
+    wait_until(lambda: c.status("node3")["end"] == c.status("node2")["end"], 15, "node3 catches up")
+    assert c.status("node3").get("no_space") is None
+    assert c.alive("node3")
+    cl2.close()

@@ -93,16 +93,10 @@ def test_a_rebuilt_follower_catches_up_and_counts_again():
     NEW["i_rebuild_follower"]()
 
 
-@pytest.mark.xfail(strict=True, raises=TodaysBug,
-                   reason="issue 19: a rebuilt bootstrap node leads epoch 1 again on an empty log "
-                          "(_bootstrap_state), fixed by explicit bootstrap (item 3)")
 def test_a_rebuilt_bootstrap_node_follows_the_leader():
     expect_bug(rebuild_bootstrap, "acked-write", "n1 leads epoch 1 without the record acknowledged")
 
 
-@pytest.mark.xfail(strict=True, raises=TodaysBug,
-                   reason="issue 19: a rebuilt bootstrap node acknowledges writes that are lost (K = 0), "
-                          "fixed by explicit bootstrap (item 3)")
 def test_a_rebuilt_bootstrap_node_acknowledges_no_write_that_is_lost():
     expect_bug(rebuild_bootstrap_k0, "acked-write", "acknowledged twice with different records")
 

@@ -1,165 +1,231 @@
-"""The leader role's I/O loop: sockets and the file around `LeaderCore`.
+"""The leader role: a reactor around `LeaderCore`, with no loop of its own.
 
-One thread. Each turn: take every ready request (up to the batch limits),
-append the batch with one write and one fdatasync, then answer and ship.
-While the disk is busy, new requests queue in ZeroMQ; the next turn takes
-them all, which is what makes group commit free.
+The driver (daemon/node/driver.py in production, tests/sim/node.py in the
+simulator) hands it what arrived: `on_client`, `on_fetch`, `on_batch_done`,
+`on_peer_status`, then `on_tick` at the end of each turn, and sleeps until
+`next_deadline`. Group commit: while a batch is on the disk, new requests
+join the open batch; its completion starts the next.
+
+Invariants:
+- a write is answered `ok` only from `batch_durable`, after the append's
+  completion said the bytes are durable (and K followers acked them);
+- work that must follow the batch in flight (a step-down, an admin op)
+  waits in `_after_batch`, and meanwhile the role takes no input
+  (`accepting` is False), so every client learns the truth about `written`;
+- one leader per epoch: a peer at a newer epoch, or another leader of ours,
+  makes this role step down (saved before the role ends).
 """
 
 from __future__ import annotations
 
-import os
-import time
-from typing import Any
+from typing import Any, Callable, Union, assert_never
 
-import zmq
-
-from daemon.ops import logs
-from daemon.auth import policy
-from daemon.node.node import REVOKED, FsyncFailure, Node, Transition, decode_client
-from daemon.node.peers import PeerProbe
-from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, ok_reply
+from daemon.node import answers
+from daemon.node.admission import Dropped, OtherCluster, Sender, authorize_fetch, decode_client
 from daemon.node.leader_core import (AppendRepair, CheckPeers, CompareOwn, Confirmed, Heard, LeaderCore,
                                      RepairRefused, Reply, SendChunk, SendControl, ServeRead, StepDown)
 from daemon.node.repair import REPAIR_MAX_BYTES
-from daemon.wal.format import MAX_FRAME
-from daemon.wire.replication import BadMessage, Refuse, RepairData, decode_to_leader, encode
-from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
-from daemon.wal.reader import read_chunk
+from daemon.node.ports import FsyncFailure, Host, Limited, SyncResult, Transition
 from daemon.ops.stats import LatencyWindow
-from daemon.node.syncer import SyncResult, Syncer
+from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
+from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, Request, ok_reply
+from daemon.wire.replication import Refuse, RepairData, encode
 
-# Requests taken from the socket per turn beyond a full batch, so reads and
-# replication are served even while writes flood in.
-MAX_DRAIN = 4096
-_WRONG_CLUSTER_LOG = logs.Limited(burst=20)
+Action = Union[Reply, ServeRead, SendChunk, SendControl, StepDown, CheckPeers, Confirmed, AppendRepair,
+               RepairRefused, CompareOwn, Heard]
+_EMPTY_CHUNK_LOG = Limited(burst=10)
 
 
 class LeaderRole:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        cfg = node.cfg
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        cfg = host.cfg
         self.cfg = cfg
         batch_records = 1 if cfg.fsync_mode == "per-record" else cfg.batch_max_records
         self.core = LeaderCore(
-            name=node.name,
-            epoch=node.state.epoch,
-            end=node.writer.end,
-            kv=node.kv,
-            history=node.state.history,
-            followers=[p.name for p in cfg.peers(node.name)],
+            name=host.name,
+            epoch=host.state.epoch,
+            end=host.log.end,
+            kv=host.kv,
+            history=host.state.history,
+            followers=[n for n in cfg.names if n != host.name],
             ack_replicas=cfg.ack_replicas,
             replication_timeout=cfg.replication_timeout,
             heartbeat_interval=cfg.heartbeat_interval,
             max_uncommitted_bytes=cfg.max_uncommitted_bytes,
             batch_max_records=batch_records,
             batch_max_bytes=cfg.batch_max_bytes,
-            confirming=node.state.confirm_from is not None,
-            incarnation=int.from_bytes(os.urandom(7), "big"),
+            confirming=host.state.confirm_from is not None,
+            incarnation=host.incarnation(),
             retry_budget_bytes=cfg.retry_budget_bytes,
+            wall_clock=host.clock.wall,
             # -- Protocol-Aware Recovery of a cut tail (daemon/node/repair.py) --
             repair_max_bytes=min(cfg.fetch_max_bytes, REPAIR_MAX_BYTES),
-            resume_at=node.state.resume_at,
-            unheard=frozenset(node.state.unheard),
-            damaged_end=node.state.damaged_end,
+            resume_at=host.state.resume_at,
+            unheard=frozenset(host.state.unheard),
+            damaged_end=host.state.damaged_end,
         )
         if self.core.confirming is not None:
-            logs.warn("confirming_log", end=node.writer.end, cut_at=node.state.confirm_from,
-                      followers_needed=self.core.confirm_need,
-                      reason="recovery cut this leader's log; no writes until followers show they hold nothing it lost")
+            host.events.warn("confirming_log", end=host.log.end, cut_at=host.state.confirm_from,
+                             followers_needed=self.core.confirm_need,
+                             reason="recovery cut this leader's log; no writes until followers show they hold "
+                                    "nothing it lost")
         self.fsync_lat = LatencyWindow()
         self.batch_sizes = LatencyWindow()
-        self.probe = PeerProbe(node.ctx, cfg.peers(node.name), cfg.peer_probe_interval, node.creds, cfg.cluster_id,
-                               set(cfg.names))
-        self.syncer = Syncer(node.writer)
         self.transition: Transition | None = None
+        self._after_batch: list[Callable[[], None]] = []  # work waiting for the batch in flight
         self._in_sync: set[str] = set()
         self._hint_at = 0.0
-        self._draining = False
-        self._keys_seen = node.keys_generation
+        self._keys_seen = host.keys_generation
+        self.stopping = False  # the driver is waiting out the batch in flight: start no other
 
-    # -- the loop -----------------------------------------------------------------
+    # -- what the driver asks ---------------------------------------------------------
 
-    def run(self) -> Transition:
-        node = self.node
-        poller = zmq.Poller()
-        poller.register(node.client_sock, zmq.POLLIN)
-        poller.register(node.repl_sock, zmq.POLLIN)
-        poller.register(node.wake_fd(), zmq.POLLIN)
-        poller.register(self.syncer.sock, zmq.POLLIN)
-        self.probe.register(poller)
-        try:
-            while self.transition is None:
-                if node.stopping:
-                    return self._shutdown()
-                now = time.monotonic()
-                self.probe.maybe_send(now, self.core.epoch)
-                wake_at = min(self.core.next_deadline(now), self.probe.next_at, node.notifier.next_due(now))
-                timeout_ms = max(0.0, wake_at - now) * 1000
-                timeout_ms = node.outbox.poll_timeout(timeout_ms)  # replies waiting: retry them soon
-                events = dict(poller.poll(timeout_ms))
-                if node.wake_fd().fileno() in events:
-                    node.drain_wake()
-                if self.syncer.busy and self.syncer.fileno() in events:
-                    self._batch_done(self.syncer.collect())
-                if node.repl_sock in events:
-                    self._drain_repl()
-                if node.client_sock in events:
-                    self._drain_clients()
-                if self.core.batch and not self.syncer.busy:
-                    self._start_batch()
-                for s in self.probe.socks:
-                    if s in events:
-                        self.probe.read(s)
-                self._check_peers()
-                now = time.monotonic()
-                self._perform(self.core.tick(now))
-                self._log_follower_changes(now)
-                node.outbox.flush()
-                node.service_tick(now, self._snapshot)
-                if node.keys_generation != self._keys_seen and node.gate is not None:
-                    self._keys_seen = node.keys_generation
-                    self.core.revoke(set(self.cfg.names) - node.gate.node_names())
-            self._finish_in_flight()
-            return self.transition
-        finally:
-            self._finish_in_flight()
-            self.syncer.close()
-            self.probe.close()
+    def start(self) -> None:
+        self.on_tick(self.host.clock.now())
 
-    def _shutdown(self) -> Transition:
-        """SIGTERM: let the batch in flight reach the disk, answer, tell waiters, stop."""
-        self._finish_in_flight()
-        self._perform(self.core.fail_all(Err.SHUTTING_DOWN, f"{self.node.name} is shutting down; retry with the same request id"))
+    def accepting(self) -> bool:
+        """Does the role take input now? Not while work waits for the batch in flight."""
+        return not self._after_batch
+
+    def wants_clients(self) -> bool:
+        """Read more client requests now? Not past a full open batch: they wait in the socket."""
+        return not self._after_batch and not self.core.batch_full()
+
+    def next_deadline(self, now: float) -> float:
+        return min(self.core.next_deadline(now), self.host.peers.next_at)
+
+    def on_tick(self, now: float) -> None:
+        """The end of a turn: drop what revoked keys left parked, start a batch, heed the peers, the core's timers."""
+        host = self.host
+        if host.keys_generation != self._keys_seen:
+            # First: the batch started below may complete at once (inline),
+            # and must find no parked fetch of a revoked key to answer.
+            self._keys_seen = host.keys_generation
+            allowed = host.node_keys()
+            if allowed is not None:
+                self.core.revoke(set(self.cfg.names) - allowed)
+        host.peers.maybe_send(now, self.core.epoch)
+        self._maybe_start_batch()
+        self._check_peers()
+        if self.transition is not None:
+            return
+        self._perform(self.core.tick(now))
+        self._log_follower_changes(now)
+
+    def on_peer_status(self) -> None:
+        self._check_peers()
+
+    def on_leader(self, frames: list[bytes]) -> None:
+        """A leader follows no one (its node has no leader link)."""
+
+    def on_shutdown(self) -> Transition:
+        """SIGTERM, after the driver let the batch in flight finish: tell waiters, stop."""
+        self._perform(self.core.fail_all(Err.SHUTTING_DOWN,
+                                         f"{self.host.name} is shutting down; retry with the same request id"))
         return Transition(None, "shutdown")
 
-    def _finish_in_flight(self) -> None:
-        """Wait for the batch on its way to disk, and start no other (the caller is changing course)."""
-        self._draining = True
-        try:
-            if self.syncer.busy:
-                self._batch_done(self.syncer.wait(30.0))
-        finally:
-            self._draining = False
+    # -- clients ------------------------------------------------------------------------
+
+    def on_client(self, frames: list[bytes], who: Sender) -> None:
+        host, core = self.host, self.core
+        now = host.clock.now()
+        decoded = decode_client(host.client, frames, core.counters, who, self.cfg.cluster_id, host.events, now)
+        if decoded is None:
+            return
+        envelope, req = decoded
+        if req.op in ADMIN_OPS:
+            # The batch in flight lands (or fails) first, so every client is
+            # told the truth about `written` before the role changes.
+            self._finish_in_flight(lambda: self._admin(envelope, req))
+            return
+        if req.epoch > core.epoch and now >= self._hint_at:
+            # A client's epoch is a hint, never a command: ask the peers now;
+            # a peer that holds the epoch makes us step down.
+            self._hint_at = now + self.cfg.peer_probe_interval
+            host.peers.ask_now()
+        if self.transition is not None:
+            host.client.send([*envelope, answers.not_leader(host, req.id)])
+            return
+        if req.op in WRITE_OPS:
+            self._perform(core.admit_write(req, envelope, now))
+        elif req.op == "status":
+            host.client.send([*envelope, ok_reply(req.id, status=self._status(now))])
+        elif req.op == "get":
+            self._perform(core.admit_read(req, envelope, now))
+        else:
+            host.client.send([*envelope, answers.read_reply(host, req, stale=False)])
+
+    def _admin(self, envelope: list[bytes], req: Request) -> None:
+        body, t = answers.admin(self.host, req)
+        self.host.client.send([*envelope, body])
+        if t is not None and self.transition is None:
+            self._perform(self.core.fail_all(Err.NOT_LEADER, f"{self.host.name} stopped leading: {t.reason}"))
+            self.transition = t
+
+    # -- the disk -------------------------------------------------------------------------
+
+    def _maybe_start_batch(self) -> None:
+        if (self.core.batch and not self.host.log.busy and self.transition is None and not self._after_batch
+                and not self.stopping):
+            frames = self.core.take_batch()
+            self.host.log.append(b"".join(frames), len(frames), self.on_batch_done)
+
+    def on_batch_done(self, r: SyncResult) -> None:
+        e = r.error
+        if e is None:
+            self.fsync_lat.add(r.fsync_s)
+            self.batch_sizes.add(r.records)
+            self.host.batch_metrics(r.records, r.nbytes, r.append_s, r.fsync_s)
+            self._perform(self.core.batch_durable(r.end, self.host.clock.now()))
+        elif isinstance(e, WalWriteError):
+            code = Err.NO_SPACE if e.no_space else Err.WRITE_FAILED
+            self.host.events.error("batch_failed", code=code, records=r.records, error=str(e))
+            self._perform(self.core.batch_failed(code, str(e)))
+        elif isinstance(e, (WalFsyncError, WalPoisoned)):
+            # PostgreSQL's rule: never retry an fsync. Fail the batch, stop
+            # writing, exit non-zero; recovery on restart re-reads the file.
+            self._perform(self.core.batch_failed(Err.FSYNC_FAILED, str(e)))
+            raise FsyncFailure(str(e)) from None
+        else:
+            raise e
+        waiting, self._after_batch = self._after_batch, []
+        for then in waiting:
+            then()
+        if not self._after_batch:
+            self._maybe_start_batch()
+
+    def _finish_in_flight(self, then: Callable[[], None]) -> None:
+        """Run `then` once the batch on its way to disk has landed, and start no other meanwhile."""
+        if self.host.log.busy or self._after_batch:
+            self._after_batch.append(then)
+        else:
+            then()
 
     def _step_down(self, epoch: int, leader: str | None, reason: str, loud: bool = False) -> None:
         if self.transition is not None:
             return
-        (logs.error if loud else logs.warn)("stepping_down", epoch=self.core.epoch, new_epoch=epoch,
-                                            new_leader=leader, reason=reason)
-        self._finish_in_flight()
-        self._perform(self.core.fail_all(
-            Err.NOT_LEADER, f"{self.node.name} stepped down: epoch {epoch} exists ({reason})"))
-        st = self.node.state.follower_of(epoch, leader)
-        self.node.save_state(st)
-        self.transition = Transition(st, reason, reload=True)
+
+        def go() -> None:
+            if self.transition is not None:
+                return
+            (self.host.events.error if loud else self.host.events.warn)(
+                "stepping_down", epoch=self.core.epoch, new_epoch=epoch, new_leader=leader, reason=reason)
+            self._perform(self.core.fail_all(
+                Err.NOT_LEADER, f"{self.host.name} stepped down: epoch {epoch} exists ({reason})"))
+            st = self.host.state.follower_of(epoch, leader)
+            self.host.save_state(st)
+            self.transition = Transition(st, reason, reload=True)
+
+        self._finish_in_flight(go)
 
     def _check_peers(self) -> None:
-        newer = self.probe.newer_epoch(self.core.epoch)
+        view = self.host.peers.view
+        newer = view.newer_epoch(self.core.epoch)
         if newer is not None:
             self._step_down(newer[0], newer[1], f"a peer reports epoch {newer[0]}")
             return
-        rival = self.probe.leader_at(self.core.epoch, exact=True)
+        rival = view.leader_at(self.core.epoch, exact=True)
         if rival is not None:
             # One leader per epoch is the rule every other rule rests on: stop
             # acknowledging at once and let an operator promote at a new epoch.
@@ -167,189 +233,112 @@ class LeaderRole:
                             "two leaders of one epoch: run 'zwal promote NAME' for the most advanced follower "
                             "('zwal status' shows each node's last_epoch and end)", loud=True)
 
-    # -- clients --------------------------------------------------------------------
+    # -- followers ------------------------------------------------------------------------
 
-    def _drain_clients(self) -> None:
-        sock = self.node.client_sock
-        core = self.core
-        now = time.monotonic()
-        for _ in range(MAX_DRAIN):
-            if core.batch_full():
-                return
-            try:
-                frames, who = self.node.recv(sock)
-            except zmq.Again:
-                return
-            decoded = decode_client(self.node.outbox, frames, core.counters, who, self.node.cfg.cluster_id)
-            if decoded is None:
-                continue
-            envelope, req = decoded
-            if req.op in ADMIN_OPS:
-                # The batch in flight lands (or fails) first, so every client
-                # is told the truth about `written` before the role changes.
-                self._finish_in_flight()
-                body, t = self.node.admin(req)
-                self.node.reply([*envelope, body])
-                if t is not None and self.transition is None:
-                    self._perform(core.fail_all(Err.NOT_LEADER, f"{self.node.name} stopped leading: {t.reason}"))
-                    self.transition = t
-                continue
-            if req.epoch > core.epoch and now >= self._hint_at:
-                # A client's epoch is a hint, never a command: ask the peers
-                # now; a peer that holds the epoch makes us step down.
-                self._hint_at = now + self.cfg.peer_probe_interval
-                self.probe.next_at = 0.0
-            if self.transition is not None:
-                self.node.reply([*envelope, self.node.not_leader(req.id)])
-                continue
-            if req.op in WRITE_OPS:
-                self._perform(core.admit_write(req, envelope, now))
-            elif req.op == "status":
-                self.node.reply([*envelope, ok_reply(req.id, status=self._status(now))])
-            elif req.op == "get":
-                self._perform(core.admit_read(req, envelope, now))
-            else:
-                self.node.reply([*envelope, self.node.read_reply(req, stale=False)])
-
-    def _start_batch(self) -> None:
-        frames = self.core.take_batch()
-        if len(frames) == 1:
-            # A lone record gains nothing from overlap; skip the two thread
-            # hand-offs that would add to its latency.
-            self._batch_done(self.syncer.run_inline(frames[0], 1))
-        else:
-            self.syncer.submit(b"".join(frames), len(frames))
-
-    def _batch_done(self, r: SyncResult | None) -> None:
-        if r is None:
-            # The disk did not answer within the shutdown wait: nothing can be
-            # claimed about the batch, so nobody is told it is durable.
-            raise FsyncFailure("the batch in flight did not complete")
-        e = r.error
-        if e is None:
-            self.fsync_lat.add(r.fsync_s)
-            self.batch_sizes.add(r.records)
-            self.node.metrics.batch(r.records, r.nbytes, r.append_s, r.fsync_s)
-            self._perform(self.core.batch_durable(r.end, time.monotonic()))
-            if (self.core.batch and not self.syncer.busy and self.transition is None and not self.node.stopping
-                    and not self._draining):
-                self._start_batch()
+    def on_fetch(self, frames: list[bytes], who: Sender) -> None:
+        host = self.host
+        now = host.clock.now()
+        v = authorize_fetch(frames, who, self.cfg.names, self.cfg.cluster_id, self.core.counters, host.events, now,
+                            repair_max=REPAIR_MAX_BYTES)
+        if isinstance(v, Dropped):
             return
-        if isinstance(e, WalWriteError):
-            code = Err.NO_SPACE if e.no_space else Err.WRITE_FAILED
-            logs.error("batch_failed", code=code, records=r.records, error=str(e))
-            self._perform(self.core.batch_failed(code, str(e)))
+        if isinstance(v, RepairData):
+            self._perform(self.core.on_repair(v, now))  # -- repair (daemon/node/repair.py)
             return
-        if isinstance(e, (WalFsyncError, WalPoisoned)):
-            # PostgreSQL's rule: never retry an fsync. Fail the batch, stop
-            # writing, exit non-zero; recovery on restart re-reads the file.
-            self._perform(self.core.batch_failed(Err.FSYNC_FAILED, str(e)))
-            self._flush_replies()
-            raise FsyncFailure(str(e)) from None
-        raise e
+        if isinstance(v, OtherCluster):
+            # A node of another cluster: never a follower here (it would be
+            # told to truncate to our log). Refused; nothing changes.
+            self._perform([SendControl(frames[:1], Refuse(0, f"this node leads cluster {v.ours}, "
+                                                             f"not {v.theirs}: check the cluster file"))])
+            return
+        self._perform(self.core.on_fetch(v, frames[:1], now))
 
-    def _flush_replies(self) -> None:
-        # Let queued error replies leave before the process exits.
-        for _ in range(10):
-            self.node.outbox.flush()
-            time.sleep(0.005)
-
-    # -- followers ------------------------------------------------------------------
-
-    def _drain_repl(self) -> None:
-        sock = self.node.repl_sock
-        for _ in range(MAX_DRAIN):
-            try:
-                frames, who = self.node.recv(sock)
-            except zmq.Again:
-                return
-            if who is not None and (who is REVOKED or not policy.may_replicate(who.role)):
-                # Only node keys replicate: a client or admin key, or a
-                # revoked one, gets no log bytes and changes nothing.
-                self.core.counters.dropped += 1
-                continue
-            try:
-                fetch = decode_to_leader(frames, REPAIR_MAX_BYTES + MAX_FRAME)
-            except BadMessage:
-                self.core.counters.dropped += 1
-                continue
-            if who is not None and (fetch.name != who.name or fetch.name not in self.node.cfg.names):
-                # A node key speaks only for its own node: a fetch in another
-                # node's name would be a forged acknowledgement.
-                self.core.counters.dropped += 1
-                logs.warn("forbidden", key=str(who), op="fetch", reason=f"fetch in the name of {fetch.name!r}")
-                continue
-            if isinstance(fetch, RepairData):
-                self._perform(self.core.on_repair(fetch, time.monotonic()))  # -- repair (daemon/node/repair.py)
-                continue
-            ours = self.cfg.cluster_id
-            if fetch.cluster and ours and fetch.cluster != ours:
-                # A node of another cluster: never a follower here (it would
-                # be told to truncate to our log). Refused; nothing changes.
-                self.core.counters.error(Err.WRONG_CLUSTER)
-                _WRONG_CLUSTER_LOG.warn("wrong_cluster", op="fetch", node=fetch.name, theirs=fetch.cluster, ours=ours)
-                self._perform([SendControl(frames[:1], Refuse(0, f"this node leads cluster {ours}, "
-                                                              f"not {fetch.cluster}: check the cluster file"))])
-                continue
-            self._perform(self.core.on_fetch(fetch, frames[:1], time.monotonic()))
+    def _send_chunk(self, a: SendChunk) -> None:
+        host, core = self.host, self.core
+        data = host.log.read_chunk(a.offset, core.end, self.cfg.fetch_max_bytes)
+        if not data:
+            # Below our end there is always a whole frame to send, unless the
+            # offset falls inside one: the follower's log is not a prefix of
+            # ours. Sending b"" would have it ask again at once, forever.
+            self.core.counters.error("empty_chunk")
+            _EMPTY_CHUNK_LOG.warn(host.events, host.clock.now(), "empty_chunk_refused", error=True,
+                                  follower=a.follower, offset=a.offset, end=core.end,
+                                  action=f"{a.follower}'s log is not a prefix of this leader's at {a.offset}: "
+                                         "rebuild it from the leader (move its data directory aside)")
+            host.repl.send(a.envelope, encode(Refuse(core.epoch, f"offset {a.offset} is not a frame boundary "
+                                                                 f"of the leader's log (end {core.end})")))
+            return
+        host.repl.send(a.envelope, encode(core.chunk_msg(a.offset, data)))
 
     def _perform(self, actions: list[Any]) -> None:
-        node = self.node
+        host = self.host
         for a in actions:
-            if isinstance(a, Reply):
-                node.reply([*a.envelope, a.body])
-            elif isinstance(a, ServeRead):
-                node.reply([*a.envelope, node.read_reply(a.request, stale=False, linearizable=a.linearizable,
-                                                         envelope=a.envelope)])
-            elif isinstance(a, SendChunk):
-                data = read_chunk(node.writer.read_fd, a.offset, self.core.end, self.cfg.fetch_max_bytes)
-                node.repl_sock.send_multipart([*a.envelope, *encode(self.core.chunk_msg(a.offset, data))])
-            elif isinstance(a, SendControl):
-                node.repl_sock.send_multipart([*a.envelope, *encode(a.msg)])
-            elif isinstance(a, StepDown):
-                self._step_down(a.epoch, a.leader, a.reason, a.loud)
-            elif isinstance(a, CheckPeers):
-                if time.monotonic() >= self._hint_at:
-                    self._hint_at = time.monotonic() + self.cfg.peer_probe_interval
-                    logs.event("checking_peers", reason=a.reason)
-                    self.probe.next_at = 0.0
-            elif isinstance(a, Confirmed):
-                logs.event("log_confirmed", end=self.core.end, followers=",".join(a.followers),
-                           unheard=",".join(a.unheard) or "-")
-                node.save_state(node.state.with_(confirm_from=None, resume_at=a.end if a.unheard else None,
-                                                 unheard=list(a.unheard)))
-            # -- Protocol-Aware Recovery of a cut tail (daemon/node/repair.py) --
-            elif isinstance(a, AppendRepair):
-                self._append_repair(a)
-            elif isinstance(a, RepairRefused):
-                logs.warn("repair_refused", follower=a.source, reason=a.reason, end=self.core.end)
-            elif isinstance(a, CompareOwn):
-                n = max(0, min(len(a.data), self.core.end - a.offset))
-                self.core.compared(a.follower, a.offset, a.data, os.pread(node.writer.read_fd, n, a.offset))
-            elif isinstance(a, Heard):
-                left = [n for n in node.state.unheard if n != a.follower]
-                node.save_state(node.state.with_(unheard=left, resume_at=node.state.resume_at if left else None))
+            act: Action = a
+            match act:
+                case Reply():
+                    host.client.send([*act.envelope, act.body])
+                case ServeRead():
+                    host.client.send([*act.envelope, answers.read_reply(host, act.request, stale=False,
+                                                                        linearizable=act.linearizable,
+                                                                        envelope=act.envelope)])
+                case SendChunk():
+                    self._send_chunk(act)
+                case SendControl():
+                    host.repl.send(act.envelope, encode(act.msg))
+                case StepDown():
+                    self._step_down(act.epoch, act.leader, act.reason, act.loud)
+                case CheckPeers():
+                    now = host.clock.now()
+                    if now >= self._hint_at:
+                        self._hint_at = now + self.cfg.peer_probe_interval
+                        host.events.event("checking_peers", reason=act.reason)
+                        host.peers.ask_now()
+                case Confirmed():
+                    host.events.event("log_confirmed", end=self.core.end, followers=",".join(act.followers),
+                                      unheard=",".join(act.unheard) or "-")
+                    host.save_state(host.state.with_(confirm_from=None, resume_at=act.end if act.unheard else None,
+                                                     unheard=list(act.unheard)))
+                # -- Protocol-Aware Recovery of a cut tail (daemon/node/repair.py) --
+                case AppendRepair():
+                    self._finish_in_flight(lambda act=act: self._append_repair(act))
+                case RepairRefused():
+                    host.events.warn("repair_refused", follower=act.source, reason=act.reason, end=self.core.end)
+                case CompareOwn():
+                    n = max(0, min(len(act.data), self.core.end - act.offset))
+                    self.core.compared(act.follower, act.offset, act.data, host.log.read_raw(act.offset, n))
+                case Heard():
+                    left = [n for n in host.state.unheard if n != act.follower]
+                    host.save_state(host.state.with_(unheard=left, resume_at=host.state.resume_at if left else None))
+                case _:
+                    assert_never(act)
 
     def _append_repair(self, a: AppendRepair) -> None:
-        """Append frames of our epoch copied back from a follower (checked by the core), fsynced, then tell the core."""
-        node = self.node
-        st = node.state.before_append(node.writer.end, [])
+        """Append frames of our epoch copied back from a follower (checked by the core); once durable, tell the core."""
+        host = self.host
+        st = host.state.before_append(host.log.end, [])
         if st is not None:
-            node.save_state(st)
-        try:
-            _, end = node.writer.append_frames(a.data)
-        except (WalFsyncError, WalPoisoned) as e:
-            raise FsyncFailure(str(e)) from None
-        except WalWriteError as e:
-            logs.error("repair_append_failed", offset=a.offset, bytes=len(a.data), error=str(e))
-            self.core.repair_failed()
-            return
-        logs.event("repaired_from_follower", follower=a.source, offset=a.offset, end=end, records=a.records)
-        st = node.state.after_append(end)
-        if st is not None:
-            logs.event("damage_repaired", end=end, reason="the log reached its end before recovery cut it again")
-            node.save_state(st)
-        self._perform(self.core.repaired(end, time.monotonic()))
+            host.save_state(st)
+
+        def done(r: SyncResult) -> None:
+            e = r.error
+            if isinstance(e, (WalFsyncError, WalPoisoned)):
+                raise FsyncFailure(str(e)) from None
+            if isinstance(e, WalWriteError):
+                host.events.error("repair_append_failed", offset=a.offset, bytes=len(a.data), error=str(e))
+                self.core.repair_failed()
+                return
+            if e is not None:
+                raise e
+            host.events.event("repaired_from_follower", follower=a.source, offset=a.offset, end=r.end,
+                              records=a.records)
+            after = host.state.after_append(r.end)
+            if after is not None:
+                host.events.event("damage_repaired", end=r.end,
+                                  reason="the log reached its end before recovery cut it again")
+                host.save_state(after)
+            self._perform(self.core.repaired(r.end, host.clock.now()))
+
+        host.log.append(a.data, a.records, done)
 
     def _log_follower_changes(self, now: float) -> None:
         """One line when a follower starts or stops fetching: what an operator greps for."""
@@ -357,21 +346,22 @@ class LeaderRole:
             name, ok = f["name"], f["in_sync"]
             if ok and name not in self._in_sync:
                 self._in_sync.add(name)
-                logs.event("follower_connected", follower=name, acked=f["acked"], lag_bytes=f["lag_bytes"])
+                self.host.events.event("follower_connected", follower=name, acked=f["acked"],
+                                       lag_bytes=f["lag_bytes"])
             elif not ok and name in self._in_sync:
                 self._in_sync.discard(name)
-                logs.warn("follower_disconnected", follower=name, acked=f["acked"],
-                          silent_seconds=f["seconds_since_ack"], lag_bytes=f["lag_bytes"])
+                self.host.events.warn("follower_disconnected", follower=name, acked=f["acked"],
+                                      silent_seconds=f["seconds_since_ack"], lag_bytes=f["lag_bytes"])
 
-    def _snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         c = self.core.counters
         return {"role": "leader", "epoch": self.core.epoch, "end": self.core.end, "commit": self.core.commit,
-                "records": self.node.kv.records, "acked": c.acked, "errors": dict(c.errors),
-                "followers": self.core.follower_status(time.monotonic())}
+                "records": self.host.kv.records, "acked": c.acked, "errors": dict(c.errors),
+                "followers": self.core.follower_status(self.host.clock.now())}
 
     def _status(self, now: float) -> dict[str, Any]:
         c = self.core.counters
-        return self.node.status({
+        return answers.status(self.host, {
             "commit": self.core.commit,
             "ack_replicas": self.core.k,
             "fsync_mode": self.cfg.fsync_mode,

@@ -636,7 +636,9 @@ class LeaderCore:
         self.confirming.add(name)
         self.ahead[name] = offset
         self.beyond.pop(name, None)
-        if self.repairing is not None and self.repairing[0] == name:
+        if self.repair_frames is not None:
+            pass  # a repair is on its way to disk (the append is asynchronous): repaired() goes on from there
+        elif self.repairing is not None and self.repairing[0] == name:
             # Asked, and it fetched again without sending good frames (it has
             # none of our epoch there): a failure, so a refusal never spins.
             self.repairing = None

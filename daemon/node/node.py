@@ -1,48 +1,48 @@
 """A zwal node: one process, one log, one role at a time.
 
 The node owns what outlives a role: the cluster config, the open log and
-its replayed state, the node-state file, the bound sockets and the signal
-handling. A role (leader or follower) is looked up by name through the
-`zwal.roles` entry points, so `daemon` never imports `follower`.
+its replayed state, the node-state file, the bound sockets, and the ports
+a role reacts through (daemon/node/ports.py; production ones in
+zmq_ports.py). A role (leader or follower) is looked up by name through the
+`zwal.roles` entry points, so `daemon` never imports `follower`; the loop
+that drives it is daemon/node/driver.py.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import signal
-import socket
-import sys
 import time
-from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import zmq
 
 from daemon import config as config_mod
-from daemon.auth import policy
-from daemon.auth.creds import Credentials, for_config
+from daemon.auth.creds import Credentials, Plain, for_config
 from daemon.auth.keys import KeyError_, secret_path
 from daemon.auth import zap
 from daemon.auth.zap import Gate
 from daemon.ops import logs
 from daemon.node import identity as nodestate
-from daemon.node import bootstrap, epochs
+from daemon.node import answers, bootstrap
 from daemon.node.repair import REPAIR_MAX_BYTES
 from daemon.wal.format import MAX_FRAME
+from daemon.node.admission import REVOKED, Sender, decode_client  # noqa: F401  (re-exported)
 from daemon.node.identity import LEADER, NodeState
-from daemon.wire.client import MAX_MESSAGE, Err, ProtocolError, Request, decode_request, error_reply, ok_reply, split_envelope
 from daemon.node.kv import KVState
 from daemon.node.outbox import Outbox
 from daemon.node import outbox as outbox_mod
-from daemon.wal import LogCorrupt, WalError, WalFsyncError, WalPoisoned, open_log
+from daemon.node.peers import PeerProbe
+from daemon.node.ports import FsyncFailure, Host, NoSpace, StateNotSaved, Transition  # noqa: F401
+from daemon.node.zmq_ports import REPL_SNDHWM, LogEvents, MonotonicClock, NoLink, WalLog, ZmqLeaderLink, ZmqRepl
+from daemon.node.syncer import Syncer
+from daemon.wal import LogCorrupt, WalFsyncError, WalPoisoned, open_log
+from daemon.wire.client import MAX_MESSAGE
 from daemon.ops.metrics import Metrics
 from daemon.ops.sdnotify import Notifier
 from daemon.wal.reader import ScanResult
 
-EXIT_FSYNC = 3  # the supervisor restarts us; recovery runs on the next start
-EXIT_FATAL = 2
 # Descriptors kept back from client connections: peers' and admins'
 # connections, the log, node-state.json, evidence files, ZeroMQ's own.
 FD_HEADROOM = 256
@@ -52,24 +52,31 @@ REPL_MESSAGE_MAX = REPAIR_MAX_BYTES + MAX_FRAME + 4096
 STATE_SAVE_PATIENCE = 15.0  # seconds a role change waits for a file descriptor to save node-state.json
 
 
-@dataclass
-class Transition:
-    """What a role returns when it ends: the next state, or None to stop."""
-
-    state: NodeState | None
-    reason: str
-    reload: bool = True  # replay the log into a fresh state before the next role
-
-
 class Role(Protocol):
-    def __init__(self, node: "Node") -> None: ...
-    def run(self) -> Transition: ...
+    """A reactor (daemon/node/leader.py, follower/role.py): no loop of its own."""
+
+    transition: Transition | None
+    stopping: bool
+
+    def __init__(self, host: Host) -> None: ...
+    def start(self) -> None: ...
+    def accepting(self) -> bool: ...
+    def wants_clients(self) -> bool: ...
+    def next_deadline(self, now: float) -> float: ...
+    def on_tick(self, now: float) -> None: ...
+    def on_client(self, frames: list[bytes], who: Sender) -> None: ...
+    def on_fetch(self, frames: list[bytes], who: Sender) -> None: ...
+    def on_leader(self, frames: list[bytes]) -> None: ...
+    def on_peer_status(self) -> None: ...
+    def on_shutdown(self) -> Transition: ...
+    def snapshot(self) -> dict[str, Any]: ...
 
 
-def load_role(name: str) -> type[Role]:
+def load_role(name: str) -> Callable[[Host], Role]:
     for ep in entry_points(group="zwal.roles"):
         if ep.name == name:
-            return ep.load()
+            cls: Callable[[Host], Role] = ep.load()
+            return cls
     raise RuntimeError(f"role {name!r} is not installed (entry point group zwal.roles); reinstall zwal")
 
 
@@ -79,7 +86,10 @@ class Node:
         self.me = cfg.node(name)
         self.name = name
         self.stopping = False
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[Any] = zmq.Context.instance()
+        self.fd_limit = 1 << 20  # raise_fd_limit() sets it before the sockets are bound
+        self.clock = MonotonicClock()
+        self.events = LogEvents()
         os.makedirs(self.me.data_dir, exist_ok=True)
         st = nodestate.load(self.me.state_path)
         if st is None:
@@ -88,22 +98,21 @@ class Node:
         else:
             bootstrap.remove_marker(self.me.data_dir)  # a first start that crashed before removing it
         self.state = st
-        self.writer = None  # type: ignore[assignment]
+        self.writer: Any = None
+        self.log: WalLog = None  # type: ignore[assignment]  # set by open_log
         self.kv = KVState(cfg.retry_window_seconds)
         self.scan: ScanResult | None = None
         self.started = time.monotonic()
-        self.fsync_lat: list[float] = []
         self.notifier = Notifier()
         self.metrics = Metrics(name, self.me.metrics_port, cfg.metrics_bind)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
         # CurveZMQ (docs/security.md): the gate guards this node's sockets;
         # `creds` is what it shows other nodes (its own certificate).
         self.gate: Gate | None = None
-        self.creds: Credentials | None = None
+        self.creds: Credentials | Plain | None = None
         self._reload_keys = False
         self.keys_generation = 0  # bumped on each SIGHUP reload: roles drop what revoked keys left parked
+        self.peers: PeerProbe = None  # type: ignore[assignment]  # per role: begin_role
+        self.link: ZmqLeaderLink | NoLink = NoLink()
         if cfg.security == "curve":
             self.gate = Gate(self.ctx, cfg.keys_dir, secret_path(cfg.keys_dir, "node", name), me=name)
             if self.me.public_key != self.gate.public.decode("ascii"):
@@ -158,6 +167,12 @@ class Node:
         try:
             nodestate.save(self.me.state_path, st)
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                # The disk is full: the new file never replaced the old one
+                # (nodestate.save writes a temporary file, fsyncs, renames),
+                # so the old state still holds. A follower backs off.
+                raise NoSpace(f"{self.me.state_path}: cannot save the node state: {e.strerror}; "
+                              "free space on this disk") from None
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 # Out of file descriptors (connections that have not finished
                 # their handshake; client keys are capped below the limit):
@@ -204,6 +219,7 @@ class Node:
                                      before_cut=before_cut)
         self.kv = kv
         self.scan = scan
+        self.log = WalLog(self.writer, self.me.data_dir)
         st = self.state.recovered(scan)
         if st != self.state:
             self.save_state(st)
@@ -230,26 +246,14 @@ class Node:
         if self.gate is not None:
             self.gate.serve(r, zap.REPL_DOMAIN)
         r.setsockopt(zmq.MAXMSGSIZE, REPL_MESSAGE_MAX)  # fetches are tiny; repair data (daemon/node/repair.py) is not
+        r.setsockopt(zmq.SNDHWM, REPL_SNDHWM)  # answers to fetches nobody reads are dropped, not kept
         r.setsockopt(zmq.LINGER, 0)
         r.bind(self.me.repl_endpoint)
         self.client_sock = c
         self.repl_sock = r
         self.outbox = Outbox(c)
-
-    def reply(self, frames: list[bytes]) -> None:
-        """Send a reply to a client (through the outbox: never dropped while its connection lives)."""
-        self.outbox.send(frames)
-
-    def _on_hup(self, signum: int, frame: Any) -> None:
-        self._reload_keys = True
-        self._wake()
-
-    def _wake(self) -> None:
-        """Make the role loop's poll return (from a signal handler)."""
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self.client = self.outbox
+        self.repl = ZmqRepl(r)
 
     def recv(self, sock: zmq.Socket) -> tuple[list[bytes], Sender]:
         """One message from a server socket, and who sent it (raises zmq.Again).
@@ -260,86 +264,61 @@ class Node:
         if self.gate is None:
             return sock.recv_multipart(zmq.NOBLOCK), None
         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        uid: str | None = None
         try:
-            uid = frames[-1].get("User-Id")
+            got = frames[-1].get("User-Id")
+            uid = got if isinstance(got, str) else None
         except zmq.ZMQError:
-            uid = None
+            pass
         who = self.gate.who(uid)
         return [f.bytes for f in frames], (who if who is not None else REVOKED)
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.stopping = True
-        self._wake()
+    # -- the ports a role sees (daemon/node/ports.py Host) ------------------------------
 
-    def wake_fd(self) -> socket.socket:
-        return self._wake_r
+    def begin_role(self, role: str) -> None:
+        """Open the per-role ports: the probes, the leader link (a follower), the syncer (a leader)."""
+        self.peers = PeerProbe(self.ctx, self.cfg.peers(self.name), self.cfg.peer_probe_interval, self.creds,
+                               self.cfg.cluster_id, set(self.cfg.names))
+        if role == LEADER:
+            self.log = WalLog(self.writer, self.me.data_dir, Syncer(self.writer))
+            self.link = NoLink()
+        else:
+            self.log = WalLog(self.writer, self.me.data_dir)
+            self.link = ZmqLeaderLink(self.ctx, self.cfg, self.creds)
 
-    def drain_wake(self) -> None:
-        try:
-            while self._wake_r.recv(64):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+    def end_role(self) -> None:
+        self.log.close()
+        self.peers.close()
+        self.link.close()
 
-    def run(self) -> int:
-        self.fd_limit = raise_fd_limit()
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_hup)
+    def endpoint_of(self, name: str) -> str | None:
         try:
-            self.open_log()
-        except LogCorrupt as e:
-            logs.error("refusing_to_start", reason=str(e))
-            return EXIT_FATAL
-        except FsyncFailure as e:
-            logs.error("stopping_after_fsync_failure", reason=str(e))
-            return EXIT_FSYNC
-        except WalError as e:
-            logs.error("cannot_open_log", reason=str(e))
-            return EXIT_FATAL
-        try:
-            self._bind()
-        except zmq.ZMQError as e:
-            logs.error("cannot_bind", endpoint=self.me.client_endpoint, reason=str(e))
-            return EXIT_FATAL
-        try:
-            self.metrics.start()
-        except OSError as e:
-            logs.error("metrics_unavailable", port=self.me.metrics_port, reason=str(e))
-        logs.event("ready", role=self.state.role, epoch=self.state.epoch, end=self.writer.end,
-                   client=self.me.client_endpoint, repl=self.me.repl_endpoint, metrics_port=self.me.metrics_port,
-                   pid=os.getpid(), max_client_connections=self.gate.max_clients if self.gate else "-")
-        # READY only now: recovery has finished and the sockets are bound.
-        self.notifier.ready(self.status_line())
-        code = 0
-        try:
-            while not self.stopping:
-                role_cls = load_role(self.state.role)
-                logs.event("role_start", role=self.state.role, epoch=self.state.epoch, leader=self.state.leader)
-                t = role_cls(self).run()
-                if t.state is None:
-                    break
-                logs.event("role_change", to=t.state.role, epoch=t.state.epoch, leader=t.state.leader, reason=t.reason)
-                if t.state != self.state:
-                    self.save_state(t.state)
-                if t.reload and not self.stopping:
-                    self.open_log()
-        except FsyncFailure as e:
-            logs.error("stopping_after_fsync_failure", reason=str(e))
-            code = EXIT_FSYNC
-        except Exception as e:
-            # A broken invariant or a bug: say exactly what, then exit non-zero
-            # (the supervisor restarts us and recovery runs), never half-running.
-            import traceback
+            return self.cfg.node(name).client_endpoint
+        except config_mod.ConfigError:
+            return None
 
-            logs.error("internal_error", error=f"{type(e).__name__}: {e}",
-                       traceback=traceback.format_exc().replace("\n", " | "))
-            code = EXIT_FATAL
-        finally:
-            self.notifier.stopping()
-            self.close(fsync=code == 0)
-        logs.event("stopped", code=code)
-        return code
+    def incarnation(self) -> int:
+        return int.from_bytes(os.urandom(7), "big")
+
+    def node_keys(self) -> set[str] | None:
+        return self.gate.node_names() if self.gate is not None else None
+
+    def extra_status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "cluster": self.cfg.name,
+            "cluster_id": self.cfg.cluster_id,
+            "client_connections": self.gate.open_connections() if self.gate is not None else None,
+            "connections_refused_at_cap": self.gate.capped if self.gate is not None else 0,
+            **(self.outbox.stats() if getattr(self, "outbox", None) is not None else {}),
+            "uptime": round(time.monotonic() - self.started, 3),
+        }
+
+    def batch_metrics(self, records: int, nbytes: int, append_s: float, fsync_s: float) -> None:
+        self.metrics.batch(records, nbytes, append_s, fsync_s)
+
+    def status(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        return answers.status(self, extra)
 
     def status_line(self) -> str:
         end = self.writer.end if self.writer else "-"
@@ -384,171 +363,6 @@ class Node:
         if self.gate is not None:
             self.gate.stop()
 
-    # -- requests every role answers the same way ----------------------------------
-
-    def leader_endpoint(self) -> str | None:
-        if self.state.leader is None:
-            return None
-        try:
-            return self.cfg.node(self.state.leader).client_endpoint
-        except config_mod.ConfigError:
-            return None
-
-    def not_leader(self, req_id: int | None) -> bytes:
-        leader = self.state.leader if self.state.leader != self.name else None
-        return error_reply(
-            req_id, Err.NOT_LEADER,
-            f"{self.name} is a {self.state.role} (epoch {self.state.epoch}); "
-            + (f"send writes to {leader} at {self.leader_endpoint()}" if leader else "the leader is not known yet"),
-            leader=leader, leader_endpoint=self.leader_endpoint() if leader else None, epoch=self.state.epoch,
-        )
-
-    def status(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        w = self.writer
-        st: dict[str, Any] = {
-            "name": self.name,
-            "role": self.state.role,
-            "epoch": self.state.epoch,
-            "leader": self.state.leader,
-            "end": w.end if w else None,
-            "last_epoch": self.last_log_epoch(),
-            "led_epoch": self.state.led_epoch,
-            "damaged_end": self.state.damaged_end,
-            "joining": self.state.joining,
-            "records": self.kv.records,
-            "keys": len(self.kv.data),
-            "pid": os.getpid(),
-            "cluster": self.cfg.name,
-            "cluster_id": self.cfg.cluster_id,
-            "client_connections": self.gate.open_connections() if self.gate is not None else None,
-            "connections_refused_at_cap": self.gate.capped if self.gate is not None else 0,
-            **(self.outbox.stats() if getattr(self, "outbox", None) is not None else {}),
-            "uptime": round(time.monotonic() - self.started, 3),
-            "history": [list(h) for h in self.state.history],
-        }
-        if extra:
-            st.update(extra)
-        return st
-
-    def last_log_epoch(self) -> int:
-        """Epoch of the last record in the local log (0 for an empty log)."""
-        end = self.writer.end if self.writer else 0
-        last = 0
-        for e, start in self.state.history:
-            if start < end:
-                last = e
-        return last
-
-    def read_reply(self, req: Request, stale: bool, linearizable: bool = False,
-                   envelope: list[bytes] | None = None) -> bytes:
-        if req.op == "ping":
-            return ok_reply(req.id, name=self.name, role=self.state.role, epoch=self.state.epoch)
-        if req.op == "get":
-            v = self.kv.get(req.key)  # type: ignore[arg-type]
-            if v is not None and envelope and self.outbox.would_exceed(envelope[0], len(v)):
-                # The connection is not reading what it already has: a read
-                # is safe to refuse (nothing changes), and `busy` is a few
-                # bytes where the value could be a MiB.
-                return error_reply(req.id, Err.BUSY, f"{len(v)}-byte value not sent: this connection has "
-                                   f"{self.outbox.waiting(envelope[0])} bytes of unread replies; read them, "
-                                   "then retry")
-            return ok_reply(req.id, found=v is not None, value=v, offset=self.kv.end, stale=stale,
-                            linearizable=linearizable and not stale, node=self.name, epoch=self.state.epoch,
-                            leader_endpoint=self.leader_endpoint() if stale else None)
-        raise AssertionError(req.op)
-
-    # -- admin: the only ways a node's role changes -------------------------------
-
-    def admin(self, req: Request) -> tuple[bytes, Transition | None]:
-        """Carry out promote/follow/fence by the rules of daemon/node/epochs.py.
-
-        The new state is saved before the reply: a crash after the reply
-        restarts the node in the state the reply announced.
-        """
-        d = epochs.decide(req.op, req.args or {}, self.state, self.name, frozenset(self.cfg.names),
-                          self.writer.end, self.last_log_epoch())
-        if isinstance(d, epochs.Refusal):
-            logs.warn("admin_refused", op=req.op, epoch=(req.args or {}).get("epoch"), code=d.code, reason=d.message)
-            return error_reply(req.id, d.code, d.message, **d.fields), None
-        if d.state is not None:
-            try:
-                self.save_state(d.state, patience=0.0)
-            except StateNotSaved as e:
-                return error_reply(req.id, Err.REFUSED, str(e)), None
-            if d.state.role == LEADER:
-                logs.event("promoted", epoch=d.state.epoch, start_offset=self.writer.end)
-        t = Transition(self.state, d.transition, reload=d.reload) if d.transition else None
-        return ok_reply(req.id, **d.fields), t
-
-
-class FsyncFailure(Exception):
-    """Raised out of a role loop: the node must exit non-zero and be restarted."""
-
-
-class StateNotSaved(FsyncFailure):
-    """The node state could not be saved for want of a file descriptor. An
-    admin op is refused (nothing changed); anywhere else it still restarts."""
-
-
-_FORBIDDEN_LOG = logs.Limited(burst=20)
-_WRONG_CLUSTER_LOG = logs.Limited(burst=20)
-
-
-def decode_client(out: Outbox, frames: list[bytes], counters: Any,
-                  who: "Sender" = None, cluster_id: str = "") -> tuple[list[bytes], Request] | None:
-    """Decode a client message; bad input gets an error reply and None.
-
-    With CURVE on, `who` is the sender's identity (or REVOKED): a revoked
-    key's message is dropped unanswered, and a known key whose role may not
-    send the op gets `forbidden`; either way nothing changes. A connection
-    that does not read its replies (daemon/node/outbox.py) has its requests
-    dropped unread: nothing is executed, so a retry is safe."""
-    if who is REVOKED:
-        counters.error("revoked")
-        return None
-    if frames and out.congested(frames[0]):
-        counters.error("slow_reader")
-        out.refuse(frames[0])
-        return None
-    envelope, body, problem = split_envelope(frames)
-    if body is None:
-        counters.bad_requests += 1
-        counters.error(Err.BAD_REQUEST)
-        if envelope and envelope[0]:
-            out.send([*envelope, error_reply(None, Err.BAD_REQUEST, problem or "bad message")])
-        return None
-    try:
-        req = decode_request(body)
-    except ProtocolError as e:
-        counters.bad_requests += 1
-        counters.error(e.code)
-        out.send([*envelope, error_reply(e.request_id, e.code, str(e))])
-        return None
-    if req.cluster is not None and cluster_id and req.cluster != cluster_id:
-        # Two clusters mixed up (a config for one, ports of the other):
-        # refuse before anything else, whatever the op.
-        counters.error(Err.WRONG_CLUSTER)
-        _WRONG_CLUSTER_LOG.warn("wrong_cluster", op=req.op, theirs=req.cluster, ours=cluster_id)
-        out.send([*envelope, error_reply(req.id, Err.WRONG_CLUSTER,
-                                         f"this node belongs to cluster {cluster_id}, not {req.cluster}: "
-                                         "the cluster file you used points at another cluster's endpoints")])
-        return None
-    if who is not None and not policy.allowed(who.role, req.op):
-        counters.error(Err.FORBIDDEN)
-        _FORBIDDEN_LOG.warn("forbidden", key=str(who), op=req.op)
-        out.send([*envelope, error_reply(req.id, Err.FORBIDDEN,
-                                         f"key {who} (role {who.role}) may not send {req.op!r}")])
-        return None
-    return envelope, req
-
-
-class _Revoked:
-    """The sender's key is no longer in the allow-list (revoked since it connected)."""
-
-
-REVOKED: Any = _Revoked()
-Sender = Any  # Identity | REVOKED | None (security = "none")
-
 
 def raise_fd_limit() -> int:
     """Every connection costs a file descriptor; the log, the state file and
@@ -569,22 +383,6 @@ def raise_fd_limit() -> int:
 
 
 def main_node(config_path: str, name: str) -> int:
-    cfg = config_mod.load(config_path)
-    logs.setup(node=name)
-    try:
-        node = Node(cfg, name)
-    except (KeyError_, nodestate.StateError) as e:
-        # A damaged node-state.json (a disk that lost a write it reported
-        # done) holds this node's votes: guessing them could let it vote
-        # twice in one epoch. Refuse, say how to restore.
-        logs.error("refusing_to_start", reason=str(e))
-        return EXIT_FATAL
-    except OSError as e:
-        # node-state.json could not be read back from the disk or saved.
-        logs.error("stopping_after_fsync_failure", reason=f"node state: {e}")
-        return EXIT_FSYNC
-    return node.run()
+    from daemon.node.driver import main_node as main
 
-
-if __name__ == "__main__":
-    sys.exit(main_node(sys.argv[1], sys.argv[2]))
+    return main(config_path, name)

@@ -12,19 +12,10 @@ from __future__ import annotations
 import queue
 import socket
 import threading
-from dataclasses import dataclass
-
+from daemon.node.ports import SyncResult
 from daemon.wal import WalWriter
 
-
-@dataclass
-class SyncResult:
-    end: int = 0
-    error: BaseException | None = None
-    fsync_s: float = 0.0
-    records: int = 0
-    nbytes: int = 0
-    append_s: float = 0.0
+__all__ = ["SyncResult", "Syncer"]
 
 
 class Syncer:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .invariants import Invariants
@@ -11,6 +11,8 @@ from .node import SimNode
 from daemon.failover.linearizability import Op
 from .workload import Actor, Call, Client, Gen, Sleep, promote
 from .world import World
+
+from daemon.config import RETRY_BUDGET_BYTES, RETRY_WINDOW_SECONDS
 
 MAX_EPOCH = 2**63 - 1
 
@@ -25,6 +27,11 @@ class SimConfig:
     max_uncommitted_bytes: int = 1 << 20
     batch_max_records: int = 8
     batch_max_bytes: int = 1 << 16
+    fsync_mode: str = "group"
+    cluster_id: str = ""
+    names: list[str] = field(default_factory=list)
+    retry_window_seconds: float = RETRY_WINDOW_SECONDS
+    retry_budget_bytes: int = RETRY_BUDGET_BYTES
 
 
 class Sim:
@@ -35,12 +42,14 @@ class Sim:
         n = nodes or rng.randint(3, 5)
         self.names = [f"n{i + 1}" for i in range(n)]
         k = ack_replicas if ack_replicas is not None else rng.randint(1, n - 1)
-        self.cfg = SimConfig(k)
+        self.cfg = SimConfig(k, names=list(self.names))
         self.inv = Invariants(self)
         self.nodes = {name: SimNode(self, name) for name in self.names}
         self.originals: dict[tuple[bytes, int], dict[str, Any]] = {}
         self.stats: Counter[str] = Counter()
         self.p_enospc = 0.0
+        self.p_emfile = 0.0  # admin ops' state saves meet EMFILE
+        self.revoked: set[str] = set()  # node keys out of the allow-list
         # Bit flips anywhere (off by default: only in a leader's own last record; README.md, finding 1).
         self.all_flips = all_flips
         self.disk_latency: float | None = None  # a fixed leader write + fsync time (scenarios)
@@ -132,6 +141,9 @@ class Sim:
 
     def random_run(self, duration: float = 12.0, settle: float = 4.0, clients: int = 3) -> None:
         rng = self.world.rng
+        if rng.random() < 0.2:
+            self.cfg.fsync_mode = "per-record"  # the leader's batches hold one record each
+            self.world.log("sim", "fsync_mode = per-record")
         self.start()
         keys = [f"k{i}".encode() for i in range(rng.randint(2, 5))]
         for i in range(clients):
@@ -151,8 +163,12 @@ class Sim:
         w.net.heal()
         w.net.loss = w.net.slow = 0.0
         self.p_enospc = 0.0
+        self.p_emfile = 0.0
+        if self.revoked:
+            self._restore_keys()
         for n in self.nodes.values():
             n.fail_fsync = False
+            n.disk_full = False
             if n.paused:
                 n.resume()
             elif not n.up and n.refused is None:
@@ -177,8 +193,8 @@ class Sim:
             leader = self.leader()
             pick = rng.choices(
                 ["crash", "pause", "partition", "disconnect", "loss", "slow", "fsync", "flip", "promote",
-                 "promote2", "enospc", "bigepoch", "nothing"],
-                [3, 2, 3, 2, 1, 1, 0.5, 0.4, 2, 0.5, 0.4, 0.3, 2])[0]
+                 "promote2", "enospc", "bigepoch", "nothing", "revoke", "forge", "rogue", "emfile", "diskfull"],
+                [3, 2, 3, 2, 1, 1, 0.5, 0.4, 2, 0.5, 0.4, 0.3, 2, 0.4, 0.6, 0.3, 0.3, 0.3])[0]
             target = leader if leader is not None and rng.random() < 0.5 else self.nodes[rng.choice(self.names)]
             self.stats[pick] += 1
             if pick == "crash" and target.up:
@@ -227,6 +243,53 @@ class Sim:
                 w.after(rng.uniform(0.1, 1.0), setattr, self, "p_enospc", 0.0)
             elif pick == "bigepoch":
                 self.spawn("x", self.big_epoch(rng.choice(self.names), rng.choice(["get", "set", "ping"])))
+            elif pick == "revoke" and not self.revoked:
+                self.revoke({rng.choice(self.names)}, rng.uniform(0.2, 2.0))
+            elif pick == "forge" and leader is not None and leader.role is not None:
+                self.forge(leader, *rng.sample([n for n in self.names if n != leader.name], 2))
+            elif pick == "rogue":
+                self.spawn(f"rogue{w.next_id()}", self.rogue_fence(rng.choice(self.names)))
+            elif pick == "emfile":
+                self.p_emfile = 0.5
+                w.log("chaos", "descriptors run out for admin ops' state saves")
+                w.after(rng.uniform(0.2, 1.5), setattr, self, "p_emfile", 0.0)
+            elif pick == "diskfull" and target.up and target.state.role != "leader":
+                target.disk_full = True
+                w.log("chaos", f"{target.name}'s disk is full")
+                w.after(rng.uniform(0.2, 2.0), setattr, target, "disk_full", False)
+
+    def revoke(self, names: set[str], for_s: float) -> None:
+        """An operator removes node keys from the allow-list and SIGHUPs every node; later restores them."""
+        self.revoked = set(names)
+        self.world.log("chaos", f"revoke the keys of {sorted(names)} for {for_s:.2f}s")
+        for n in self.nodes.values():
+            n.reload_keys(self.revoked)
+        self.world.after(for_s, self._restore_keys)
+
+    def _restore_keys(self) -> None:
+        self.revoked = set()
+        self.world.log("chaos", "keys restored")
+        for n in self.nodes.values():
+            n.reload_keys(set())
+
+    def forge(self, leader: SimNode, key: str, name: str) -> None:
+        """Node `key` sends the leader a fetch in `name`'s name, claiming the leader's whole log."""
+        from daemon.node.answers import last_log_epoch
+        from daemon.wire.replication import Fetch, encode_fetch
+        from .node import ToReplSock
+
+        core = leader.role.core if leader.role is not None and hasattr(leader.role, "core") else None
+        end = getattr(core, "end", leader.end)
+        f = Fetch(name, leader.state.epoch, end, last_log_epoch(leader), 0, self.cfg.fetch_max_bytes)
+        self.world.log("chaos", f"{key} forges a fetch as {name} to {leader.name} at {end}")
+        self.world.net.send(key, leader.name, ToReplSock([f"f:{key}:{self.world.next_id()}".encode(),
+                                                          encode_fetch(f)]))
+
+    def rogue_fence(self, node: str) -> Gen:
+        """A client key sends an admin op: `forbidden`, and no epoch moves."""
+        msg = {"id": self.world.next_id(), "op": "fence",
+               "args": {"epoch": self.inv.max_admin_epoch + 7, "candidate": node}}
+        yield Call(node, msg, 0.3)
 
     def _heal(self, pairs: list[tuple[str, str]]) -> None:
         self.world.log("chaos", f"heal {len(pairs)} links")

@@ -61,7 +61,7 @@ def fresh_node(sim: Sim, name: str) -> "SimNode":
     """
     from .node import SimNode
 
-    return SimNode(sim, name)
+    return SimNode(sim, name, first_start=False)
 
 
 def rebuild(sim: Sim, name: str) -> "SimNode":

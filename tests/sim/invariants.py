@@ -16,7 +16,10 @@
 6. a write all of whose attempts were answered `written: false` is never in a log's committed prefix;
 7. no node's epoch is above the highest epoch an operator fenced or promoted at;
 8. exactly once: a (cid, id) acknowledged at one offset is never acknowledged at
-   another (a retry is answered from the retry window, not written again).
+   another (a retry is answered from the retry window, not written again);
+9. once the faults stop, one node leads (a deposed leader steps down by itself); no log bytes go
+   to a node whose key the sender revoked; in per-record mode a leader fsyncs each record alone;
+10. a node's saved epoch is never below the epoch of records its saved history holds.
 
 Liveness (writes resume once the faults stop) is tests/sim/liveness.py.
 """
@@ -166,6 +169,11 @@ class Invariants:
             if n.state.epoch > self.max_admin_epoch or n.stored.epoch > self.max_admin_epoch:
                 self.fail("epoch-hint", f"{n.name} is at epoch {n.state.epoch}, above any epoch an operator set "
                                         f"({self.max_admin_epoch})")
+            h = n.stored.history
+            if h and h[-1][0] > n.stored.epoch:
+                self.fail("epoch-saved-first", f"{n.name}'s saved state holds records of epoch {h[-1][0]} but "
+                                               f"its saved epoch is {n.stored.epoch}: it took data of an epoch "
+                                               "before saving it")
             if not n.up or n.role is None or n.state.role != "leader":
                 continue
             core = n.role.core  # type: ignore[union-attr]
@@ -218,6 +226,12 @@ class Invariants:
         if not v.ok:
             self.fail("linearizable", v.message)
         sim = self.sim
+        leading = sorted((n.state.epoch, n.name) for n in sim.nodes.values()
+                         if n.up and n.role is not None and n.state.role == "leader")
+        if len(leading) > 1:
+            # Faults stopped seconds ago: a deposed leader hears of the newer
+            # epoch from its peers within a few probe intervals.
+            self.fail("one-leader-after-heal", f"after the faults stopped, {leading} all still lead")
         for n in sim.nodes.values():
             if not (n.up and n.role is not None and n.state.role == "leader"):
                 continue
