@@ -24,7 +24,7 @@ from peers import Missing, etcd_peer, redis_peer, sqlite_peer, syncobj_peer
 
 from daemon.client.blocking import Client
 from daemon.auth.creds import for_config
-from daemon.cli.cmd_cluster import create_keys, render
+from daemon.cli.cmd_cluster import create_keys, mark_first_start, render
 from daemon.config import load as config_load
 
 Measure = Callable[[int, float], Sample]
@@ -50,6 +50,7 @@ def start_zwal(root: str, nodes: int, k: int, mode: str, curve: bool = True) -> 
     cfg = os.path.join(root, "cluster.toml")
     with open(cfg, "w") as f:
         f.write(cluster)
+    mark_first_start(config_load(cfg))  # a new cluster's first start, as `zwal cluster init` marks it
     procs = []
     for i in range(1, nodes + 1):
         with open(os.path.join(root, f"node{i}.log"), "wb") as log:

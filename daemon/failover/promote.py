@@ -134,7 +134,10 @@ def _assess(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
         problems.append(("ack_replicas = 0: writes were acknowledged before any follower had them, so no follower "
                          "is guaranteed to hold every acknowledged write",
                          "use --force to promote anyway (acknowledged writes may be lost)"))
-    countable = {n: s for n, s in reachable.items() if s["role"] == "follower"}
+    # A live leader counts too (a switchover): by log matching its position
+    # says what it holds whatever its role, and the check after fencing,
+    # when it can acknowledge nothing more, decides again.
+    countable = {n: s for n, s in reachable.items() if s["role"] in ("follower", "leader")}
     countable[name] = me
     # The bar: the most advanced answering follower that is no former leader
     # (a former leader's tail beyond it was never acknowledged, given the

@@ -7,9 +7,7 @@ MUTANTS = [
            replace="        return position(p) < damage_bound(st)",
            why="a damaged node counts as a copy only when the candidate's log reaches its damaged_end",
            killers=[R + "test_a_follower_holding_the_damaged_leaders_whole_log_is_promoted_with_one_follower_down",
-                    R + "test_a_follower_short_of_the_damaged_end_is_no_proof_and_only_force_promotes",
-                    "tests/test_promote_damaged_leader.py::"
-                    "test_a_follower_covering_the_damaged_leaders_end_is_promoted_without_force"]),
+                    R + "test_a_follower_short_of_the_damaged_end_is_no_proof_and_only_force_promotes"]),
     Mutant(id="promote-damaged-bound-forgets-cut-epoch", file="daemon/failover/promote.py",
            find='    top = max([st.get("last_epoch") or 0, st.get("led_epoch") or 0, *hist])',
            replace='    top = st.get("last_epoch") or 0',
