@@ -110,17 +110,10 @@ def test_a_damaged_leader_tail_with_a_follower_gone_heals():
     expect_bug(NEW["j_damaged_leader_tail_one_gone"], "liveness", "operator actions: ")
 
 
-@pytest.mark.xfail(strict=True, raises=TodaysBug,
-                   reason="issue 19: a leader whose disk lied refuses its followers' fetches and writes wait "
-                          "for an operator, fixed by repair from the followers (item 5)")
 def test_a_lying_leader_disk_heals_by_itself():
     expect_bug(lying_leader_disk, "liveness", "nobody promotes")
 
 
-@pytest.mark.xfail(strict=True, raises=TodaysBug,
-                   reason="issue 19 (found by the simulator): a leader whose disk lost whole fsynced records "
-                          "restarts with a clean shorter log and a follower that was behind acknowledges new "
-                          "records at their offsets; needs a leader restart to confirm with F - K + 1 (item 5)")
 def test_a_lying_leader_disk_loses_no_acknowledged_write():
     expect_bug(lying_leader_disk, "acked-write", "acknowledged twice with different records", 0, True)
 

@@ -162,6 +162,23 @@ class NodeState:
             return self.with_(damaged_end=None)
         return None
 
+    def restarted(self, end: int, ack_replicas: int, clean_end: int | None) -> "NodeState":
+        """This state for a process that starts again on its old data (not a first start).
+
+        A leader whose last process did not stop cleanly at exactly this end
+        (`clean_end`, from the clean-stop note) confirms its log with its
+        followers before it takes writes, when K >= 1: a disk may lie
+        (fdatasync says yes, the bytes never land), and then recovery finds a
+        clean but shorter log that has lost acknowledged records. Only the
+        replicas can show that (the durability contract, rule 3), so the
+        same F - K + 1 rule and repair as for a cut tail apply
+        (daemon/node/repair.py). A clean stop fsynced the log first, so its
+        end is trusted.
+        """
+        if self.role != LEADER or ack_replicas < 1 or clean_end == end:
+            return self
+        return self.with_(confirm_from=min(end, self.confirm_from if self.confirm_from is not None else end))
+
     def recovered(self, scan: ScanResult) -> "NodeState":
         """This state after recovery scanned the log (and cut a torn tail, if any).
 
@@ -256,6 +273,41 @@ def load(path: str) -> NodeState | None:
     finally:
         os.close(fd)
     return NodeState.from_json(b"".join(chunks), path)
+
+
+CLEAN_STOP = "clean-stop.json"
+
+
+def save_clean_stop(data_dir: str, end: int) -> None:
+    """After a clean stop (the log fsynced and closed): the end it stopped at, durably."""
+    path = os.path.join(data_dir, CLEAN_STOP)
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_full(fd, json.dumps({"end": end}).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(data_dir)
+
+
+def take_clean_stop(data_dir: str) -> int | None:
+    """The end the last process stopped cleanly at, or None; the note is removed durably first,
+    so a crash of this process is never taken for a clean stop."""
+    path = os.path.join(data_dir, CLEAN_STOP)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4096)
+    except FileNotFoundError:
+        return None
+    os.unlink(path)
+    fsync_dir(data_dir)
+    try:
+        end = json.loads(raw).get("end")
+    except (ValueError, AttributeError):
+        return None  # damaged: as if there were none (the safe side)
+    return end if isinstance(end, int) and not isinstance(end, bool) and end >= 0 else None
 
 
 def save(path: str, state: NodeState) -> None:

@@ -92,9 +92,14 @@ class Node:
         self.events = LogEvents()
         os.makedirs(self.me.data_dir, exist_ok=True)
         st = nodestate.load(self.me.state_path)
+        # The end the last process stopped cleanly at (None after a crash):
+        # a leader that crashed confirms its log (NodeState.restarted).
+        self.clean_end = nodestate.take_clean_stop(self.me.data_dir)
+        self._restart_checked = False
         if st is None:
             # -- bootstrap (daemon/node/bootstrap.py decides; issue 19) --
             st = self._fresh_state()
+            self._restart_checked = True  # a first start: nothing to lose yet
         else:
             bootstrap.remove_marker(self.me.data_dir)  # a first start that crashed before removing it
         self.state = st
@@ -221,6 +226,13 @@ class Node:
         self.scan = scan
         self.log = WalLog(self.writer, self.me.data_dir)
         st = self.state.recovered(scan)
+        if not self._restart_checked:
+            self._restart_checked = True
+            st = st.restarted(self.writer.end, self.cfg.ack_replicas, self.clean_end)
+            if st.confirm_from is not None and self.state.confirm_from is None and not scan.dropped:
+                logs.warn("unclean_restart", end=self.writer.end, clean_end=self.clean_end,
+                          reason="the last process did not stop cleanly at this end: the leader confirms its "
+                                 "log with its followers before it takes writes (a disk may lose fsynced bytes)")
         if st != self.state:
             self.save_state(st)
         logs.event(
@@ -345,7 +357,10 @@ class Node:
         if self.writer is not None:
             try:
                 if fsync:
+                    end, poisoned = self.writer.end, self.writer.poisoned
                     self.writer.close()
+                    if not poisoned:
+                        nodestate.save_clean_stop(self.me.data_dir, end)  # fsynced and closed at this end
                 # else: the process is exiting after a failure, perhaps with
                 # the syncer thread still inside fdatasync on these fds:
                 # leave them to the kernel rather than close them under it.

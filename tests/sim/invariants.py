@@ -209,7 +209,9 @@ class Invariants:
             if self._agree_seen.get(key) == sig:
                 continue
             self._agree_seen[key] = sig
-            upto = min(f.acked, len(m.disk.durable))
+            # Not past the follower's valid end: bytes its recovery cut since
+            # (a damaged tail, now marked by damaged_end: no copy) are no claim.
+            upto = min(f.acked, len(m.disk.durable), m.end)
             if pristine(m, 0, upto) != pristine(n, 0, upto):
                 a, b = pristine(m, 0, upto), pristine(n, 0, upto)
                 i = next(i for i in range(upto) if a[i] != b[i])

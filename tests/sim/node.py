@@ -426,6 +426,8 @@ class SimNode:
     # -- process lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
+        self.restart_pending = self.inc > 0  # the first start of a new data directory has nothing to lose
+        self.revoked = set(self.sim.revoked)  # a new process reads the allow-list as it is now
         self.inc += 1
         self.up, self.paused, self.blocked = True, False, False
         self.stash.clear()
@@ -630,6 +632,11 @@ class SimNode:
             self.kv = kv
             self.end = scan.valid_end
             st = self.state.recovered(scan)
+            if self.restart_pending:
+                # Node.open_log's first recovery of a process on old data: every simulated
+                # stop is a crash (no clean-stop note), so a leader confirms its log.
+                self.restart_pending = False
+                st = st.restarted(self.end, self.cfg.ack_replicas, None)
             if st != self.state:
                 self.save_state(st)
         finally:

@@ -150,6 +150,7 @@ def unconfirmed_tail_read(seed: int = 0) -> Sim:
     sim.run_for(3.0)
     assert not (r.result or {}).get("linearizable"), f"fresh read before commit: {r.result}"
     sim.restart("n2")
+    sim.restart("n3")  # n1 crashed: it confirms its log with F - K + 1 = 2 followers (a disk may lie)
     sim.run_for(1.0)
     r = sim.read(reader, b"k", target="n1")
     sim.run_for(1.0)
