@@ -68,8 +68,8 @@ class LeaderRole:
         if self.core.confirming is not None:
             host.events.warn("confirming_log", end=host.log.end, cut_at=host.state.confirm_from,
                              followers_needed=self.core.confirm_need,
-                             reason="recovery cut this leader's log; no writes until followers show they hold "
-                                    "nothing it lost")
+                             reason="recovery cut this leader's log, or it did not stop cleanly; no writes "
+                                    "until followers show they hold nothing it lost")
         self.fsync_lat = LatencyWindow()
         self.batch_sizes = LatencyWindow()
         self.transition: Transition | None = None

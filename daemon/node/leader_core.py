@@ -317,7 +317,7 @@ class LeaderCore:
             self.counters.error(Err.NOT_ENOUGH_REPLICAS)
             return [Reply(envelope, error_reply(
                 req.id, Err.NOT_ENOUGH_REPLICAS,
-                f"{self.name} restarted with a damaged tail and is confirming its log with its followers "
+                f"{self.name} restarted (a crash, or recovery cut its log) and is confirming its log with its followers "
                 f"({len(self.confirming)} of {self.confirm_need} heard); nothing was written", written=False))]
         digest = b""
         charge = 0
