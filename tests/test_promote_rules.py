@@ -333,3 +333,13 @@ def test_a_loser_whose_rival_won_a_majority_of_votes_stands_back():
     # If the winner never leads, retry after watching.
     assert after_lost_vote("node1", names, 4, sts, 0, watched=True,
                            votes={"node1": "node3", "node3": "node3"}).action == RETRY
+
+
+def test_a_switchover_with_a_follower_gone_counts_the_live_leader_as_a_copy():
+    # 3 nodes, K = 1, n3 gone for good: n2 has all of the live leader n1's log. n1 and n2 are
+    # the two copies N - K needs (the check after fencing decides again, when n1 can
+    # acknowledge nothing more). A leader ahead of n2 is no copy of it.
+    sts = {"n1": st("leader", 2, 900), "n2": st("follower", 2, 900), "n3": None}
+    assert decide("n2", sts, ack_replicas=1, force=False).ok
+    sts["n1"] = st("leader", 2, 950)
+    assert not decide("n2", sts, ack_replicas=1, force=False).ok
