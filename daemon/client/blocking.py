@@ -320,7 +320,7 @@ class Client:
                 if last_err is not None and not isinstance(last_err, Unavailable):
                     raise last_err
                 where = ", ".join(tried or ([endpoint] if endpoint else self.endpoints))
-                raise Unavailable(f"no answer within {total:g}s from {where} ({attempts} attempt(s) of up to "
+                raise Unavailable(f"no answer within {round(total, 2):g}s from {where} ({attempts} attempt(s) of up to "
                                   f"{self.timeout:g}s each)")
             msg["epoch"] = self.epoch
             assert self.sock is not None
