@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from daemon.node.identity import NodeState
 from daemon.node.kv import KVState
+from daemon.ops.logs import RateGate
 
 if TYPE_CHECKING:
     from daemon.node.peers import PeerView
@@ -201,27 +202,13 @@ class Host(Protocol):
     def batch_metrics(self, records: int, nbytes: int, append_s: float, fsync_s: float) -> None: ...
 
 
-class Limited:
-    """At most `burst` lines of one event a minute (by the host's clock); the
-    rest are counted and reported in the next line (`suppressed=N`)."""
-
-    def __init__(self, burst: int = 20, period: float = 60.0) -> None:
-        self.burst = burst
-        self.period = period
-        self._start = -1e18
-        self._lines = 0
-        self.suppressed = 0
+class Limited(RateGate):
+    """A RateGate (daemon/ops/logs.py) on the host's clock, logging through
+    the host's events port."""
 
     def warn(self, events: Events, now: float, name: str, error: bool = False, **kv: Any) -> bool:
-        if now - self._start >= self.period:
-            self._start, self._lines = now, 0
-        if self._lines >= self.burst:
-            self.suppressed += 1
+        if not self.admit(now, kv):
             return False
-        self._lines += 1
-        if self.suppressed:
-            kv["suppressed"] = self.suppressed
-            self.suppressed = 0
         (events.error if error else events.warn)(name, **kv)
         return True
 

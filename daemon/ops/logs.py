@@ -63,22 +63,22 @@ def error(name: str, **kv: object) -> None:
     event(name, logging.ERROR, **kv)
 
 
-class Limited:
-    """At most `burst` lines of one event a minute; the rest are counted and
-    reported in the next line (`suppressed=N`), so a flood of bad requests
-    can neither fill the disk nor hide how big it was."""
+class RateGate:
+    """At most `burst` lines of one event per `period` seconds of the given
+    clock; the rest are counted and reported in the next line
+    (`suppressed=N`), so a flood of bad requests can neither fill the disk
+    nor hide how big it was. The clock is the caller's: the node's roles pass
+    their host clock (simulated in tests/sim), `Limited` the monotonic one."""
 
     def __init__(self, burst: int = 20, period: float = 60.0) -> None:
         self.burst = burst
         self.period = period
-        self._start = -1e9
+        self._start = -1e18
         self._lines = 0
         self.suppressed = 0
 
-    def warn(self, name: str, **kv: object) -> bool:
-        import time
-
-        now = time.monotonic()
+    def admit(self, now: float, kv: dict) -> bool:
+        """Whether to emit a line now; adds `suppressed` to kv when it does."""
         if now - self._start >= self.period:
             self._start, self._lines = now, 0
         if self._lines >= self.burst:
@@ -88,5 +88,16 @@ class Limited:
         if self.suppressed:
             kv["suppressed"] = self.suppressed
             self.suppressed = 0
+        return True
+
+
+class Limited(RateGate):
+    """A RateGate on the monotonic clock that logs through this module."""
+
+    def warn(self, name: str, **kv: object) -> bool:
+        import time
+
+        if not self.admit(time.monotonic(), kv):
+            return False
         warn(name, **kv)
         return True
