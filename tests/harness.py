@@ -232,3 +232,18 @@ class Cluster:
     def zwal(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
                               timeout=timeout, cwd=self.root)
+
+
+def leaders_by_epoch(c: "Cluster") -> dict[int, list[str]]:
+    """Who says it leads, per epoch, among the nodes of `c` that answer."""
+    out: dict[int, list[str]] = {}
+    for n in c.names:
+        if not c.alive(n):
+            continue
+        try:
+            st = c.status(n, 0.5)
+        except Exception:
+            continue
+        if st["role"] == "leader":
+            out.setdefault(st["epoch"], []).append(n)
+    return out

@@ -11,15 +11,19 @@ from daemon.client.blocking import Client, NoSpace
 from daemon.wal import CLEAN, iter_frames, scan_path
 
 
-@pytest.fixture
-def tiny_fs(tmp_path):
-    mnt = tmp_path / "cluster0" / "node1"
+def mount_tiny_fs(mnt):
+    """A 256 KiB tmpfs at `mnt` (a node's data directory); skips without root."""
     mnt.mkdir(parents=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
     yield str(mnt)
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    yield from mount_tiny_fs(tmp_path / "cluster0" / "node1")
 
 
 def test_enospc_fails_writes_cleanly_and_writes_resume_when_space_returns(make_cluster, tiny_fs):
@@ -56,13 +60,7 @@ def test_enospc_fails_writes_cleanly_and_writes_resume_when_space_returns(make_c
 
 @pytest.fixture
 def tiny_fs_node3(tmp_path):
-    mnt = tmp_path / "cluster0" / "node3"
-    mnt.mkdir(parents=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
-    yield str(mnt)
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    yield from mount_tiny_fs(tmp_path / "cluster0" / "node3")
 
 
 def test_a_follower_whose_disk_fills_stays_up_says_no_space_and_catches_up(make_cluster, tiny_fs_node3):

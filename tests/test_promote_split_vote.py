@@ -19,26 +19,12 @@ import pytest
 
 from daemon import config as config_mod
 from daemon.failover.promote import PromoteResult, run_promote
-from harness import wait_until
+from harness import leaders_by_epoch, wait_until
 
 pytestmark = pytest.mark.slow
 
 LOG: list[str] = []  # the promoters' progress, with times: printed when a round fails
 FAST = dict(replication_timeout=1.5, heartbeat_interval=0.2, peer_probe_interval=0.5)
-
-
-def leaders_by_epoch(c) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    for n in c.names:
-        if not c.alive(n):
-            continue
-        try:
-            st = c.status(n, 0.5)
-        except Exception:
-            continue
-        if st["role"] == "leader":
-            out.setdefault(st["epoch"], []).append(n)
-    return out
 
 
 def race(c, cfg, names: list[str], retries: int) -> tuple[dict[str, PromoteResult], list[dict]]:

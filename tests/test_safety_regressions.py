@@ -23,7 +23,7 @@ import zmq
 
 from daemon.client.blocking import Client
 from daemon.wal import CLEAN, iter_frames, scan_path
-from harness import secure_raw, sha256, wait_until
+from harness import leaders_by_epoch, secure_raw, sha256, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -149,21 +149,6 @@ import daemon.failover.promote, daemon.cli.cmd_client
 time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
 sys.exit(main(sys.argv[2:]))
 """
-
-
-def leaders_by_epoch(c) -> dict[int, list[str]]:
-    """Who says it leads, per epoch, among the nodes that answer."""
-    out: dict[int, list[str]] = {}
-    for n in c.names:
-        if not c.alive(n):
-            continue
-        try:
-            st = c.status(n, 0.5)
-        except Exception:
-            continue
-        if st["role"] == "leader":
-            out.setdefault(st["epoch"], []).append(n)
-    return out
 
 
 # -- (a) a bit flip in the leader's last record --------------------------------------------------
