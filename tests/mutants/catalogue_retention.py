@@ -1,0 +1,31 @@
+from tests.mutants.model import Mutant
+
+K = "tests/test_retention_plan.py::"
+MUTANTS = [
+    Mutant(id="retention-active-segment", file="daemon/wal/retention.py",
+           find="        if not seg.sealed:", replace="        if False:",
+           why="the segment still being written must never be deleted",
+           killers=[K + "test_the_active_segment_never_goes_even_below_a_snapshot"]),
+    Mutant(id="retention-snapshot-off-by-one", file="daemon/wal/retention.py",
+           find="        elif seg.end > snapshot_offset:", replace="        elif seg.end > snapshot_offset + 1:",
+           why="only segments wholly below the newest snapshot may go",
+           killers=[K + "test_only_sealed_segments_wholly_below_the_snapshot_go"]),
+    Mutant(id="retention-ignores-lagging-follower", file="daemon/wal/retention.py",
+           find="        elif acked_floor is not None and seg.end > acked_floor:",
+           replace="        elif False:",
+           why="a segment an in-sync follower has not acknowledged must stay",
+           killers=[K + "test_a_lagging_follower_and_a_running_transfer_hold_segments"]),
+    Mutant(id="retention-ignores-transfer", file="daemon/wal/retention.py",
+           find="        elif transfer_floor is not None and seg.end > transfer_floor:",
+           replace="        elif False:",
+           why="a running snapshot transfer keeps the segments after its snapshot (etcd #4055)",
+           killers=[K + "test_a_lagging_follower_and_a_running_transfer_hold_segments"]),
+    Mutant(id="retention-bytes-off-by-one", file="daemon/wal/retention.py",
+           find="        elif total - seg.size < retain_bytes:", replace="        elif total - seg.size < retain_bytes - 1:",
+           why="retain_bytes keeps at least that much log",
+           killers=[K + "test_retain_bytes_keeps_at_least_that_much_log"]),
+    Mutant(id="retention-keep-all-ignored", file="daemon/wal/retention.py",
+           find="    if retain_bytes == KEEP_ALL:", replace="    if retain_bytes == -2:",
+           why="retain_bytes = -1 keeps everything",
+           killers=[K + "test_no_snapshot_or_keep_all_deletes_nothing"]),
+]
