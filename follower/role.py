@@ -319,7 +319,7 @@ class FollowerRole:
         elif req.op in ("get", "ping"):
             host.client.send([*envelope, answers.read_reply(host, req, stale=True, envelope=envelope)])
         else:
-            body, t = answers.admin(host, req)
+            body, t = answers.admin(host, req, self.transition)
             host.client.send([*envelope, body])
             if t is not None:
                 self.transition = t

@@ -24,6 +24,8 @@ FOUND_SEEDS = {
     (97, True): "a node whose log shrank after the promotion checked it was promoted",
     (164, True): "a follower that cut its only copy of an acknowledged record counted as a copy",
     (953, True): "a flipped length field made a damaged record look unfinished, and the cut was not marked",
+    (500609, False): "a leader deferred a fence behind its batch in flight and stepped down meanwhile; the vote "
+                     "it saved was undone by the step-down's older state, and it voted again: two leaders of epoch 3",
 }
 
 

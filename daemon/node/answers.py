@@ -88,8 +88,19 @@ def read_reply(host: Host, req: Request, stale: bool, linearizable: bool = False
     raise AssertionError(req.op)
 
 
-def admin(host: Host, req: Request) -> tuple[bytes, Transition | None]:
-    """Carry out promote/follow/fence by the rules of daemon/node/epochs.py."""
+def admin(host: Host, req: Request, pending: Transition | None) -> tuple[bytes, Transition | None]:
+    """Carry out promote/follow/fence by the rules of daemon/node/epochs.py.
+
+    `pending` is the role's transition when it has already ended (a leader
+    defers admin ops until its batch in flight lands, and may step down
+    meanwhile). Such a role refuses: the next role starts from the state the
+    transition carries, so a vote saved now would be forgotten, and the node
+    could vote twice in one epoch (simulator seed 500609: two leaders)."""
+    if pending is not None:
+        msg = f"{host.name} is changing role ({pending.reason}); try again"
+        host.events.warn("admin_refused", op=req.op, epoch=(req.args or {}).get("epoch"), code=Err.REFUSED,
+                         reason=msg)
+        return error_reply(req.id, Err.REFUSED, msg), None
     d = epochs.decide(req.op, req.args or {}, host.state, host.name, frozenset(host.cfg.names),
                       host.log.end, last_log_epoch(host))
     if isinstance(d, epochs.Refusal):

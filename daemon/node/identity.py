@@ -208,6 +208,29 @@ class NodeState:
         self.history = [(e, o) for e, o in self.history if o < end or e == self.epoch]
 
 
+class StateRegression(RuntimeError):
+    """A bug: a save would undo a promise node-state.json holds."""
+
+
+def regression(old: NodeState | None, new: NodeState) -> str:
+    """Why saving `new` over `old` would break a promise (empty if it would not).
+
+    node-state.json only moves forward: its epoch never goes back (a fence is
+    a promise to refuse older leaders), and within one epoch a vote once given
+    never changes (one vote per epoch is what keeps two promoters from both
+    winning). Every save of the node's state, in production and in the
+    simulator, is checked against the state it replaces.
+    """
+    if old is None:
+        return ""
+    if new.epoch < old.epoch:
+        return f"the epoch would go back from {old.epoch} to {new.epoch}"
+    if new.epoch == old.epoch and old.voted_for is not None and new.voted_for != old.voted_for:
+        return (f"the vote of epoch {old.epoch} would change from {old.voted_for} to {new.voted_for or 'nobody'} "
+                "(a second vote in one epoch can make two leaders)")
+    return ""
+
+
 def epoch_end(history: list[tuple[int, int]], epoch: int, log_end: int) -> tuple[int, int]:
     """Kafka's OffsetsForLeaderEpoch answer for `epoch` in a log with this history.
 

@@ -157,7 +157,7 @@ class LeaderRole:
             host.client.send([*envelope, answers.read_reply(host, req, stale=False)])
 
     def _admin(self, envelope: list[bytes], req: Request) -> None:
-        body, t = answers.admin(self.host, req)
+        body, t = answers.admin(self.host, req, self.transition)
         self.host.client.send([*envelope, body])
         if t is not None and self.transition is None:
             self._perform(self.core.fail_all(Err.NOT_LEADER, f"{self.host.name} stopped leading: {t.reason}"))

@@ -150,6 +150,10 @@ class Node:
         5 s and give theirs back), so a role change does not restart the
         node; nothing is acknowledged or answered meanwhile. Admin ops pass
         0: they are refused at once instead."""
+        why = nodestate.regression(getattr(self, "state", None), st)
+        if why:
+            logs.error("state_regression_refused", path=self.me.state_path, reason=why)
+            raise nodestate.StateRegression(f"{self.me.state_path}: refusing to save the node state: {why}")
         t0 = time.monotonic()
         waited = False
         while True:

@@ -26,4 +26,14 @@ MUTANTS = [
            why="a live leader that the candidate covers is a copy (a switchover with a follower gone)",
            killers=["tests/test_promote_rules.py::"
                     "test_a_switchover_with_a_follower_gone_counts_the_live_leader_as_a_copy"]),
+    Mutant(id="lead-admin-while-changing-role", file="daemon/node/answers.py",
+           find="    if pending is not None:", replace="    if False:",
+           why="a role that has already ended must not vote: the next role starts from the state its "
+               "transition carries, which forgets the vote (seed 500609: two leaders of one epoch)",
+           killers=["tests/test_simulation.py::test_seeds_that_found_bugs[500609-False]"]),
+    Mutant(id="lead-vote-may-change", file="daemon/node/identity.py",
+           find="    if new.epoch == old.epoch and old.voted_for is not None and new.voted_for != old.voted_for:",
+           replace="    if False:",
+           why="within one epoch a vote once given never changes",
+           killers=["tests/test_node_state.py::test_a_vote_once_given_never_changes_within_its_epoch"]),
 ]

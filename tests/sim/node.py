@@ -20,7 +20,7 @@ import msgpack
 from daemon.auth.keys import Identity
 from daemon.node.admission import REVOKED, Sender
 from daemon.node.bootstrap import Marker, StartFresh, fresh_start
-from daemon.node.identity import LEADER, NodeState
+from daemon.node.identity import LEADER, NodeState, StateRegression, regression
 from daemon.node.kv import KVState
 from daemon.node.leader import LeaderRole
 from daemon.node.leader_core import InvariantViolation
@@ -379,6 +379,9 @@ class SimNode:
     # -- Host -----------------------------------------------------------------------
 
     def save_state(self, st: NodeState, patience: float = 15.0) -> None:
+        why = regression(self.state, st)
+        if why:
+            raise StateRegression(f"{self.name}: refusing to save the node state: {why}")
         if not self._recovering and self.role is not None:
             rng = self.w.rng
             if self.disk_full:
