@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from sim.faults import FAULTS, parse_faults
-from sim.run import main, report, run_seed
+from sim.run import report, run_seed
 from sim.scenarios import (ALL, NEW, client_churn, concurrent_promotes, damaged_leader_tail, fence_during_batch,
                            lying_leader_disk, rebuild_bootstrap, rebuild_bootstrap_k0, two_promotes_at_once)
 from sim.world import Violation

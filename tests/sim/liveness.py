@@ -42,7 +42,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from .workload import Client, Gen, Sleep, promote
+from .workload import Gen, Sleep, promote
 from .world import Violation
 
 if TYPE_CHECKING:
