@@ -122,10 +122,6 @@ def test_a_retry_after_client_id_churn_is_answered_from_the_window():
     expect_bug(client_churn, "exactly-once", "the retry was written twice")
 
 
-@pytest.mark.xfail(strict=True, raises=TodaysBug,
-                   reason="issue 19: two promotes at once can both lose the vote and leave no leader, fixed by "
-                          "the losing promoter retrying at a higher epoch (item 5; in daemon/failover/promote.py "
-                          "and in its restatement, tests/sim/workload.py promote)")
 def test_two_promotes_at_once_resolve_the_split_vote():
     expect_bug(two_promotes_at_once, "liveness", "nobody promotes")
 

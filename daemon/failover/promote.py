@@ -27,7 +27,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Generator, assert_never
 
 from daemon.client.blocking import Client, ZwalError, fetch_statuses
 from daemon.config import ClusterConfig
@@ -375,6 +375,81 @@ class PromoteResult:
     votes: dict[str, str] = field(default_factory=dict)  # node -> whom it voted for in `epoch`
 
 
+# -- the retry loop as a sans-I/O generator -------------------------------------------------------
+# `retrying` decides; its driver performs each step it yields and sends back the
+# result: `run_promote` over ZeroMQ and the host clock, the simulator
+# (tests/sim/workload.py) over its network and clock. Both run this one loop.
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Run one promotion at `min_epoch` or above (`sts`: statuses just read); send back its PromoteResult."""
+    min_epoch: int
+    sts: dict[str, dict[str, Any] | None] | None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Sleep `seconds`; send back None."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ReadStatuses:
+    """Read every node's status; send back the statuses (None for a node that does not answer)."""
+
+
+@dataclass(frozen=True)
+class ReadClock:
+    """Send back the driver's monotonic clock, in seconds."""
+
+
+@dataclass(frozen=True)
+class Say:
+    """Tell the operator `text`; send back None."""
+    text: str
+
+
+Step = Attempt | Pause | ReadStatuses | ReadClock | Say
+
+
+def retrying(name: str, names: list[str], timeout: float, retries: int = RETRIES_AFTER_LOST_VOTE,
+             rng: Callable[[], float] = random.random) -> Generator[Step, Any, PromoteResult]:
+    """A promotion of `name` that, after a split vote, retries once at a higher epoch (after_lost_vote)."""
+    retried, min_epoch = 0, 0
+    now: dict[str, dict[str, Any] | None] | None = None
+    while True:
+        res: PromoteResult = yield Attempt(min_epoch, now)
+        res.attempts = retried + 1
+        if not res.lost_vote:
+            return res
+        lost = res.epoch
+        # After the pause (a short one when no retry is left: the winner may
+        # be between its fence and its promote), see who won, if anyone.
+        pause = retry_pause(name, names, rng(), timeout) if retried < retries else RETRY_BASE_S
+        yield Say(f"lost the vote in epoch {lost}; looking again in {pause:.2f} s")
+        yield Pause(pause)
+        now = yield ReadStatuses()
+        plan = after_lost_vote(name, names, lost, now, retried, retries, votes=res.votes)
+        if plan.action == WATCH:
+            # Stand back while the newer promotion finishes (it needs a few status rounds).
+            yield Say(f"{plan.reason}: waiting for it to finish")
+            until = (yield ReadClock()) + 3 * timeout + 1
+            while plan.action == WATCH and (yield ReadClock()) < until:
+                yield Pause(0.1)
+                now = yield ReadStatuses()
+                plan = after_lost_vote(name, names, lost, now, retried, retries, votes=res.votes)
+            if plan.action == WATCH:
+                plan = after_lost_vote(name, names, lost, now, retried, retries, watched=True)
+        if plan.action == STOP:
+            if now is not None and winner(lost, now) is not None:
+                res = PromoteResult(False, name, lost, f"{plan.reason}; nothing more to do ('zwal status' shows "
+                                    "the leader)", lost_vote=True, attempts=retried + 1)
+            return res
+        yield Say(f"{plan.reason}: trying once more at epoch {plan.epoch} (Raft's randomized retry)")
+        retried, min_epoch = retried + 1, plan.epoch
+
+
 def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: float = 2.0,
                 statuses_fn: Callable[[ClusterConfig, float], dict[str, dict[str, Any] | None]] | None = None,
                 say: Callable[[str], None] = lambda s: None, cert: str | None = None,
@@ -386,37 +461,28 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
         def statuses_fn(c: ClusterConfig, t: float) -> dict[str, dict[str, Any] | None]:
             return fetch_statuses([(n.name, n.client_endpoint) for n in c.nodes], t, operator_creds(c, "admin", cert))
     get_statuses = statuses_fn or statuses_of
-    retried, min_epoch, now = 0, 0, None
+    steps = retrying(name, cfg.names, timeout, retries, rng)
+    reply: Any = None
     while True:
-        res = _attempt(cfg, name, force, timeout, get_statuses, say, cert, min_epoch, now)
-        res.attempts = retried + 1
-        if not res.lost_vote:
+        try:
+            step = steps.send(reply)
+        except StopIteration as done:
+            res: PromoteResult = done.value
             break
-        lost = res.epoch
-        # After the pause (a short one when no retry is left: the winner may
-        # be between its fence and its promote), see who won, if anyone.
-        pause = retry_pause(name, cfg.names, rng(), timeout) if retried < retries else RETRY_BASE_S
-        say(f"lost the vote in epoch {lost}; looking again in {pause:.2f} s")
-        sleep(pause)
-        now = get_statuses(cfg, timeout)
-        plan = after_lost_vote(name, cfg.names, lost, now, retried, retries, votes=res.votes)
-        if plan.action == WATCH:
-            # Stand back while the newer promotion finishes (it needs a few status rounds).
-            say(f"{plan.reason}: waiting for it to finish")
-            until = time.monotonic() + 3 * timeout + 1
-            while plan.action == WATCH and time.monotonic() < until:
-                sleep(0.1)
-                now = get_statuses(cfg, timeout)
-                plan = after_lost_vote(name, cfg.names, lost, now, retried, retries, votes=res.votes)
-            if plan.action == WATCH:
-                plan = after_lost_vote(name, cfg.names, lost, now, retried, retries, watched=True)
-        if plan.action == STOP:
-            if winner(lost, now) is not None:
-                res = PromoteResult(False, name, lost, f"{plan.reason}; nothing more to do ('zwal status' shows "
-                                    "the leader)", lost_vote=True, attempts=retried + 1)
-            break
-        say(f"{plan.reason}: trying once more at epoch {plan.epoch} (Raft's randomized retry)")
-        retried, min_epoch = retried + 1, plan.epoch
+        reply = None
+        match step:
+            case Attempt():
+                reply = _attempt(cfg, name, force, timeout, get_statuses, say, cert, step.min_epoch, step.sts)
+            case Pause():
+                sleep(step.seconds)
+            case ReadStatuses():
+                reply = get_statuses(cfg, timeout)
+            case ReadClock():
+                reply = time.monotonic()
+            case Say():
+                say(step.text)
+            case _:
+                assert_never(step)
     res.seconds = time.monotonic() - t0
     return res
 
