@@ -126,6 +126,18 @@ def test_two_promotes_at_once_resolve_the_split_vote():
     expect_bug(two_promotes_at_once, "liveness", "nobody promotes")
 
 
+def test_no_provable_copy_left_is_a_needs_force_run_and_the_refusal_names_the_command():
+    # Seed 79: K = 2; n1 and n3 cut their logs at recovery (garbage after the end), n2 was rebuilt
+    # and casts no vote until it follows a leader. No log proves an acknowledged write survived, so
+    # decide() refuses without --force: no wedge of the protocol, and the refusal names the one
+    # command that works (not "bring n2 back": n2 is up).
+    sim = run_seed(79, faults=parse_faults("damage,lying,promotes,rebuild"), liveness="operator", full_trace=True)
+    assert sim.live.healed_by == "needs --force"
+    refusals = [line for line in sim.world.trace() if "op promote" in line and "as docs/ say" in line]
+    assert refusals and all("only 'zwal promote n1 --force' can promote now" in r for r in refusals), refusals[-1:]
+    assert not any("bring n2 back" in r for r in refusals)
+
+
 def test_the_fault_names_parse():
     assert parse_faults("all") == frozenset(FAULTS)
     assert parse_faults("damage, promotes") == {"damage", "promotes"}

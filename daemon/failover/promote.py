@@ -105,7 +105,7 @@ class _Assessment:
 
 
 def _assess(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: int,
-            old_leaders: frozenset[str]) -> Decision | _Assessment:
+            old_leaders: frozenset[str], no_vote: frozenset[str] = frozenset()) -> Decision | _Assessment:
     """The rules for promoting `name`: a Decision when refused outright, else the problems --force overrides."""
     me = statuses.get(name)
     if name not in statuses:
@@ -127,8 +127,16 @@ def _assess(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
         warnings.append(f"epoch {epoch} is within {MAX_EPOCH - epoch} of the protocol's limit ({MAX_EPOCH}): "
                         "something raised the epochs far beyond the number of promotions; find out what")
     problems: list[tuple[str, str]] = []
-    down = sorted(n for n, s in statuses.items() if s is None)
+    down = sorted(n for n, s in statuses.items() if s is None and n not in no_vote)
+    # Up but refused the vote (a rebuilt node votes only once it follows a
+    # leader): bringing it back is no remedy, and without a leader it never
+    # catches up, so only --force is left.
     bring_back = (f"bring {', '.join(down)} back" if down else "wait for the damaged nodes to catch up")
+    copy_advice = (f"{bring_back}, or use --force and accept possible loss of acknowledged writes"
+                   if down or not no_vote else
+                   f"{', '.join(sorted(no_vote))} answered but cast no vote, and no log shows that {name} holds every "
+                   f"acknowledged write: only 'zwal promote {name} --force' can promote now, accepting possible loss "
+                   "of acknowledged writes")
 
     if ack_replicas == 0:
         problems.append(("ack_replicas = 0: writes were acknowledged before any follower had them, so no follower "
@@ -174,7 +182,7 @@ def _assess(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
                          f"hold" + (f" ({'; '.join(why)})" if why else "")
                          + f"; with ack_replicas = {ack_replicas} at least {need} must answer with one, to be sure {name} holds "
                          "every acknowledged write",
-                         f"{bring_back}, or use --force and accept possible loss of acknowledged writes"))
+                         copy_advice))
     majority = len(statuses) // 2 + 1
     if len(reachable) < majority:
         problems.append((f"only {len(reachable)} of {len(statuses)} nodes answered; a promotion needs the votes of a "
@@ -184,7 +192,7 @@ def _assess(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
 
 
 def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: int, force: bool,
-           old_leaders: frozenset[str] = frozenset()) -> Decision:
+           old_leaders: frozenset[str] = frozenset(), no_vote: frozenset[str] = frozenset()) -> Decision:
     """The promotion rules, free of I/O. `statuses` maps node -> status or None.
 
     Safe (no acknowledged write lost) when, with F followers and ack_replicas
@@ -203,9 +211,10 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
 
     A refusal names another node only if decide() accepts it (`instead`), so
     no message sends an operator to a command that would be refused.
-    `force` turns every overridable problem into a warning.
+    `force` turns every overridable problem into a warning. `no_vote`: nodes
+    that answered but refused the fence (None in `statuses` after fencing).
     """
-    a = _assess(name, statuses, ack_replicas, old_leaders)
+    a = _assess(name, statuses, ack_replicas, old_leaders, no_vote)
     if isinstance(a, Decision):
         if name in statuses and statuses[name] is None and (alt := promotable(statuses, ack_replicas, old_leaders)):
             return Decision(False, f"{a.reason}; promote {alt} instead", instead=alt)
@@ -509,6 +518,7 @@ def _attempt(cfg: ClusterConfig, name: str, force: bool, timeout: float,
         # `epoch` that can win, whatever else runs at the same time.
         fenced: list[str] = []
         votes: dict[str, str] = {}
+        no_vote: set[str] = set()  # answered the fence with a refusal (a rebuilt node not yet following)
         for n in ([name] + [n for n in sts if n != name]):
             if sts.get(n) is None:
                 continue
@@ -523,6 +533,8 @@ def _attempt(cfg: ClusterConfig, name: str, force: bool, timeout: float,
             except ZwalError as e:
                 if isinstance(e.reply.get("voted_for"), str) and e.reply.get("epoch") == epoch:
                     votes[n] = e.reply["voted_for"]
+                elif getattr(e, "code", None) == "refused":
+                    no_vote.add(n)
                 say(f"could not fence {n}: {e}")
         say(f"fenced {', '.join(fenced)} at epoch {epoch} (votes for {name})")
         if name not in fenced:
@@ -539,7 +551,8 @@ def _attempt(cfg: ClusterConfig, name: str, force: bool, timeout: float,
         # The ends are frozen now: check again before acting.
         sts2 = get_statuses(cfg, timeout)
         old = deposed_leaders(sts)
-        d2 = decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, cfg.ack_replicas, force, old)
+        d2 = decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, cfg.ack_replicas, force, old,
+                    frozenset(no_vote))
         if not d2.ok and not force:
             return PromoteResult(False, name, epoch,
                                  f"after fencing: {d2.reason}. The cluster is fenced at epoch {epoch} with no leader")

@@ -314,6 +314,7 @@ def _attempt(sim: "Sim", name: str, timeout: float, min_epoch: int,
     majority = len(sim.names) // 2 + 1
     fenced = []
     votes: dict[str, str] = {}
+    no_vote: set[str] = set()
     for n in [name] + [n for n in sim.names if n != name]:
         if sts.get(n) is None:
             continue
@@ -323,6 +324,8 @@ def _attempt(sim: "Sim", name: str, timeout: float, min_epoch: int,
         if not r.get("ok"):
             if isinstance(r.get("voted_for"), str) and r.get("epoch") == epoch:
                 votes[n] = r["voted_for"]
+            elif r.get("error") == "refused":
+                no_vote.add(n)
             continue
         if r.get("voted_for") not in (None, name):
             votes[n] = str(r.get("voted_for"))
@@ -337,7 +340,8 @@ def _attempt(sim: "Sim", name: str, timeout: float, min_epoch: int,
                   votes=votes)
     sts2 = yield from statuses(sim, timeout)
     old = promote_mod.deposed_leaders(sts)
-    d2 = promote_mod.decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, k, False, old)
+    d2 = promote_mod.decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, k, False, old,
+                            frozenset(no_vote))
     if not d2.ok:
         return PR(False, name, epoch, f"after fencing at {epoch}: {d2.reason}")
     r = yield Call(name, {"id": w.next_id(), "op": "promote",
