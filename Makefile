@@ -7,12 +7,13 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup sysdeps run stop demo test simulate mutants soak bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
+.PHONY: setup sysdeps run stop demo check test simulate mutants soak bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
 
 help:
 	@echo "make run    - set up .venv and start a local 3-node cluster under supervisord (in var/)"
 	@echo "make stop   - stop the local cluster"
-	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make test   - set up .venv and run the whole test suite (after make check)"
+	@echo "make check  - ruff and mypy (configured in pyproject.toml), under a minute"
 	@echo "make simulate [SEEDS=1000] - the deterministic cluster simulator over SEEDS random seeds (tests/sim/)"
 	@echo "               [FAULTS=rebuild,damage,lying,churn,promotes|all] [LIVENESS=operator|self]: issue 19's faults"
 	@echo "make mutants [MUTANTS_JOBS=1] [MUTANTS_ARGS='--only ID']"
@@ -76,7 +77,13 @@ demo: setup
 	@mkdir -p var
 	$(BIN)/zwal demo --path var/demo.wal
 
-test: setup sysdeps
+# Lint and type-check (pyproject.toml's [tool.ruff] and [tool.mypy]); `make test`
+# runs it first, so CI (.ci/run) fails on a finding before the suite starts.
+check: setup
+	$(BIN)/ruff check daemon follower zwal tests bench
+	$(BIN)/mypy
+
+test: setup sysdeps check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Deterministic simulation (tests/sim/): a failing seed prints its trace; replay it with
@@ -123,4 +130,4 @@ bench-profile: bench-setup
 	$(BIN)/python bench/profile_leader.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ loop performs the decision; tests feed the core bytes directly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from daemon.node.identity import truncation_point
@@ -161,7 +162,7 @@ class FollowerCore:
             return Refetch(f"empty chunk at offset {self.end} (the leader has bytes beyond it)", loud=True)
         return Append(data, frames, starts)
 
-    def appended(self, end: int, last_epoch: int, records: int, epoch_starts: list[tuple[int, int]] = []) -> None:
+    def appended(self, end: int, last_epoch: int, records: int, epoch_starts: Sequence[tuple[int, int]] = ()) -> None:
         self.refused = 0
         self.end = end
         self.last_epoch = last_epoch

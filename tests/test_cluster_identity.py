@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-import zmq
 
 from daemon import config as config_mod
 from daemon.client.blocking import Client, WrongCluster

@@ -7,7 +7,7 @@ import pytest
 
 from daemon.node.kv import KVState
 from daemon.node.leader_core import (CheckPeers, Confirmed, InvariantViolation, LeaderCore, Reply, SendChunk,
-                                     SendControl, ServeRead, StepDown)
+                                     SendControl, ServeRead)
 from daemon.wire.client import Request
 from daemon.wire.replication import Data, Fetch, Refuse, RepairRequest, Truncate
 

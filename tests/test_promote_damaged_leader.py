@@ -50,7 +50,7 @@ def test_a_damaged_leader_with_a_follower_gone_heals_and_a_switchover_needs_no_f
         s = c.status("node1")
         return s if s["role"] == "leader" and s["end"] >= end and not s.get("damaged_end") else None
 
-    st = wait_until(healed, 60, "node1 to repair its cut record from node2 and lead on, with no operator")
+    wait_until(healed, 60, "node1 to repair its cut record from node2 and lead on, with no operator")
     assert "event=repaired_from_follower" in open(c.node_log("node1")).read()
     r = c.zwal("promote", "node2", "--config", c.config, "--timeout", "1")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -177,6 +177,20 @@ def test_a_follower_short_of_the_damaged_end_is_no_proof_and_only_force_promotes
     assert d.ok and any("only 1 of 2" in w for w in d.warnings)
 
 
+def test_a_node_that_refused_the_vote_is_not_sent_back_and_the_force_command_is_named():
+    # Seed 79 of the opt-in fault mix: K = 2, node1 and node3 cut their logs at recovery, node2 was
+    # rebuilt (it votes only once it follows a leader, and nobody leads). After fencing node2 counts
+    # as no answer, but it is up: "bring node2 back" would send the operator nowhere.
+    sts = {"node1": damaged_leader(0, 220, 0, ((1, 0),)), "node2": None, "node3": damaged_leader(0, 277, 0, ())}
+    d = decide("node1", sts, 2, False, no_vote=frozenset({"node2"}))
+    assert not d.ok and d.instead is None
+    assert "bring node2 back" not in d.reason
+    assert "node2 answered but cast no vote" in d.reason and "only 'zwal promote node1 --force'" in d.reason
+    assert decide("node1", sts, 2, True, no_vote=frozenset({"node2"})).ok  # the named command works
+    # A node that is really down is still to be brought back.
+    assert "bring node2 back" in decide("node1", sts, 2, False).reason
+
+
 def test_covering_the_damaged_end_needs_the_damaged_nodes_last_epoch_too():
     # node2 has more bytes, but of epoch 1: the cut epoch-2 bytes are not its bytes.
     sts = {"node1": damaged_leader(1000, 1062), "node2": st("follower", 2, 2000, last_epoch=1), "node3": None}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from sim.faults import FAULTS, parse_faults
-from sim.run import main, report, run_seed
+from sim.run import report, run_seed
 from sim.scenarios import (ALL, NEW, client_churn, concurrent_promotes, damaged_leader_tail, fence_during_batch,
                            lying_leader_disk, rebuild_bootstrap, rebuild_bootstrap_k0, two_promotes_at_once)
 from sim.world import Violation
@@ -124,12 +124,20 @@ def test_a_retry_after_client_id_churn_is_answered_from_the_window():
     expect_bug(client_churn, "exactly-once", "the retry was written twice")
 
 
-@pytest.mark.xfail(strict=True, raises=TodaysBug,
-                   reason="issue 19: two promotes at once can both lose the vote and leave no leader, fixed by "
-                          "the losing promoter retrying at a higher epoch (item 5; in daemon/failover/promote.py "
-                          "and in its restatement, tests/sim/workload.py promote)")
 def test_two_promotes_at_once_resolve_the_split_vote():
     expect_bug(two_promotes_at_once, "liveness", "nobody promotes")
+
+
+def test_no_provable_copy_left_is_a_needs_force_run_and_the_refusal_names_the_command():
+    # Seed 79: K = 2; n1 and n3 cut their logs at recovery (garbage after the end), n2 was rebuilt
+    # and casts no vote until it follows a leader. No log proves an acknowledged write survived, so
+    # decide() refuses without --force: no wedge of the protocol, and the refusal names the one
+    # command that works (not "bring n2 back": n2 is up).
+    sim = run_seed(79, faults=parse_faults("damage,lying,promotes,rebuild"), liveness="operator", full_trace=True)
+    assert sim.live.healed_by == "needs --force"
+    refusals = [line for line in sim.world.trace() if "op promote" in line and "as docs/ say" in line]
+    assert refusals and all("only 'zwal promote n1 --force' can promote now" in r for r in refusals), refusals[-1:]
+    assert not any("bring n2 back" in r for r in refusals)
 
 
 def test_the_fault_names_parse():

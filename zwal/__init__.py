@@ -26,4 +26,5 @@ try:
 except _metadata.PackageNotFoundError:  # imported from a checkout that was never installed
     __version__ = "0+unknown"
 
-__all__ = [*_client.__all__, "ConfigError", "KeyError_", "__version__"]
+__all__ = ["ConfigError", "KeyError_", "__version__"]
+__all__ += _client.__all__

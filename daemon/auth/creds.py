@@ -41,7 +41,7 @@ class Plain:
         pass
 
 
-def for_config(cfg, role: str = "client", name: str | None = None,  # type: ignore[no-untyped-def]
+def for_config(cfg, role: str = "client", name: str | None = None,
                cert: str | None = None) -> "Credentials | Plain":
     """The credentials a `role` uses to reach this cluster's nodes (`Plain`,
     carrying only the cluster id, for security = "none")."""

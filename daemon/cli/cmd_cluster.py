@@ -77,7 +77,8 @@ def layout(nodes: int, base_port: int, hosts: list[str] | None = None,
     absolute <data_root>/<node>."""
     if hosts is not None and len(hosts) != nodes:
         raise ValueError("one host per node")
-    out, seen = [], {}
+    out: list[dict] = []
+    seen: dict[str, int] = {}
     for i in range(nodes):
         name = f"node{i + 1}"
         host = hosts[i] if hosts else "127.0.0.1"

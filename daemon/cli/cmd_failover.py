@@ -40,7 +40,7 @@ def parse_faults(text: str) -> list[str]:
     return faults
 
 
-def refuse_k0(cfg) -> None:  # type: ignore[no-untyped-def]
+def refuse_k0(cfg) -> None:
     """A drill on a K = 0 cluster cannot pass: refuse before touching anything, saying why."""
     if cfg.ack_replicas == 0:
         raise CLIError(
@@ -51,7 +51,7 @@ def refuse_k0(cfg) -> None:  # type: ignore[no-untyped-def]
             2, "ack_replicas_0")
 
 
-def _report_doc(r) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _report_doc(r) -> dict[str, object]:
     c = r.check
     return {"round": r.round, "fault": r.fault, "old_leader": r.old_leader, "new_leader": r.new_leader,
             "epoch": r.epoch, "acked": c.acked, "lost": c.lost, "unacked_present": c.unacked_present,
@@ -168,7 +168,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
             scratch.close()
 
 
-def soak(d, faults: list[str], seconds: float, seed: int):  # type: ignore[no-untyped-def]
+def soak(d, faults: list[str], seconds: float, seed: int):
     """Rounds with faults drawn at random until time is up or a round fails."""
     import random
     import time

@@ -31,7 +31,7 @@ class FromEnv(str):
     """A --config value taken from $ZWAL_CONFIG rather than given on the command line."""
 
 
-def load_cluster(path: str):  # type: ignore[no-untyped-def]
+def load_cluster(path: str):
     """The cluster file, or a one-line error (exit 2) that says what is wrong with it."""
     from daemon import config as config_mod
 
@@ -68,7 +68,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _damage_marks(path: str):  # type: ignore[no-untyped-def]
+def _damage_marks(path: str):
     """When the log belongs to a node (node-state.json beside it), a cut made
     here is recorded exactly as the node's own recovery records it
     (damaged_end, and confirm_from for a leader), durably before the bytes go,
@@ -80,7 +80,7 @@ def _damage_marks(path: str):  # type: ignore[no-untyped-def]
         return None
     st = nodestate.load(state_path)
 
-    def before_cut(scan):  # type: ignore[no-untyped-def]
+    def before_cut(scan):
         if st is not None:
             nodestate.save(state_path, st.recovered(scan))
             print(f"{state_path}: recorded the cut (damaged_end={scan.file_size})", file=sys.stderr)
@@ -140,7 +140,7 @@ def _scan(path: str) -> ScanResult:
 EXIT_BAD_FROM = 4  # dump --from OFFSET is not where a frame starts (without --skip-damaged)
 
 
-def _record_obj(f) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _record_obj(f) -> dict[str, object]:
     rec = decode_payload(f.payload)
     obj: dict[str, object] = {"offset": f.offset, "size": f.size, "epoch": f.epoch, "op": rec.op, "key": _show(rec.key)}
     if rec.value is not None:
@@ -151,7 +151,7 @@ def _record_obj(f) -> dict[str, object]:  # type: ignore[no-untyped-def]
     return obj
 
 
-def _boundary(buf, offset: int) -> tuple[str, int, int]:  # type: ignore[no-untyped-def]
+def _boundary(buf, offset: int) -> tuple[str, int, int]:
     """Is `offset` where a frame starts? Walks the valid frames from 0:
     ("yes", offset, 0); ("inside", frame offset, frame size) when it falls inside
     a valid frame; ("unknown", damage offset, 0) when damage comes first."""
@@ -166,7 +166,7 @@ def _boundary(buf, offset: int) -> tuple[str, int, int]:  # type: ignore[no-unty
     return "yes", offset, 0
 
 
-def dump_from(buf, start: int, skip_damaged: bool, emit, warn) -> tuple[str, int]:  # type: ignore[no-untyped-def]
+def dump_from(buf, start: int, skip_damaged: bool, emit, warn) -> tuple[str, int]:
     """Print every valid record from `start` (read-only). Without skip_damaged, stop at the first bad
     frame; with it, report each damaged range (offset, length) and resync at the next offset where a
     whole frame parses with a good CRC (the corruption scanner's own search). Returns the worst status

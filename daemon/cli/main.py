@@ -44,11 +44,11 @@ class ZwalParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors become a CLIError (JSON with --json) and
     whose help keeps example blocks as written."""
 
-    def __init__(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *a, **kw) -> None:
         kw.setdefault("formatter_class", ZwalFormatter)
         super().__init__(*a, **kw)
 
-    def error(self, message: str):  # type: ignore[no-untyped-def]
+    def error(self, message: str):
         if _JSON_REQUESTED:
             raise CLIError(f"{self.prog}: {message}", 2, "usage")
         super().error(message)
@@ -57,7 +57,7 @@ class ZwalParser(argparse.ArgumentParser):
 _JSON_REQUESTED = False
 
 
-def _subparsers(p: argparse.ArgumentParser):  # type: ignore[no-untyped-def]
+def _subparsers(p: argparse.ArgumentParser):
     for a in p._actions:
         if isinstance(a, argparse._SubParsersAction):
             for sp in dict.fromkeys(a.choices.values()):

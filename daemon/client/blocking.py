@@ -21,7 +21,7 @@ import msgpack
 import zmq
 
 from daemon.wire.client import MAX_MESSAGE, Err
-from daemon.auth.creds import Credentials
+from daemon.auth.creds import Credentials, Plain
 
 
 class ZwalError(Exception):
@@ -197,7 +197,7 @@ def _b(x: bytes | str) -> bytes:
     return x.encode("utf-8") if isinstance(x, str) else x
 
 
-def dealer(ctx: zmq.Context, endpoint: str, hwm: int | None = None, creds: Credentials | None = None) -> zmq.Socket:
+def dealer(ctx: zmq.Context, endpoint: str, hwm: int | None = None, creds: Credentials | Plain | None = None) -> zmq.Socket:
     """A DEALER to a node: no linger (a retry goes elsewhere, never queued behind a dead peer) and
     the protocol's message size cap, so a broken or hostile peer cannot make us allocate without bound.
     With `creds` it is a CURVE client that accepts only the node's own public key."""
@@ -236,7 +236,7 @@ class Client:
         role: str = "client",
         cert: str | None = None,
         server_key: str | None = None,
-        creds: Credentials | None = None,
+        creds: Credentials | Plain | None = None,
         cluster_id: str | None = None,
     ) -> None:
         """`config` gives the endpoints (unless `endpoints` narrows them) and, with
@@ -362,7 +362,7 @@ class Client:
         end_at = time.monotonic() + timeout
         while True:
             left = end_at - time.monotonic()
-            if left <= 0 or not self.sock.poll(left * 1000):
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
                 return None
             try:
                 reply = msgpack.unpackb(self.sock.recv(), raw=False)
@@ -522,7 +522,7 @@ class Client:
         return self.request(op, endpoint=endpoint, deadline=deadline, args=args)
 
 
-def fetch_statuses(targets: list[tuple[str, str]], timeout: float, creds: Credentials | None = None,
+def fetch_statuses(targets: list[tuple[str, str]], timeout: float, creds: Credentials | Plain | None = None,
                    cluster_id: str | None = None,
                    context: zmq.Context | None = None) -> dict[str, dict[str, Any] | None]:
     """Ask every node for its status at once; None for those that do not answer."""

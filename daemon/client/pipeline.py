@@ -119,9 +119,9 @@ class Pipeline:
                 if value is not None:
                     msg["value"] = value
                 now = time.perf_counter()
-                o = Outstanding(msg, now, now)
-                out[rid] = o
-                self._send(o)
+                sent = Outstanding(msg, now, now)
+                out[rid] = sent
+                self._send(sent)
             if not out:
                 return res
             if self.sock.poll(20):
@@ -134,7 +134,7 @@ class Pipeline:
                         reply = msgpack.unpackb(body, raw=False)
                     except Exception:
                         continue
-                    o = out.get(reply.get("id")) if isinstance(reply, dict) else None
+                    o = out.get(reply["id"]) if isinstance(reply, dict) and "id" in reply else None
                     if o is None or o.resend_at is not None:
                         continue  # a late answer to an earlier attempt
                     if isinstance(reply.get("epoch"), int):

@@ -280,7 +280,7 @@ class RoundReport:
             f"  logs verify clean:              {'yes' if self.logs_clean else 'NO'}",
             f"  client errors seen (retried):   {self.errors or 'none'}",
             f"  fresh reads checked:            {self.reads}",
-            f"  reads and writes linearizable:  "
+            "  reads and writes linearizable:  "
             + ("yes" if self.verdict.ok and not self.verdict.unknown else
                "undecided (search budget ran out)" if self.verdict.ok else "NO"),
         ]
@@ -349,8 +349,9 @@ class Drill:
 
     def healthy(self) -> str | None:
         """The leader's name once every node answers and exactly one leads."""
-        sts = self.statuses()
-        if any(s is None for s in sts.values()):
+        got = self.statuses()
+        sts = {n: s for n, s in got.items() if s is not None}
+        if len(sts) != len(got):
             return None
         leaders = [n for n, s in sts.items() if s["role"] == "leader"]
         top = max(s["epoch"] for s in sts.values())
@@ -359,8 +360,9 @@ class Drill:
         return leaders[0]
 
     def converged(self) -> bool:
-        sts = self.statuses()
-        if any(s is None for s in sts.values()):
+        got = self.statuses()
+        sts = {n: s for n, s in got.items() if s is not None}
+        if len(sts) != len(got):
             return False
         ends = {s["end"] for s in sts.values()}
         epochs = {s["epoch"] for s in sts.values()}
@@ -373,6 +375,7 @@ class Drill:
             return self._round_damage(rnd)
         leader = self.wait(self.healthy, "a healthy cluster (every node up, one leader)")
         st = self.statuses()[leader]
+        assert st is not None, f"{leader} stopped answering"  # st["epoch"] below would fail anyway
         self.say(f"round {rnd}: leader is {leader} (epoch {st['epoch']}, end {st['end']}); starting {self.clients} clients")
         ledger = Ledger()
         tag = f"r{rnd}-{int(time.time())}"

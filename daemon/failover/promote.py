@@ -27,7 +27,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Generator, assert_never
 
 from daemon.client.blocking import Client, ZwalError, fetch_statuses
 from daemon.config import ClusterConfig
@@ -105,7 +105,7 @@ class _Assessment:
 
 
 def _assess(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: int,
-            old_leaders: frozenset[str]) -> Decision | _Assessment:
+            old_leaders: frozenset[str], no_vote: frozenset[str] = frozenset()) -> Decision | _Assessment:
     """The rules for promoting `name`: a Decision when refused outright, else the problems --force overrides."""
     me = statuses.get(name)
     if name not in statuses:
@@ -127,8 +127,16 @@ def _assess(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
         warnings.append(f"epoch {epoch} is within {MAX_EPOCH - epoch} of the protocol's limit ({MAX_EPOCH}): "
                         "something raised the epochs far beyond the number of promotions; find out what")
     problems: list[tuple[str, str]] = []
-    down = sorted(n for n, s in statuses.items() if s is None)
+    down = sorted(n for n, s in statuses.items() if s is None and n not in no_vote)
+    # Up but refused the vote (a rebuilt node votes only once it follows a
+    # leader): bringing it back is no remedy, and without a leader it never
+    # catches up, so only --force is left.
     bring_back = (f"bring {', '.join(down)} back" if down else "wait for the damaged nodes to catch up")
+    copy_advice = (f"{bring_back}, or use --force and accept possible loss of acknowledged writes"
+                   if down or not no_vote else
+                   f"{', '.join(sorted(no_vote))} answered but cast no vote, and no log shows that {name} holds every "
+                   f"acknowledged write: only 'zwal promote {name} --force' can promote now, accepting possible loss "
+                   "of acknowledged writes")
 
     if ack_replicas == 0:
         problems.append(("ack_replicas = 0: writes were acknowledged before any follower had them, so no follower "
@@ -174,7 +182,7 @@ def _assess(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
                          f"hold" + (f" ({'; '.join(why)})" if why else "")
                          + f"; with ack_replicas = {ack_replicas} at least {need} must answer with one, to be sure {name} holds "
                          "every acknowledged write",
-                         f"{bring_back}, or use --force and accept possible loss of acknowledged writes"))
+                         copy_advice))
     majority = len(statuses) // 2 + 1
     if len(reachable) < majority:
         problems.append((f"only {len(reachable)} of {len(statuses)} nodes answered; a promotion needs the votes of a "
@@ -184,7 +192,7 @@ def _assess(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
 
 
 def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: int, force: bool,
-           old_leaders: frozenset[str] = frozenset()) -> Decision:
+           old_leaders: frozenset[str] = frozenset(), no_vote: frozenset[str] = frozenset()) -> Decision:
     """The promotion rules, free of I/O. `statuses` maps node -> status or None.
 
     Safe (no acknowledged write lost) when, with F followers and ack_replicas
@@ -203,9 +211,10 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
 
     A refusal names another node only if decide() accepts it (`instead`), so
     no message sends an operator to a command that would be refused.
-    `force` turns every overridable problem into a warning.
+    `force` turns every overridable problem into a warning. `no_vote`: nodes
+    that answered but refused the fence (None in `statuses` after fencing).
     """
-    a = _assess(name, statuses, ack_replicas, old_leaders)
+    a = _assess(name, statuses, ack_replicas, old_leaders, no_vote)
     if isinstance(a, Decision):
         if name in statuses and statuses[name] is None and (alt := promotable(statuses, ack_replicas, old_leaders)):
             return Decision(False, f"{a.reason}; promote {alt} instead", instead=alt)
@@ -375,6 +384,81 @@ class PromoteResult:
     votes: dict[str, str] = field(default_factory=dict)  # node -> whom it voted for in `epoch`
 
 
+# -- the retry loop as a sans-I/O generator -------------------------------------------------------
+# `retrying` decides; its driver performs each step it yields and sends back the
+# result: `run_promote` over ZeroMQ and the host clock, the simulator
+# (tests/sim/workload.py) over its network and clock. Both run this one loop.
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Run one promotion at `min_epoch` or above (`sts`: statuses just read); send back its PromoteResult."""
+    min_epoch: int
+    sts: dict[str, dict[str, Any] | None] | None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Sleep `seconds`; send back None."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ReadStatuses:
+    """Read every node's status; send back the statuses (None for a node that does not answer)."""
+
+
+@dataclass(frozen=True)
+class ReadClock:
+    """Send back the driver's monotonic clock, in seconds."""
+
+
+@dataclass(frozen=True)
+class Say:
+    """Tell the operator `text`; send back None."""
+    text: str
+
+
+Step = Attempt | Pause | ReadStatuses | ReadClock | Say
+
+
+def retrying(name: str, names: list[str], timeout: float, retries: int = RETRIES_AFTER_LOST_VOTE,
+             rng: Callable[[], float] = random.random) -> Generator[Step, Any, PromoteResult]:
+    """A promotion of `name` that, after a split vote, retries once at a higher epoch (after_lost_vote)."""
+    retried, min_epoch = 0, 0
+    now: dict[str, dict[str, Any] | None] | None = None
+    while True:
+        res: PromoteResult = yield Attempt(min_epoch, now)
+        res.attempts = retried + 1
+        if not res.lost_vote:
+            return res
+        lost = res.epoch
+        # After the pause (a short one when no retry is left: the winner may
+        # be between its fence and its promote), see who won, if anyone.
+        pause = retry_pause(name, names, rng(), timeout) if retried < retries else RETRY_BASE_S
+        yield Say(f"lost the vote in epoch {lost}; looking again in {pause:.2f} s")
+        yield Pause(pause)
+        now = yield ReadStatuses()
+        plan = after_lost_vote(name, names, lost, now, retried, retries, votes=res.votes)
+        if plan.action == WATCH:
+            # Stand back while the newer promotion finishes (it needs a few status rounds).
+            yield Say(f"{plan.reason}: waiting for it to finish")
+            until = (yield ReadClock()) + 3 * timeout + 1
+            while plan.action == WATCH and (yield ReadClock()) < until:
+                yield Pause(0.1)
+                now = yield ReadStatuses()
+                plan = after_lost_vote(name, names, lost, now, retried, retries, votes=res.votes)
+            if plan.action == WATCH:
+                plan = after_lost_vote(name, names, lost, now, retried, retries, watched=True)
+        if plan.action == STOP:
+            if now is not None and winner(lost, now) is not None:
+                res = PromoteResult(False, name, lost, f"{plan.reason}; nothing more to do ('zwal status' shows "
+                                    "the leader)", lost_vote=True, attempts=retried + 1)
+            return res
+        yield Say(f"{plan.reason}: trying once more at epoch {plan.epoch} (Raft's randomized retry)")
+        retried, min_epoch = retried + 1, plan.epoch
+
+
 def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: float = 2.0,
                 statuses_fn: Callable[[ClusterConfig, float], dict[str, dict[str, Any] | None]] | None = None,
                 say: Callable[[str], None] = lambda s: None, cert: str | None = None,
@@ -386,37 +470,28 @@ def run_promote(cfg: ClusterConfig, name: str, *, force: bool = False, timeout: 
         def statuses_fn(c: ClusterConfig, t: float) -> dict[str, dict[str, Any] | None]:
             return fetch_statuses([(n.name, n.client_endpoint) for n in c.nodes], t, operator_creds(c, "admin", cert))
     get_statuses = statuses_fn or statuses_of
-    retried, min_epoch, now = 0, 0, None
+    steps = retrying(name, cfg.names, timeout, retries, rng)
+    reply: Any = None
     while True:
-        res = _attempt(cfg, name, force, timeout, get_statuses, say, cert, min_epoch, now)
-        res.attempts = retried + 1
-        if not res.lost_vote:
+        try:
+            step = steps.send(reply)
+        except StopIteration as done:
+            res: PromoteResult = done.value
             break
-        lost = res.epoch
-        # After the pause (a short one when no retry is left: the winner may
-        # be between its fence and its promote), see who won, if anyone.
-        pause = retry_pause(name, cfg.names, rng(), timeout) if retried < retries else RETRY_BASE_S
-        say(f"lost the vote in epoch {lost}; looking again in {pause:.2f} s")
-        sleep(pause)
-        now = get_statuses(cfg, timeout)
-        plan = after_lost_vote(name, cfg.names, lost, now, retried, retries, votes=res.votes)
-        if plan.action == WATCH:
-            # Stand back while the newer promotion finishes (it needs a few status rounds).
-            say(f"{plan.reason}: waiting for it to finish")
-            until = time.monotonic() + 3 * timeout + 1
-            while plan.action == WATCH and time.monotonic() < until:
-                sleep(0.1)
-                now = get_statuses(cfg, timeout)
-                plan = after_lost_vote(name, cfg.names, lost, now, retried, retries, votes=res.votes)
-            if plan.action == WATCH:
-                plan = after_lost_vote(name, cfg.names, lost, now, retried, retries, watched=True)
-        if plan.action == STOP:
-            if winner(lost, now) is not None:
-                res = PromoteResult(False, name, lost, f"{plan.reason}; nothing more to do ('zwal status' shows "
-                                    "the leader)", lost_vote=True, attempts=retried + 1)
-            break
-        say(f"{plan.reason}: trying once more at epoch {plan.epoch} (Raft's randomized retry)")
-        retried, min_epoch = retried + 1, plan.epoch
+        reply = None
+        match step:
+            case Attempt():
+                reply = _attempt(cfg, name, force, timeout, get_statuses, say, cert, step.min_epoch, step.sts)
+            case Pause():
+                sleep(step.seconds)
+            case ReadStatuses():
+                reply = get_statuses(cfg, timeout)
+            case ReadClock():
+                reply = time.monotonic()
+            case Say():
+                say(step.text)
+            case _:
+                assert_never(step)
     res.seconds = time.monotonic() - t0
     return res
 
@@ -443,6 +518,7 @@ def _attempt(cfg: ClusterConfig, name: str, force: bool, timeout: float,
         # `epoch` that can win, whatever else runs at the same time.
         fenced: list[str] = []
         votes: dict[str, str] = {}
+        no_vote: set[str] = set()  # answered the fence with a refusal (a rebuilt node not yet following)
         for n in ([name] + [n for n in sts if n != name]):
             if sts.get(n) is None:
                 continue
@@ -457,6 +533,8 @@ def _attempt(cfg: ClusterConfig, name: str, force: bool, timeout: float,
             except ZwalError as e:
                 if isinstance(e.reply.get("voted_for"), str) and e.reply.get("epoch") == epoch:
                     votes[n] = e.reply["voted_for"]
+                elif getattr(e, "code", None) == "refused":
+                    no_vote.add(n)
                 say(f"could not fence {n}: {e}")
         say(f"fenced {', '.join(fenced)} at epoch {epoch} (votes for {name})")
         if name not in fenced:
@@ -473,7 +551,8 @@ def _attempt(cfg: ClusterConfig, name: str, force: bool, timeout: float,
         # The ends are frozen now: check again before acting.
         sts2 = get_statuses(cfg, timeout)
         old = deposed_leaders(sts)
-        d2 = decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, cfg.ack_replicas, force, old)
+        d2 = decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, cfg.ack_replicas, force, old,
+                    frozenset(no_vote))
         if not d2.ok and not force:
             return PromoteResult(False, name, epoch,
                                  f"after fencing: {d2.reason}. The cluster is fenced at epoch {epoch} with no leader")

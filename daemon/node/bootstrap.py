@@ -161,7 +161,7 @@ def join_leader(me: str, statuses: Mapping[str, Mapping[str, Any]], nodes: int,
     for n, s in sorted(answers.items()):
         if s["epoch"] == top and s.get("role") == LEADER:
             return top, n
-    for n, s in sorted(answers.items()):
+    for _, s in sorted(answers.items()):
         leader = s.get("leader")
         if s["epoch"] == top and isinstance(leader, str) and leader != me:
             return top, leader

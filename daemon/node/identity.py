@@ -242,7 +242,7 @@ def epoch_end(history: list[tuple[int, int]], epoch: int, log_end: int) -> tuple
     the smaller of the two ends of E.
     """
     found, end = 0, 0
-    for i, (e, start) in enumerate(history):
+    for i, (e, _start) in enumerate(history):
         if e > epoch:
             break
         found = e

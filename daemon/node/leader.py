@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Union, assert_never
 
 from daemon.node import answers
@@ -300,7 +301,7 @@ class LeaderRole:
                                                      unheard=list(act.unheard)))
                 # -- Protocol-Aware Recovery of a cut tail (daemon/node/repair.py) --
                 case AppendRepair():
-                    self._finish_in_flight(lambda act=act: self._append_repair(act))
+                    self._finish_in_flight(partial(self._append_repair, act))
                 case RepairRefused():
                     host.events.warn("repair_refused", follower=act.source, reason=act.reason, end=self.core.end)
                 case CompareOwn():

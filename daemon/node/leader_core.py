@@ -826,7 +826,7 @@ class LeaderCore:
         """
         if self.sealed:
             raise InvariantViolation("fail_all with a batch in flight: wait for it first")
-        out = []
+        out: list[Reply] = []
         for _, _, entry in self.batch:
             out.extend(Reply(env, error_reply(rid, code, message, written=False)) for env, rid in entry.waiters)
         self.batch, self.batch_bytes = [], 0

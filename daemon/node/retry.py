@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from daemon.node.kv import ENTRY_COST, Placed, RetryWindow, client_cost
+from daemon.node.kv import ENTRY_COST, Placed, RetryWindow
 
 Envelope = list[bytes]
 Key = tuple[bytes, int]

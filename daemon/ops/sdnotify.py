@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 
 class Notifier:
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        env = os.environ if env is None else env
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        if env is None:
+            env = os.environ
         addr = env.get("NOTIFY_SOCKET")
         self.sock: socket.socket | None = None
         self.addr: str | None = None
@@ -26,7 +28,7 @@ class Notifier:
         usec = env.get("WATCHDOG_USEC")
         pid = env.get("WATCHDOG_PID")
         wd_for_us = usec is not None and (pid is None or pid == str(os.getpid()))
-        self.watchdog_interval = int(usec) / 2e6 if wd_for_us and usec.isdigit() and int(usec) > 0 else None
+        self.watchdog_interval = int(usec) / 2e6 if wd_for_us and usec is not None and usec.isdigit() and int(usec) > 0 else None
         self._next_watchdog = 0.0
         self._last_status = ""
 

@@ -21,6 +21,7 @@ offset can be added later without changing what an offset means.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass
@@ -187,7 +188,7 @@ class FrameStatus:
     BAD_CRC = "bad_crc"
 
 
-def parse_frame(buf: bytes | memoryview, pos: int, base: int = 0) -> tuple[str, Frame | None]:
+def parse_frame(buf: bytes | memoryview | mmap.mmap, pos: int, base: int = 0) -> tuple[str, Frame | None]:
     """Look at the frame starting at buf[pos]; never raises on any bytes.
 
     `base` is the log offset of buf[0], so returned frames carry log offsets.

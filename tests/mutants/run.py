@@ -76,7 +76,7 @@ def load_catalogues(root: str = ROOT) -> list[Mutant]:
     for path in sorted(glob.glob(os.path.join(root, "tests", "mutants", "catalogue_*.py"))):
         name = os.path.splitext(os.path.basename(path))[0]
         mod = importlib.import_module(f"tests.mutants.{name}")
-        for m in getattr(mod, "MUTANTS"):
+        for m in mod.MUTANTS:
             if not isinstance(m, Mutant):
                 raise SystemExit(f"{path}: {m!r} is not a tests.mutants.model.Mutant")
             out.append(m)

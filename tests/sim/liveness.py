@@ -42,7 +42,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from .workload import Client, Gen, Sleep, promote
+from .workload import Gen, Sleep, promote
 from .world import Violation
 
 if TYPE_CHECKING:
@@ -122,6 +122,17 @@ class Liveness:
                 m = SUGGESTION.search(result)
                 self.suggested = (m.group(1) or m.group(2)) if m and not ok else None
 
+    def no_proof(self) -> list[str]:
+        """The nodes whose logs prove nothing about acknowledged writes: down, refusing to start,
+        rebuilt (joining) or short of what their recovery cut (damaged_end)."""
+        out = []
+        for n in self.sim.nodes.values():
+            st = n.state
+            cut = st.damaged_end is not None and (n.log is None or n.log.end < st.damaged_end)
+            if not n.up or n.refused is not None or st.joining or cut:
+                out.append(n.name)
+        return out
+
     def check(self) -> None:
         if self.t_ok is not None:
             return
@@ -134,6 +145,16 @@ class Liveness:
             self.healed_by = "needs --force"
             sim.stats["liveness_needs_force"] += 1
             sim.world.log("live", f"no write resumed: {refused} refuse to start and nobody leads (needs --force)")
+            return
+        lost = self.no_proof()
+        if sim.leader() is None and len(lost) >= sim.cfg.ack_replicas + 1:
+            # An acknowledged record sits on K + 1 nodes; when at least that many cut their logs at
+            # recovery, were rebuilt or are down, it may be on none of the rest, so no log can prove a
+            # promotion safe: decide() refuses, and its message names `zwal promote NAME --force`.
+            self.healed_by = "needs --force"
+            sim.stats["liveness_needs_force"] += 1
+            sim.world.log("live", f"no write resumed: {lost} hold no provable copy, K = {sim.cfg.ack_replicas}, "
+                                  "nobody leads (needs --force)")
             return
         roles = ", ".join(
             f"{n.name}:{'down' if not n.up else n.state.role}@{n.state.epoch}"

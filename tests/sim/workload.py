@@ -268,44 +268,87 @@ def statuses(sim: "Sim", timeout: float = 0.3) -> Gen:
 
 
 def promote(sim: "Sim", name: str | None = None, timeout: float = 0.3) -> Gen:
-    """daemon/failover/promote.py run_promote, step by step; name None = the most advanced follower."""
-    w = sim.world
-    k = sim.cfg.ack_replicas
-    sts = yield from statuses(sim, timeout)
+    """daemon/failover/promote.py run_promote: its retry loop (`retrying`) driven here, each
+    attempt's steps below with the real `decide`; name None = the most advanced follower."""
+    looked = None  # the statuses `name` was chosen from: the first attempt checks those, as it did before
     if name is None:
-        name = promote_mod.most_advanced(sts)
+        looked = yield from statuses(sim, timeout)
+        name = promote_mod.most_advanced(looked)
         if name is None:
             return "no follower answers"
+    steps = promote_mod.retrying(name, sim.names, timeout, rng=sim.world.rng.random)
+    reply: Any = None
+    while True:
+        try:
+            step = steps.send(reply)
+        except StopIteration as done:
+            return done.value.message
+        reply = None
+        if isinstance(step, promote_mod.Attempt):
+            reply = yield from _attempt(sim, name, timeout, step.min_epoch, step.sts or looked)
+            looked = None
+        elif isinstance(step, promote_mod.Pause):
+            yield Sleep(step.seconds)
+        elif isinstance(step, promote_mod.ReadStatuses):
+            reply = yield from statuses(sim, timeout)
+        elif isinstance(step, promote_mod.ReadClock):
+            reply = sim.world.now
+        elif isinstance(step, promote_mod.Say):
+            sim.world.log("op", f"promote {name}: {step.text}")
+
+
+def _attempt(sim: "Sim", name: str, timeout: float, min_epoch: int,
+             sts: dict[str, Any] | None) -> Gen:
+    """daemon/failover/promote.py _attempt, step by step: check, fence (the vote), check again,
+    promote, repoint. Returns its PromoteResult (the message says what happened)."""
+    w = sim.world
+    k = sim.cfg.ack_replicas
+    PR = promote_mod.PromoteResult
+    if sts is None:
+        sts = yield from statuses(sim, timeout)
     d = promote_mod.decide(name, sts, k, False)
     if not d.ok:
-        return f"refused: {d.reason}"
-    epoch = d.epoch
+        return PR(False, name, 0, f"refused: {d.reason}")
+    epoch = max(d.epoch, min_epoch)
     sim.inv.max_admin_epoch = max(sim.inv.max_admin_epoch, epoch)
     majority = len(sim.names) // 2 + 1
     fenced = []
+    votes: dict[str, str] = {}
+    no_vote: set[str] = set()
     for n in [name] + [n for n in sim.names if n != name]:
         if sts.get(n) is None:
             continue
         r = yield Call(n, {"id": w.next_id(), "op": "fence", "args": {"epoch": epoch, "candidate": name}}, timeout)
-        if r is None or not r.get("ok"):
+        if r is None:
+            continue
+        if not r.get("ok"):
+            if isinstance(r.get("voted_for"), str) and r.get("epoch") == epoch:
+                votes[n] = r["voted_for"]
+            elif r.get("error") == "refused":
+                no_vote.add(n)
             continue
         if r.get("voted_for") not in (None, name):
+            votes[n] = str(r.get("voted_for"))
             continue
         fenced.append(n)
+        votes[n] = name
     if name not in fenced:
-        return f"{name} could not be fenced for itself at {epoch} (fenced {fenced})"
+        return PR(False, name, epoch, f"{name} could not be fenced for itself at {epoch} (fenced {fenced})",
+                  lost_vote=True, votes=votes)
     if len(fenced) < majority:
-        return f"only {fenced} voted for {name} in epoch {epoch}"
+        return PR(False, name, epoch, f"only {fenced} voted for {name} in epoch {epoch}", lost_vote=True,
+                  votes=votes)
     sts2 = yield from statuses(sim, timeout)
     old = promote_mod.deposed_leaders(sts)
-    d2 = promote_mod.decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, k, False, old)
+    d2 = promote_mod.decide(name, {n: (s if n in fenced else None) for n, s in sts2.items()}, k, False, old,
+                            frozenset(no_vote))
     if not d2.ok:
-        return f"after fencing at {epoch}: {d2.reason}"
+        return PR(False, name, epoch, f"after fencing at {epoch}: {d2.reason}")
     r = yield Call(name, {"id": w.next_id(), "op": "promote",
                           "args": {"epoch": epoch, "end": (sts2.get(name) or {}).get("end", 0)}}, timeout)
     if r is None or not r.get("ok"):
-        return f"{name} refused promotion to {epoch}: {r}"
+        return PR(False, name, epoch, f"{name} refused promotion to {epoch}: {r}")
     for n in fenced:
         if n != name:
             yield Call(n, {"id": w.next_id(), "op": "follow", "args": {"epoch": epoch, "leader": name}}, timeout)
-    return f"{name} leads epoch {epoch}"
+    return PR(True, name, epoch, f"{name} leads epoch {epoch}")
