@@ -24,14 +24,15 @@ import bisect
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from daemon.ops import logs
 from .format import Frame, Record, encode_frame
-from .reader import CLEAN, CORRUPT, TORN, LogOpenError, ScanResult, read_chunk, scan_fd
+from .reader import CLEAN, CORRUPT, TORN, LogOpenError, ScanResult, iter_frames, read_chunk, scan_fd, scan_path
 from .recovery import LogCorrupt, open_log
 from .writer import (SyncFn, WalError, WalFsyncError, WalPoisoned, WalWriteError, WalWriter, WriteFn, fsync_dir,
                      save_copy, unsynced_note_path, write_full)
@@ -40,7 +41,6 @@ LOG_DIR = "log"
 LEGACY_LOG = "wal.log"  # the single-file log of zwal before segments
 SUFFIX = ".seg"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
-MIN_SEGMENT_BYTES = 4096
 _NAME = re.compile(r"^(\d{20})\.seg$")
 
 
@@ -610,6 +610,69 @@ def read_all(path: str) -> bytes:
     return b"".join(out)
 
 
+def locate(path: str, offset: int) -> tuple[str, int]:
+    """(file, offset in that file) of the log byte at global `offset`."""
+    files = log_files(path)
+    i = bisect.bisect_right([b for b, _ in files], offset) - 1
+    if i < 0:
+        raise LogOpenError(f"{path}: offset {offset} is below the oldest segment")
+    return files[i][1], offset - files[i][0]
+
+
+def iter_log_frames(path: str, start: int = 0) -> Iterator[Frame]:
+    """Valid frames (global offsets) from `start`, a frame boundary, across segments, to the first bad one."""
+    files = log_files(path)
+    for i, (b, p) in enumerate(files):
+        nxt = files[i + 1][0] if i + 1 < len(files) else None
+        if nxt is not None and nxt <= start:
+            continue
+        pos = max(start, b)
+        for f in iter_frames(p, pos - b):
+            yield f if b == 0 else dataclasses.replace(f, offset=f.offset + b)
+            pos = f.offset + b + f.size if b else f.end
+        if nxt is not None and pos != nxt:
+            return  # damage or a gap: stop, as iter_frames does
+
+
+def scan_log(path: str, on_frame: Callable[[Frame, Record], None] | None = None) -> ScanResult:
+    """How the whole log ends, read-only, in global offsets (a sealed segment that is
+    not clean, or a gap between files, is CORRUPT)."""
+    files = log_files(path)
+    records, last_epoch, starts, seconds = 0, 0, [], 0.0
+    for i, (b, p) in enumerate(files):
+        part = _rebased(scan_path(p, None if on_frame is None else
+                                  (on_frame if b == 0 else
+                                   lambda f, r, b=b: on_frame(dataclasses.replace(f, offset=f.offset + b), r))), b)
+        records += part.records
+        seconds += part.seconds
+        for e, o in part.epoch_starts:
+            if not (starts and e == last_epoch):
+                starts.append((e, o))
+                last_epoch = e
+        last = i == len(files) - 1
+        nxt = None if last else files[i + 1][0]
+        if part.status != CLEAN and not last:
+            return ScanResult(CORRUPT, part.valid_end, part.file_size, records, last_epoch, starts, part.bad_offset,
+                              f"sealed segment {p}: {part.reason}", seconds)
+        if nxt is not None and part.file_size != nxt:
+            return ScanResult(CORRUPT, part.valid_end, part.file_size, records, last_epoch, starts, part.file_size,
+                              f"{p} ends at {part.file_size} but the next segment starts at {nxt}", seconds)
+        if last:
+            return ScanResult(part.status, part.valid_end, part.file_size, records, last_epoch, starts,
+                              part.bad_offset, part.reason, seconds)
+    raise AssertionError("log_files is never empty")
+
+
+def sha256_log(path: str) -> str:
+    """Digest of the whole log's bytes, concatenated: how replicas are compared byte for byte."""
+    h = hashlib.sha256()
+    for _, p in log_files(path):
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def log_size(path: str) -> int:
     try:
         files = log_files(path)
@@ -620,6 +683,7 @@ def log_size(path: str) -> int:
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES", "LOG_DIR", "OffsetCompacted", "SealedSegmentDamaged", "SegmentGap", "SegmentedLog",
-    "TORN", "check_contiguous", "list_segments", "log_dir_of", "log_files", "log_size", "migrate_legacy",
-    "open_segments", "parse_segment_name", "plan_roll", "read_all", "segment_name",
+    "TORN", "check_contiguous", "iter_log_frames", "list_segments", "locate", "log_dir_of", "log_files", "log_size",
+    "migrate_legacy", "open_segments", "parse_segment_name", "plan_roll", "read_all", "scan_log", "segment_name",
+    "sha256_log",
 ]
