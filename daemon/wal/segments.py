@@ -63,6 +63,24 @@ def plan_roll(segment_base: int, end: int, segment_bytes: int) -> bool:
     return end > segment_base and end - segment_base >= segment_bytes
 
 
+def segment_index(bases: Sequence[int], offset: int) -> int:
+    """Index of the segment holding `offset` (bases sorted; -1 below the first)."""
+    return bisect.bisect_right(bases, offset) - 1
+
+
+def chunk_stop(bases: Sequence[int], offset: int, end: int) -> int:
+    """Where a read from `offset` must stop: `end`, or the end of offset's segment if sooner.
+
+    Every segment ends on a frame boundary, so a chunk cut here is whole frames."""
+    i = segment_index(bases, offset)
+    return min(end, bases[i + 1]) if i + 1 < len(bases) else end
+
+
+def kept_after_truncate(bases: Sequence[int], offset: int) -> list[int]:
+    """The segments a truncation at `offset` keeps: those starting at or below it (the last is cut)."""
+    return [b for b in bases if b <= offset] or list(bases[:1])
+
+
 def list_segments(log_dir: str) -> list[tuple[int, str]]:
     """(base, path) of the segment files in `log_dir`, by base; other files are ignored."""
     out = []
@@ -237,7 +255,7 @@ class SegmentedLog:
     def _find(self, segs: tuple[Segment, ...], offset: int) -> int:
         if offset < segs[0].base:
             raise OffsetCompacted(offset, segs[0].base)
-        return bisect.bisect_right([s.base for s in segs], offset) - 1
+        return segment_index([s.base for s in segs], offset)
 
     def read_chunk(self, offset: int, end: int, max_bytes: int) -> bytes:
         """Whole frames from `offset` below `end` (at most max_bytes, or one frame if larger).
@@ -248,9 +266,8 @@ class SegmentedLog:
         if offset >= end:
             return b""
         segs = self._segs
-        i = self._find(segs, offset)
-        seg = segs[i]
-        stop = min(end, segs[i + 1].base) if i + 1 < len(segs) else end
+        seg = segs[self._find(segs, offset)]
+        stop = chunk_stop([s.base for s in segs], offset, end)
         return read_chunk(seg.fd, offset - seg.base, stop - seg.base, max_bytes)
 
     def read_raw(self, offset: int, n: int) -> bytes:
@@ -286,7 +303,7 @@ class SegmentedLog:
         if offset == end:
             return 0
         segs = self._segs
-        keep = self._find(segs, offset)
+        keep = len(kept_after_truncate([s.base for s in segs], offset)) - 1
         if keep == len(segs) - 1:
             return self._active.truncate_suffix(offset - segs[-1].base, save_path)
         _save_range(self, offset, end, save_path)
