@@ -331,3 +331,48 @@ def test_wal_log_beside_segments_is_refused(tmp_path):
     open(os.path.join(d, "wal.log"), "wb").write(data)
     with pytest.raises(segments.WalError, match="both wal.log and segments"):
         migrate_legacy(d)
+
+
+# -- real processes ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_cluster_with_small_segments_serves_replicates_and_restarts(make_cluster):
+    """64 KiB segments: the leader rolls under load, followers (catching up from zero
+    too) hold segmented logs whose concatenation is the leader's, and every node
+    restarts from its segments with the records it acknowledged."""
+    from test_repl_cluster import Load
+
+    from harness import wait_until
+    from daemon.wal.segments import iter_log_frames, sha256_log
+
+    c = make_cluster(3, ack_replicas=1, segment_bytes=65536, fetch_max_bytes=100000)
+    c.start("node1")
+    c.start("node2")
+    first = Load(c, 4, 3000, "s")  # about 3000 * 70 bytes: several segments
+    first.wait()
+    c.start("node3")  # catches up from zero across the leader's segments
+    more = Load(c, 4, 2000, "t")
+    more.wait()
+    acked = first.acked + more.acked
+    assert len(acked) == 5000 and first.failed == more.failed == []
+    c.wait_converged(timeout=60)
+    for n in c.names:
+        files = list_segments(c.log_dir(n))
+        assert len(files) >= 3, f"{n} did not roll: {files}"
+        assert scan_log(c.log_dir(n)).status == CLEAN
+        assert not os.path.exists(os.path.join(c.root, n, "wal.log"))
+    assert len({sha256_log(c.log_dir(n)) for n in c.names}) == 1
+    disk = {f.offset: f.record().key for f in iter_log_frames(c.log_dir("node1"))}
+    assert [(k, o) for k, o in acked if disk.get(o) != k] == []
+    for n in c.names:
+        c.stop(n)
+    c.start_all()
+    base, last = list_segments(c.log_dir("node1"))[-1]
+    end = base + os.path.getsize(last)
+    wait_until(lambda: c.status("node1")["end"] == end, 30, "node1 to recover its whole log")
+    with c.client() as cl:
+        for key, _ in acked[::500]:
+            assert cl.read(key).value is not None
+        assert cl.set(b"after-restart", b"1").offset >= end
+    c.wait_converged(timeout=60)
