@@ -227,10 +227,19 @@ def test_truncate_suffix_across_segments(ldir, tmp_path):
     log.close()
 
 
-def test_two_processes_cannot_open_one_segmented_log(ldir):
+def test_two_processes_cannot_open_one_segmented_log(ldir, monkeypatch):
     log, _ = open_segments(ldir, segment_bytes=SEG)
     with pytest.raises(WalLocked):
         open_segments(ldir, segment_bytes=SEG)
+    fill(log, 20)  # rolls: the first segment's write fd (and its file lock) is gone
+    assert len(log.segments) > 1
+    # a second opener that listed the directory before the roll takes the sealed
+    # segment for the last one: only the lock on the directory stops it appending there
+    real = segments.list_segments
+    monkeypatch.setattr(segments, "list_segments", lambda d: real(d)[:1])
+    with pytest.raises(WalLocked):
+        open_segments(ldir, segment_bytes=SEG)
+    monkeypatch.undo()
     log.close()
     open_segments(ldir)[0].close()
 
