@@ -342,6 +342,40 @@ def test_wal_log_beside_segments_is_refused(tmp_path):
         migrate_legacy(d)
 
 
+def test_the_log_tools_take_a_data_directory_or_a_log_directory(tmp_path):
+    from test_engine_cli import zwal
+
+    d = str(tmp_path / "node")
+    os.mkdir(d)
+    ldir = os.path.join(d, "log")
+    log, _ = open_segments(ldir, segment_bytes=SEG)
+    fill(log, 30)
+    end = log.end
+    log.close()
+    assert len(list_segments(ldir)) > 2
+    whole = read_all(ldir)
+    want = [f.offset for f in iter_frames_in(whole)]
+    for path in (d, ldir):
+        v = zwal("log", "verify", path)
+        assert v.returncode == 0 and f"end offset {end}" in v.stdout, v.stdout + v.stderr
+        dump = [json.loads(line) for line in zwal("log", "dump", path).stdout.splitlines()]
+        assert [o["offset"] for o in dump] == want  # global offsets across the files
+        later = zwal("log", "dump", path, "--from", str(want[50]))
+        assert [json.loads(line)["offset"] for line in later.stdout.splitlines()] == want[50:]
+    base, last = list_segments(ldir)[-1]
+    with open(last, "ab") as f:
+        f.write(b"\x01" * 9)
+    assert zwal("log", "verify", d).returncode == 1
+    r = zwal("log", "recover", d)
+    assert r.returncode == 0 and f"{last}.torn-{end - base}" in r.stdout, r.stdout + r.stderr
+    assert read_all(ldir) == whole and zwal("log", "verify", ldir).returncode == 0
+    base1, sealed = list_segments(ldir)[1]
+    os.truncate(sealed, os.path.getsize(sealed) - 3)
+    assert zwal("log", "verify", d).returncode == 2
+    r = zwal("log", "recover", d)
+    assert r.returncode == 2 and sealed in r.stderr
+
+
 # -- real processes ---------------------------------------------------------------------
 
 
