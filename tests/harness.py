@@ -106,7 +106,10 @@ class Cluster:
         return os.path.join(self.log_dir(name), "00000000000000000000.seg")
 
     def log_dir(self, name: str) -> str:
-        return os.path.join(self.root, name, "log")
+        return os.path.join(self.data_dir(name), "log")
+
+    def data_dir(self, name: str) -> str:
+        return os.path.join(self.root, name)
 
     def node_log(self, name: str) -> str:
         return os.path.join(self.root, "log", f"{name}.log")
