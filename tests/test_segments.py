@@ -334,6 +334,33 @@ def test_migration_survives_a_crash_at_every_step(tmp_path, step):
     log.close()
 
 
+KILL_AT = """
+import os, signal, sys
+from daemon.wal.segments import open_segments
+def hook(step):
+    if step == sys.argv[2]:
+        os.kill(os.getpid(), signal.SIGKILL)
+open_segments(os.path.join(sys.argv[1], "log"), migrate_hook=hook)
+"""
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_migration_survives_kill_9_at_every_step(tmp_path, step):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    d, data = legacy_dir(tmp_path, note_frame=20)
+    durable = list(iter_frames_in(data))[20].offset
+    p = subprocess.run([sys.executable, "-c", KILL_AT, d, step], cwd=ROOT, capture_output=True, timeout=60)
+    assert p.returncode == -9, p.stderr
+    log, scan = open_segments(os.path.join(d, "log"))
+    assert log.end == durable and read_all(d) == data[:durable] and scan.status == CLEAN
+    assert sorted(os.listdir(d)) == ["log", "wal.log.torn-5"]
+    log.close()
+
+
 def test_wal_log_beside_segments_is_refused(tmp_path):
     d, data = legacy_dir(tmp_path)
     open_segments(os.path.join(d, "log"))[0].close()

@@ -616,7 +616,8 @@ class Drill:
                     creds=operator_creds(self.cfg)) as c:
             while time.monotonic() < until:
                 # Its recovery saw the damage: it cut the record and saved the bytes aside.
-                saved = sorted(glob.glob(f"{path}.torn-{last.offset}*"))
+                seg, rel = locate(path, last.offset)
+                saved = sorted(glob.glob(f"{seg}.torn-{rel}*"))
                 if saved and not cut_seen:
                     cut_seen = True
                     injected["saved_to"] = saved[0]

@@ -143,13 +143,23 @@ class SegmentedLog:
         self.dir = log_dir
         self.path = log_dir
         self._dir_fd = dir_fd  # holds the lock on the whole log
-        self._segs: tuple[Segment, ...] = tuple(segments)
-        self._active = active
+        # The segments and the writer of the last one, replaced together in
+        # one assignment: `end` (read by the loop while the syncer thread
+        # rolls) is always one state's base plus that state's writer end.
+        self._cur: tuple[tuple[Segment, ...], WalWriter] = (tuple(segments), active)
         self.segment_bytes = segment_bytes
         self._write = write
         self._fsync = fsync
         self._roll_poison: str | None = None
         self.fsync_count = 0
+
+    @property
+    def _segs(self) -> tuple[Segment, ...]:
+        return self._cur[0]
+
+    @property
+    def _active(self) -> WalWriter:
+        return self._cur[1]
 
     # -- what WalWriter offers ----------------------------------------------
 
@@ -164,7 +174,8 @@ class SegmentedLog:
 
     @property
     def end(self) -> int:
-        return self.active_base + self._active.end
+        segs, active = self._cur
+        return segs[-1].base + active.end
 
     @property
     def poisoned(self) -> str | None:
@@ -206,10 +217,11 @@ class SegmentedLog:
             return self.end, self.end
         if plan_roll(self.active_base, self.end, self.segment_bytes):
             self._roll()
-        before = self._active.fsync_count
-        start, end = self._active.append_frames(data)
-        self.fsync_count += self._active.fsync_count - before
-        base = self.active_base
+        segs, active = self._cur
+        before = active.fsync_count
+        start, end = active.append_frames(data)
+        self.fsync_count += active.fsync_count - before
+        base = segs[-1].base
         return base + start, base + end
 
     def _roll(self) -> None:
@@ -244,8 +256,7 @@ class SegmentedLog:
         # write fd is closed: a sealed segment is never written again.
         os.close(old.fd)
         old.fd = -1
-        self._segs = self._segs + (Segment(base, path, rfd),)
-        self._active = new
+        self._cur = (self._segs + (Segment(base, path, rfd),), new)
         self.fsync_count += 2
         logs.event("segment_rolled", path=path, base=base, sealed=self._segs[-2].path,
                    sealed_bytes=base - self._segs[-2].base)
@@ -319,8 +330,7 @@ class SegmentedLog:
         os.close(target.fd)
         fd = os.open(target.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         w = WalWriter(fd, target.path, os.fstat(fd).st_size, write=self._write, fsync=self._fsync)
-        self._segs = segs[:keep] + (Segment(target.base, target.path, w.read_fd),)
-        self._active = w
+        self._cur = (segs[:keep] + (Segment(target.base, target.path, w.read_fd),), w)
         os.ftruncate(fd, offset - target.base)
         w._sync(cut_unsynced=False)
         w.end = offset - target.base
