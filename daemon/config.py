@@ -24,6 +24,11 @@ LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
 # one-off ids of about 560 `zwal set` calls a second (docs/protocol.md).
 RETRY_WINDOW_SECONDS = 300.0
 RETRY_BUDGET_BYTES = 64 * 1024 * 1024
+# A log segment rolls once it holds this many bytes (between batches, so a
+# batch may overflow it). Kafka's log.segment.bytes is 1 GiB; 64 MiB keeps
+# the unit of retention small while a 350 MB log is still only 6 files.
+SEGMENT_BYTES = 64 * 1024 * 1024
+MIN_SEGMENT_BYTES = 64 * 1024
 
 
 class ConfigError(Exception):
@@ -40,8 +45,9 @@ class NodeConfig:
     public_key: str | None = None  # Z85 CURVE public key: clients know which server they talk to
 
     @property
-    def log_path(self) -> str:
-        return os.path.join(self.data_dir, "wal.log")
+    def log_dir(self) -> str:
+        """The segmented log (daemon/wal/segments.py): `<data_dir>/log/<base>.seg`."""
+        return os.path.join(self.data_dir, "log")
 
     @property
     def state_path(self) -> str:
@@ -76,6 +82,7 @@ class ClusterConfig:
     cluster_id: str = ""
     retry_window_seconds: float = RETRY_WINDOW_SECONDS
     retry_budget_bytes: int = RETRY_BUDGET_BYTES
+    segment_bytes: int = SEGMENT_BYTES
     extra: dict = field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
@@ -111,6 +118,7 @@ _CLUSTER_KEYS = {
     "max_client_connections": int,
     "retry_window_seconds": (int, float),
     "retry_budget_bytes": int,
+    "segment_bytes": int,
 }
 _NODE_KEYS = {"name": str, "data_dir": str, "client_endpoint": str, "repl_endpoint": str, "metrics_port": int,
               "public_key": str}
@@ -208,6 +216,8 @@ def parse(doc: dict, path: str) -> ClusterConfig:
                           "keep it well above every client's deadline")
     if cfg.retry_budget_bytes < 1024 * 1024:
         raise ConfigError(f"{path}: retry_budget_bytes must be at least 1048576 (default {RETRY_BUDGET_BYTES})")
+    if cfg.segment_bytes < MIN_SEGMENT_BYTES:
+        raise ConfigError(f"{path}: segment_bytes must be at least {MIN_SEGMENT_BYTES} (default {SEGMENT_BYTES})")
     if cfg.security not in SECURITY_MODES:
         raise ConfigError(f"{path}: security must be one of {', '.join(SECURITY_MODES)}")
     if cfg.security == "none":

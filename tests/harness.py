@@ -20,6 +20,7 @@ from daemon import config as config_mod
 from daemon.cli.cmd_cluster import create_keys, mark_first_start, render
 from daemon.ops.ports import free_base_port  # noqa: F401  (tests import it from here)
 from daemon.wal.reader import sha256_file
+from daemon.wal.segments import sha256_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,7 +102,14 @@ class Cluster:
         return f"http://127.0.0.1:{self.base_port + 3 * i + 3}/metrics"
 
     def log_path(self, name: str) -> str:
-        return os.path.join(self.root, name, "wal.log")
+        """The node's first segment: its whole log while the log is below segment_bytes (64 MiB by default)."""
+        return os.path.join(self.log_dir(name), "00000000000000000000.seg")
+
+    def log_dir(self, name: str) -> str:
+        return os.path.join(self.data_dir(name), "log")
+
+    def data_dir(self, name: str) -> str:
+        return os.path.join(self.root, name)
 
     def node_log(self, name: str) -> str:
         return os.path.join(self.root, "log", f"{name}.log")
@@ -226,7 +234,7 @@ class Cluster:
             return len(set(ends.values())) == 1
 
         wait_until(same, timeout, f"{names} to reach the same end offset")
-        hashes = {n: sha256(self.log_path(n)) for n in names}
+        hashes = {n: sha256_log(self.log_dir(n)) for n in names}
         assert len(set(hashes.values())) == 1, f"logs differ: {hashes}"
 
     def zwal(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

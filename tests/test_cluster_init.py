@@ -128,7 +128,7 @@ def test_a_two_host_cluster_with_a_data_root_replicates(tmp_path):
             assert w.offset == 0
             assert c.get("k") == b"v"
         for n in cfg.names:  # acknowledged with K = 1: on both nodes' disks, under the data root
-            log = os.path.join(root, n, "wal.log")
+            log = os.path.join(root, n, "log", "00000000000000000000.seg")
             wait_until(lambda log=log: os.path.getsize(log) >= w.end, 10, f"{log} to hold the write")
         assert sorted(os.listdir(root)) == ["node1", "node2"]
         assert not os.path.exists(os.path.join(d, "node1"))

@@ -130,7 +130,7 @@ def test_divergent_suffix_is_saved_and_removed_on_rejoin(make_cluster):
     c.start("node1")
     wait_until(lambda: c.status("node1")["role"] == "follower", 20, "node1 to step down and follow")
     c.wait_converged()
-    data_dir = os.path.dirname(c.log_path("node1"))
+    data_dir = c.data_dir("node1")
     saved = [f for f in os.listdir(data_dir) if f.startswith("divergent-")]
     assert len(saved) == 1, os.listdir(data_dir)
     assert saved[0] == f"divergent-1-{common_end}.wal"

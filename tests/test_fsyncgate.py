@@ -208,7 +208,7 @@ def test_a_leader_on_a_failing_disk_recovers_what_the_disk_holds_not_the_page_ca
     c = None
     try:
         c = make_cluster(1, ack_replicas=0)
-        assert os.path.dirname(c.log_path("node1")) == disk.mountpoint
+        assert c.data_dir("node1") == disk.mountpoint
         p = c.start("node1")
         w = Writers(c, c.endpoint("node1"), 4)
         w.start()
@@ -259,7 +259,7 @@ def test_a_follower_on_a_failing_disk_restarts_from_what_its_disk_holds(make_clu
     c = None
     try:
         c = make_cluster(2, ack_replicas=1)
-        assert os.path.dirname(c.log_path("node2")) == disk.mountpoint
+        assert c.data_dir("node2") == disk.mountpoint
         c.start_all()
         w = Writers(c, c.endpoint("node1"), 4)
         w.start()

@@ -49,7 +49,7 @@ def test_single_node_cluster_under_supervisord(tmp_path):
         assert "stopped" in stop.stdout
         log = open(os.path.join(d, "log", "node1.log")).read()
         assert "event=stopped code=0" in log
-        assert scan_path(os.path.join(d, "node1", "wal.log")).status == CLEAN
+        assert scan_path(os.path.join(d, "node1", "log", "00000000000000000000.seg")).status == CLEAN
         down = run("status", "--config", cfg, "--timeout", "1")
         assert down.returncode == 1 and "unreachable" in down.stdout and "no node answered" in down.stderr
     finally:

@@ -28,7 +28,7 @@ def tiny_fs(tmp_path):
 
 def test_enospc_fails_writes_cleanly_and_writes_resume_when_space_returns(make_cluster, tiny_fs):
     c = make_cluster(1, ack_replicas=0)
-    assert os.path.dirname(c.log_path("node1")) == tiny_fs
+    assert c.data_dir("node1") == tiny_fs
     c.start("node1")
     ep = c.endpoint("node1")
     cl = Client([ep], config=c.config, timeout=1.0, deadline=1.0)
@@ -72,7 +72,7 @@ def test_a_follower_whose_disk_fills_stays_up_says_no_space_and_catches_up(make_
     from harness import wait_until
 
     c = make_cluster(3, ack_replicas=1, heartbeat_interval=0.2)
-    assert os.path.dirname(c.log_path("node3")) == tiny_fs_node3
+    assert c.data_dir("node3") == tiny_fs_node3
     c.start_all()
     cl = c.client()
     cl.set("before", "x")

@@ -180,7 +180,7 @@ def test_a_node_whose_state_file_is_lost_but_whose_log_is_not_refuses_to_start(m
     with c.client() as cl:
         cl.set("k", "v")
     c.stop("node1")
-    os.unlink(os.path.join(os.path.dirname(c.log_path("node1")), "node-state.json"))
+    os.unlink(os.path.join(c.data_dir("node1"), "node-state.json"))
     p = c.start("node1", wait=False)
     assert p.wait(60) == 2
     log = open(c.node_log("node1")).read()

@@ -125,7 +125,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_a_cluster(tmp_path):
             node.wait(5)
             raise
     assert code == 0, open(os.path.join(d, "log", "node1.log")).read()
-    check = subprocess.run([zwal, "log", "verify", os.path.join(d, "node1", "wal.log")], cwd=work, env=env,
+    check = subprocess.run([zwal, "log", "verify", os.path.join(d, "node1")], cwd=work, env=env,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
     print(f"wheel built and installed in {build_s:.1f}s; whole test {time.monotonic() - t0:.1f}s")

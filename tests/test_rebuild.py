@@ -38,7 +38,7 @@ def test_a_rebuilt_bootstrap_node_never_leads_epoch_1_again_and_rejoins_the_real
     c.wait_converged()
 
     c.stop("node1")
-    data_dir = os.path.dirname(c.log_path("node1"))
+    data_dir = c.data_dir("node1")
     os.rename(data_dir, data_dir + ".aside")  # the documented rebuild
 
     # Writes queued for node1 before it is up: ZeroMQ delivers them the moment it binds.

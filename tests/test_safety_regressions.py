@@ -122,7 +122,7 @@ def records(path: str) -> list[tuple[int, int, bytes, bytes | None]]:
 
 
 def divergent_files(c, name: str) -> list[str]:
-    d = os.path.dirname(c.log_path(name))
+    d = c.data_dir(name)
     return sorted(f for f in os.listdir(d) if f.startswith("divergent-"))
 
 
@@ -251,7 +251,7 @@ def test_b_a_node_holding_an_unacknowledged_record_of_a_lost_epoch_truncates_it_
         f"{c.status('node1')['followers']}; node2 records: {records(c.log_path('node2'))[-5:]}")
     saved = divergent_files(c, "node2")
     assert saved == [f"divergent-2-{common_end}.wal"], saved
-    dump = records(os.path.join(os.path.dirname(c.log_path("node2")), saved[0]))
+    dump = records(os.path.join(c.data_dir("node2"), saved[0]))
     assert [(k, v) for _, _, k, v in dump] == [(b"kip", b"R2-written-on-node2")]
     assert "event=divergent_suffix_truncated" in log_text(c, "node2")
     assert scan_path(c.log_path("node2")).status == CLEAN

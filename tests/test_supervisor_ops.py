@@ -82,7 +82,7 @@ def test_stop_start_restart_each_node_under_load_loses_nothing(tmp_path):
             return len(set(ends.values())) == 1
 
         wait_until(converged, 30, "the three nodes to converge")
-        logs = [os.path.join(d, n, "wal.log") for n in ("node1", "node2", "node3")]
+        logs = [os.path.join(d, n, "log", "00000000000000000000.seg") for n in ("node1", "node2", "node3")]
         assert len({sha256(p) for p in logs}) == 1
         assert all(scan_path(p).status == CLEAN for p in logs)
         on_disk = {f.offset: (rec.key, rec.value) for f in iter_frames(logs[0]) for rec in [f.record()]}

@@ -17,6 +17,7 @@ from importlib import resources
 
 from daemon import config as config_mod
 from daemon.cli.cmd_log import CLIError
+from daemon.wal.segments import log_size
 
 SYSTEMD_UNIT = "systemd/zwal@.service"
 SYSUSERS = "systemd/zwal.sysusers.conf"
@@ -248,7 +249,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         me = cfg.node(name)
     except config_mod.ConfigError as e:
         raise CLIError(str(e), 2) from None
-    if os.path.exists(me.state_path) or (os.path.exists(me.log_path) and os.path.getsize(me.log_path) > 0):
+    if os.path.exists(me.state_path) or log_size(me.data_dir) > 0:
         raise CLIError(f"{me.data_dir} already holds node-state.json or records: {name} has started before, and a "
                        "node that started before never bootstraps again (a rebuilt node joins as a follower by "
                        "itself; nothing to do)", 1)

@@ -68,9 +68,9 @@ def _dir_problem(path: str) -> tuple[str, str]:
             return FAIL, f"{path} exists and is not a directory"
         if not os.access(path, os.W_OK | os.X_OK):
             return FAIL, f"{path} is not writable by this user (uid {os.getuid()})"
-        log = os.path.join(path, "wal.log")
-        if os.path.exists(log) and not os.access(log, os.R_OK | os.W_OK):
-            return FAIL, f"{log} exists and is not readable and writable by this user"
+        for log in (os.path.join(path, "wal.log"), os.path.join(path, "log")):
+            if os.path.exists(log) and not os.access(log, os.R_OK | os.W_OK):
+                return FAIL, f"{log} exists and is not readable and writable by this user"
         return OK, f"{path} exists and is writable"
     parent = path
     while not os.path.exists(parent):

@@ -1,4 +1,7 @@
-"""`zwal demo` and `zwal log ...`: the engine, used directly on a file."""
+"""`zwal demo` and `zwal log ...`: the engine, used directly on a log.
+
+A PATH is a single log file (the lesson's `zwal demo` log), or a node's data
+directory or its log/ directory of segments (daemon/wal/segments.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import sys
 from daemon.wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, iter_frames, open_log, scan_path
 from daemon.wal.format import FrameStatus, decode_payload, parse_frame
 from daemon.wal.reader import LogOpenError, ScanResult, _Mapped, classify_tail, find_valid_frame_after, open_for_read
+from daemon.wal.segments import iter_log_frames, log_dir_of, log_files, open_segments, read_all, scan_log
 from daemon.wal.writer import unsynced_note_path
 
 EXIT_OK, EXIT_TORN, EXIT_CORRUPT, EXIT_CANNOT_OPEN = 0, 1, 2, 3
@@ -68,14 +72,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _damage_marks(path: str):
+def _damage_marks(path: str, data_dir: str | None = None):
     """When the log belongs to a node (node-state.json beside it), a cut made
     here is recorded exactly as the node's own recovery records it
     (damaged_end, and confirm_from for a leader), durably before the bytes go,
     so promotion never counts this node as a copy of what the cut removed."""
     from daemon.node import identity as nodestate
 
-    state_path = os.path.join(os.path.dirname(os.path.abspath(path)), "node-state.json")
+    state_path = os.path.join(data_dir or os.path.dirname(os.path.abspath(path)), "node-state.json")
     if not os.path.exists(state_path):
         return None
     st = nodestate.load(state_path)
@@ -92,6 +96,10 @@ def _open(path: str, create: bool = True):
     """The log, recovered; `create=False` for the repair tools: a mistyped PATH must fail, not
     become a new empty log that reports itself clean."""
     try:
+        ldir = log_dir_of(path)
+        if ldir is not None:
+            data_dir = os.path.dirname(os.path.abspath(ldir))
+            return open_segments(ldir, before_cut=_damage_marks(path, data_dir), create=create)
         return open_log(path, before_cut=_damage_marks(path), create=create)
     except LogOpenError as e:
         raise CLIError(str(e), EXIT_CANNOT_OPEN) from None
@@ -130,7 +138,7 @@ def cmd_append(args: argparse.Namespace) -> int:
 
 def _scan(path: str) -> ScanResult:
     try:
-        return scan_path(path)
+        return scan_log(path)
     except LogOpenError as e:
         raise CLIError(str(e), EXIT_CANNOT_OPEN) from None
     except OSError as e:
@@ -231,7 +239,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
     if args.from_offset is None and not args.skip_damaged:
         result = _scan(args.path)
-        for f in iter_frames(args.path):
+        for f in iter_log_frames(args.path):
             if f.offset >= result.valid_end:
                 break
             emit(_record_obj(f))
@@ -244,13 +252,27 @@ def cmd_dump(args: argparse.Namespace) -> int:
     start = args.from_offset or 0
     if start < 0:
         raise CLIError("--from takes a byte offset of 0 or more", 2)
+    if os.path.isdir(args.path):
+        # A segmented log: its segments' bytes, concatenated, so offsets stay global.
+        try:
+            whole = read_all(args.path)
+        except LogOpenError as e:
+            raise CLIError(str(e), EXIT_CANNOT_OPEN) from None
+        return _dump_buf(args, whole, start, emit)
     try:
         fd = open_for_read(args.path)
     except LogOpenError as e:
         raise CLIError(str(e), EXIT_CANNOT_OPEN) from None
     try:
         with _Mapped(fd) as m:
-            buf = m.buf
+            return _dump_buf(args, m.buf, start, emit)
+    finally:
+        os.close(fd)
+
+
+def _dump_buf(args: argparse.Namespace, buf, start: int, emit) -> int:  # type: ignore[no-untyped-def]
+    if True:
+        if True:
             if start > len(buf):
                 raise CLIError(f"--from {start} is past the end of {args.path} ({len(buf)} bytes)", EXIT_BAD_FROM)
             where, at, size = _boundary(buf, start) if start else ("yes", 0, 0)
@@ -270,8 +292,6 @@ def cmd_dump(args: argparse.Namespace) -> int:
                                    "to resync from it", EXIT_BAD_FROM, "not_a_frame_boundary")
             status, ranges = dump_from(buf, start, args.skip_damaged,
                                        emit, lambda t: print(f"{args.path}: {t}", file=sys.stderr))
-    finally:
-        os.close(fd)
     if args.skip_damaged and ranges:
         print(f"{args.path}: {ranges} damaged range(s) skipped (listed as {{\"damaged\": true, ...}} lines); "
               "nothing was changed", file=sys.stderr)
@@ -281,7 +301,10 @@ def cmd_dump(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     result = _scan(args.path)
     print(f"{args.path}: {result.describe()}")
-    note = unsynced_note_path(args.path)
+    try:
+        note = unsynced_note_path(log_files(args.path)[-1][1])
+    except LogOpenError:
+        note = unsynced_note_path(args.path)
     if os.path.exists(note):
         print(f"{note}: a process's fsync failed on this log; the bytes after the durable end it names were "
               "never acknowledged, and the next recovery cuts them (docs/format.md)")
@@ -292,9 +315,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
     w, result = _open(args.path, create=False)
     w.close()
     if result.status == TORN:
+        last_base, last_path = log_files(args.path)[-1]
         print(
             f"{args.path}: dropped {result.dropped} bytes at offset {result.valid_end} "
-            f"({result.reason}); saved to {args.path}.torn-{result.valid_end}; "
+            f"({result.reason}); saved to {last_path}.torn-{result.valid_end - last_base}; "
             f"{result.records} records, end offset {result.valid_end}"
         )
     else:
@@ -313,9 +337,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--path", default="test.wal", help="log file to append to (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
 
-    log = sub.add_parser("log", help="inspect or repair a log file directly (no daemon needed)",
-                         description="Tools that work on one log file. Stop the node that owns "
-                         "the file before append or recover: they take its lock.")
+    log = sub.add_parser("log", help="inspect or repair a log directly (no daemon needed)",
+                         description="Tools that work on one log: PATH is a node's data directory, its log/ "
+                         "directory of segments, or a single log file. Stop the node that owns the log before "
+                         "append or recover: they take its lock.")
     ls = log.add_subparsers(dest="log_cmd", required=True, metavar="COMMAND")
     a = ls.add_parser("append", help="append one durable record, print its offset and size",
                       description="Append one record (after recovering a torn tail) and fdatasync it.")
@@ -335,9 +360,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "checksum starts; with --from it also resyncs from an OFFSET that is not a frame start. Exit codes as "
         "for verify (0 clean, 1 torn tail, 2 corruption, 3 cannot open; with --from, of the part dumped), and 4 "
         "when --from is not a frame start (without --skip-damaged).",
-        epilog="  zwal log dump node1/wal.log\n"
-        "  zwal log dump node1/wal.log --skip-damaged     # every readable record, damaged ranges listed\n"
-        "  zwal log dump node1/wal.log --from 4096        # from the frame at byte 4096 on")
+        epilog="  zwal log dump node1                      # a node's data directory (its log/ segments)\n"
+        "  zwal log dump node1 --skip-damaged        # every readable record, damaged ranges listed\n"
+        "  zwal log dump node1 --from 4096           # from the frame at byte 4096 on\n"
+        "  zwal log dump test.wal                    # a single log file (zwal demo's)")
     d.add_argument("path", metavar="PATH")
     d.add_argument("--from", dest="from_offset", type=int, metavar="OFFSET",
                    help="start at this byte offset (a frame boundary; with --skip-damaged, resync from it)")
@@ -352,7 +378,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=cmd_verify)
     r = ls.add_parser("recover", help="truncate a torn tail (saved beside the log first)",
                       description="Cut a torn tail back to the last valid record. The dropped bytes "
-                      "are saved to PATH.torn-OFFSET first. A corrupt log is refused (exit 2) and left untouched; a PATH that "
+                      "are saved to PATH.torn-OFFSET (for a directory: beside its last segment, OFFSET counted in "
+                      "that segment) first. A corrupt log is refused (exit 2) and left untouched; a PATH that "
                       "does not exist is exit 3, and nothing is created.")
     r.add_argument("path", metavar="PATH")
     r.set_defaults(func=cmd_recover)

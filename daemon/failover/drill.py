@@ -24,9 +24,11 @@ from daemon.client.blocking import Client, ZwalError
 from daemon.config import ClusterConfig
 from daemon.failover.linearizability import Op, Verdict, check
 from daemon.failover.promote import most_advanced, operator_creds, promotable, run_promote, statuses_of
-from daemon.wal import CLEAN, iter_frames, scan_path
+from daemon.wal import CLEAN
 from daemon.wal.format import HEADER_SIZE
-from daemon.wal.reader import LogOpenError, sha256_file
+from daemon.wal.reader import LogOpenError
+from daemon.wal.segments import iter_log_frames as iter_frames, locate, log_size, scan_log as scan_path
+from daemon.wal.segments import sha256_log as sha256_file
 
 
 @dataclass
@@ -445,7 +447,7 @@ class Drill:
         t_p = time.monotonic()
         self.wait(self.converged, "every node to converge on the new leader's log")
         converge_s = time.monotonic() - t_p
-        paths = {n.name: n.log_path for n in self.cfg.nodes}
+        paths = {n.name: n.data_dir for n in self.cfg.nodes}
         logs_clean, hashes = True, {}
         for n, p in paths.items():
             try:
@@ -473,10 +475,10 @@ class Drill:
         clean, hashes = True, {}
         for n in self.cfg.nodes:
             try:
-                clean &= scan_path(n.log_path).status == CLEAN
-                hashes[n.name] = sha256_file(n.log_path)
+                clean &= scan_path(n.data_dir).status == CLEAN
+                hashes[n.name] = sha256_file(n.data_dir)
             except LogOpenError as e:
-                self.say(f"  cannot read {n.log_path}: {e}")
+                self.say(f"  cannot read {n.data_dir}: {e}")
                 clean = False
         return len(set(hashes.values())) == 1 and len(hashes) == len(self.cfg.nodes), clean
 
@@ -496,13 +498,13 @@ class Drill:
         if new is not None:
             with Client([self.cfg.node(new).client_endpoint], timeout=2.0, deadline=10.0,
                         creds=operator_creds(self.cfg)) as c:
-                check = check_ledger(ledger, log_records(self.cfg.node(new).log_path), lambda k: c.read(k).value)
+                check = check_ledger(ledger, log_records(self.cfg.node(new).data_dir), lambda k: c.read(k).value)
         else:
             # No leader to read from: every acknowledged write must still be in
             # the most advanced log the cluster holds (no `get` to check).
             best = max((n for n in self.cfg.nodes if n.name != old),
-                       key=lambda n: os.path.getsize(n.log_path) if os.path.exists(n.log_path) else -1)
-            recs = log_records(best.log_path)
+                       key=lambda n: log_size(n.data_dir))
+            recs = log_records(best.data_dir)
             final = {k: v for _, (k, v) in sorted(recs.items())}
             check = check_ledger(ledger, recs, lambda k: final.get(k))
         errors: dict[str, int] = {}
@@ -597,7 +599,7 @@ class Drill:
         self.scratch.hold(leader, signal.SIGKILL)
         load = Load(self.cfg, self.clients, tag + "-b", ledger)
         load.start()
-        path = self.cfg.node(leader).log_path
+        path = self.cfg.node(leader).data_dir
         last = None
         for f in iter_frames(path):
             last = f
@@ -617,7 +619,8 @@ class Drill:
                     creds=operator_creds(self.cfg)) as c:
             while time.monotonic() < until:
                 # Its recovery saw the damage: it cut the record and saved the bytes aside.
-                saved = sorted(glob.glob(f"{path}.torn-{last.offset}*"))
+                seg, rel = locate(path, last.offset)
+                saved = sorted(glob.glob(f"{seg}.torn-{rel}*"))
                 if saved and not cut_seen:
                     cut_seen = True
                     injected["saved_to"] = saved[0]
@@ -680,11 +683,14 @@ class DrillError(Exception):
 
 
 def damage_last_record(path: str, offset: int, size: int) -> dict[str, Any]:
-    """Flip the bits of a few payload bytes in the middle of the frame at `offset` (its checksum then fails)."""
+    """Flip the bits of a few payload bytes in the middle of the frame at `offset` (its checksum then fails).
+
+    `path` is a log (a data directory, a log directory or a single file); `offset` is global."""
     at = offset + HEADER_SIZE + max(0, (size - HEADER_SIZE) // 2 - 1)
     n = max(1, min(2, offset + size - at))
-    with open(path, "r+b") as f:
-        f.seek(at)
+    file, rel = locate(path, at)
+    with open(file, "r+b") as f:
+        f.seek(rel)
         old = f.read(n)
         f.seek(at)
         f.write(bytes(b ^ 0xFF for b in old))

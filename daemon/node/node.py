@@ -37,7 +37,8 @@ from daemon.node.peers import PeerProbe
 from daemon.node.ports import FsyncFailure, Host, NoSpace, StateNotSaved, Transition  # noqa: F401
 from daemon.node.zmq_ports import REPL_SNDHWM, LogEvents, MonotonicClock, NoLink, WalLog, ZmqLeaderLink, ZmqRepl
 from daemon.node.syncer import Syncer
-from daemon.wal import LogCorrupt, WalFsyncError, WalPoisoned, open_log
+from daemon.wal import LogCorrupt, WalFsyncError, WalPoisoned
+from daemon.wal.segments import log_size, open_segments
 from daemon.wire.client import MAX_MESSAGE
 from daemon.ops.metrics import Metrics
 from daemon.ops.sdnotify import Notifier
@@ -130,7 +131,7 @@ class Node:
 
     def _fresh_state(self) -> NodeState:
         """No node-state.json: the first state as daemon/node/bootstrap.py decides it, saved, marker removed."""
-        log_empty = not (os.path.exists(self.me.log_path) and os.path.getsize(self.me.log_path) > 0)
+        log_empty = log_size(self.me.data_dir) == 0
         d = bootstrap.fresh_start(name=self.name, bootstrap_leader=self.cfg.bootstrap_leader,
                                   cluster_id=self.cfg.cluster_id, log_empty=log_empty,
                                   marker=bootstrap.read_marker(self.me.data_dir))
@@ -203,14 +204,14 @@ class Node:
         except LogCorrupt:
             raise
         except OSError as e:
-            raise FsyncFailure(f"{self.me.log_path}: recovery failed on the disk: {e}") from None
+            raise FsyncFailure(f"{self.me.log_dir}: recovery failed on the disk: {e}") from None
 
     def _open_log(self) -> None:
         if self.writer is not None:
             if self.writer.poisoned:
                 # A reload must never clear the poison: only a new process,
                 # whose recovery reads the disk, may append again.
-                raise WalPoisoned(f"{self.me.log_path}: the log is poisoned ({self.writer.poisoned}); restarting")
+                raise WalPoisoned(f"{self.me.log_dir}: the log is poisoned ({self.writer.poisoned}); restarting")
             self.writer.close()
             self.writer = None
         kv = KVState(self.cfg.retry_window_seconds)
@@ -224,8 +225,8 @@ class Node:
             # between the cut and the save must not forget the cut.
             self.save_state(self.state.recovered(scan))
 
-        self.writer, scan = open_log(self.me.log_path, on_frame=kv.apply_frame, progress=progress,
-                                     before_cut=before_cut)
+        self.writer, scan = open_segments(self.me.log_dir, on_frame=kv.apply_frame, progress=progress,
+                                          before_cut=before_cut, segment_bytes=self.cfg.segment_bytes)
         self.kv = kv
         self.scan = scan
         self.log = WalLog(self.writer, self.me.data_dir)
@@ -240,7 +241,7 @@ class Node:
         if st != self.state:
             self.save_state(st)
         logs.event(
-            "recovered", path=self.me.log_path, status=scan.status, records=scan.records,
+            "recovered", path=self.me.log_dir, status=scan.status, records=scan.records,
             bytes=scan.valid_end, torn_bytes_dropped=scan.dropped, last_epoch=scan.last_epoch,
             seconds=round(time.monotonic() - t0, 3),
         )

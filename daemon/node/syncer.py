@@ -3,7 +3,7 @@
 The leader gathers and validates the next batch while the disk flushes the
 current one (os.fdatasync releases the GIL), so the disk and the CPU work at
 the same time. Exactly one batch is in flight: log order, rollback and the
-poisoning rule stay those of WalWriter. The caller learns of completion
+poisoning rule stay those of the log writer. The caller learns of completion
 through a socket it polls, and replies only after that.
 """
 
@@ -13,13 +13,13 @@ import queue
 import socket
 import threading
 from daemon.node.ports import SyncResult
-from daemon.wal import WalWriter
+from daemon.wal.segments import SegmentedLog
 
 __all__ = ["SyncResult", "Syncer"]
 
 
 class Syncer:
-    def __init__(self, writer: WalWriter) -> None:
+    def __init__(self, writer: SegmentedLog) -> None:
         self.writer = writer
         self.busy = False
         self._q: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()

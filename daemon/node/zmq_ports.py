@@ -16,8 +16,7 @@ from daemon.config import ClusterConfig
 from daemon.node.ports import FsyncFailure, SyncResult
 from daemon.node.syncer import Syncer
 from daemon.ops import logs
-from daemon.wal import WalWriter
-from daemon.wal.reader import read_chunk
+from daemon.wal.segments import SegmentedLog
 
 # Replies the replication ROUTER queues per connection. A follower has one
 # fetch outstanding; a key that sends fetches and never reads has its
@@ -48,10 +47,10 @@ class LogEvents:
 
 
 class WalLog:
-    """The log port over a WalWriter; with a Syncer, batches of more than one
+    """The log port over the segmented log (daemon/wal/segments.py); with a Syncer, batches of more than one
     record are written and fsynced on its thread while the loop goes on."""
 
-    def __init__(self, writer: WalWriter, data_dir: str, syncer: Syncer | None = None) -> None:
+    def __init__(self, writer: SegmentedLog, data_dir: str, syncer: Syncer | None = None) -> None:
         self.writer = writer
         self.data_dir = data_dir
         self.syncer = syncer
@@ -70,10 +69,10 @@ class WalLog:
         return self.syncer.sock if self.syncer is not None else None
 
     def read_chunk(self, offset: int, end: int, max_bytes: int) -> bytes:
-        return read_chunk(self.writer.read_fd, offset, end, max_bytes)
+        return self.writer.read_chunk(offset, end, max_bytes)
 
     def read_raw(self, offset: int, n: int) -> bytes:
-        return os.pread(self.writer.read_fd, n, offset) if n > 0 else b""
+        return self.writer.read_raw(offset, n) if n > 0 else b""
 
     def append(self, data: bytes, records: int, done: Callable[[SyncResult], None]) -> None:
         if self.syncer is None or records == 1:

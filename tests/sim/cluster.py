@@ -32,6 +32,7 @@ class SimConfig:
     names: list[str] = field(default_factory=list)
     retry_window_seconds: float = RETRY_WINDOW_SECONDS
     retry_budget_bytes: int = RETRY_BUDGET_BYTES
+    segment_bytes: int = 1500  # small: logs roll often, and catch-up reads stop at segment ends
 
 
 class Sim:

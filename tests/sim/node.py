@@ -29,6 +29,7 @@ from daemon.node.ports import Done, FsyncFailure, NoSpace, StateNotSaved, SyncRe
 from daemon.wal import WalFsyncError, WalWriteError
 from daemon.wal.format import MAX_FRAME, frame_sizes
 from daemon.wal.reader import CORRUPT, TORN, scan_buffer
+from daemon.wal.segments import chunk_stop, plan_roll
 from daemon.wire.replication import BadMessage, Data, RepairData, decode_from_leader, decode_to_leader
 from follower.role import FollowerRole
 
@@ -166,7 +167,8 @@ class SimLog:
         return self.inflight is not None
 
     def read_chunk(self, offset: int, end: int, max_bytes: int) -> bytes:
-        """daemon/wal/reader.py read_chunk over the simulated file."""
+        """daemon/wal/segments.py read_chunk over the simulated file: stops at a segment's end."""
+        end = chunk_stop(self.node.disk.bases, offset, end)
         want = min(end - offset, max(max_bytes, MAX_FRAME))
         if want <= 0:
             return b""
@@ -191,6 +193,9 @@ class SimLog:
             node.trace(f"append of {records} records: write fails (ENOSPC), rolled back")
             done(SyncResult(0, WalWriteError("No space left on device", errno.ENOSPC), 0.0, records))
             return
+        if plan_roll(node.disk.bases[-1], node.end, node.cfg.segment_bytes):
+            node.disk.bases.append(node.end)
+            node.trace(f"segment rolls at {node.end}")
         end = node.disk.write(data)
         bid = node.w.next_id()
         self.inflight = bid
@@ -627,6 +632,9 @@ class SimNode:
             scan = scan_buffer(bytes(self.disk.cache), on_frame=kv.apply_frame)
             if scan.status == CORRUPT:
                 raise Refused(scan.describe())
+            if scan.status == TORN and scan.valid_end < self.disk.bases[-1]:
+                # open_segments: only the last segment may be torn; a sealed one is damaged
+                raise Refused(f"sealed segment damaged: {scan.describe()}")
             if scan.status == TORN:
                 self.trace(f"recovery: {scan.describe()}; cut")
                 self.save_state(self.state.recovered(scan))  # as Node.open_log's before_cut: the marks first

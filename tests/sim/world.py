@@ -12,6 +12,8 @@ import random
 from collections import deque
 from typing import Any, Callable
 
+from daemon.wal.segments import kept_after_truncate
+
 
 class Violation(AssertionError):
     """An invariant of the cluster was broken."""
@@ -153,6 +155,9 @@ class Disk:
         # node held them when it acknowledged them; the fault took them.
         self.destroyed: list[tuple[int, bytes]] = []
         self.version = 0
+        # Segment bases (daemon/wal/segments.py): durable from the roll on,
+        # since a roll fsyncs the new file and the directory before writing.
+        self.bases: list[int] = [0]
 
     def write(self, data: bytes) -> int:
         self.cache += data
@@ -169,6 +174,7 @@ class Disk:
             self.destroyed.append((n, self.pristine()[n:]))
         del self.cache[n:]
         del self.durable[n:]
+        self.bases = kept_after_truncate(self.bases, n)
         self.flips = {p: m for p, m in self.flips.items() if p < n}
         self.version += 1
 
