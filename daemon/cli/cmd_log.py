@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from daemon.wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, iter_frames, open_log, scan_path
+from daemon.wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, open_log
 from daemon.wal.format import FrameStatus, decode_payload, parse_frame
 from daemon.wal.reader import LogOpenError, ScanResult, _Mapped, classify_tail, find_valid_frame_after, open_for_read
 from daemon.wal.segments import iter_log_frames, log_dir_of, log_files, open_segments, read_all, scan_log
@@ -270,7 +270,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
         os.close(fd)
 
 
-def _dump_buf(args: argparse.Namespace, buf, start: int, emit) -> int:  # type: ignore[no-untyped-def]
+def _dump_buf(args: argparse.Namespace, buf, start: int, emit) -> int:
     if True:
         if True:
             if start > len(buf):

@@ -35,7 +35,7 @@ from .format import Frame, Record, encode_frame
 from .reader import CLEAN, CORRUPT, TORN, LogOpenError, ScanResult, iter_frames, read_chunk, scan_fd, scan_path
 from .recovery import LogCorrupt, open_log
 from .writer import (SyncFn, WalError, WalFsyncError, WalPoisoned, WalWriteError, WalWriter, WriteFn, fsync_dir,
-                     save_copy, unsynced_note_path, write_full)
+                     unsynced_note_path, write_full)
 
 LOG_DIR = "log"
 LEGACY_LOG = "wal.log"  # the single-file log of zwal before segments
@@ -665,11 +665,14 @@ def scan_log(path: str, on_frame: Callable[[Frame, Record], None] | None = None)
     """How the whole log ends, read-only, in global offsets (a sealed segment that is
     not clean, or a gap between files, is CORRUPT)."""
     files = log_files(path)
-    records, last_epoch, starts, seconds = 0, 0, [], 0.0
+    records, last_epoch, seconds = 0, 0, 0.0
+    starts: list[tuple[int, int]] = []
     for i, (b, p) in enumerate(files):
-        part = _rebased(scan_path(p, None if on_frame is None else
-                                  (on_frame if b == 0 else
-                                   lambda f, r, b=b: on_frame(dataclasses.replace(f, offset=f.offset + b), r))), b)
+        cb: Callable[[Frame, Record], None] | None = on_frame
+        if on_frame is not None and b != 0:
+            def cb(f: Frame, r: Record, b: int = b, on_frame: Callable[[Frame, Record], None] = on_frame) -> None:
+                on_frame(dataclasses.replace(f, offset=f.offset + b), r)
+        part = _rebased(scan_path(p, cb), b)
         records += part.records
         seconds += part.seconds
         for e, o in part.epoch_starts:
