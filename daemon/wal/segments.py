@@ -25,6 +25,7 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ LEGACY_LOG = "wal.log"  # the single-file log of zwal before segments
 SUFFIX = ".seg"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 _NAME = re.compile(r"^(\d{20})\.seg$")
+# The oldest offset the log keeps, written before retention deletes anything
+# below it (docs/format.md, "Retention").
+OLDEST_NOTE = "oldest.json"
+DELETED = ".deleted"
 
 
 def segment_name(base: int) -> str:
@@ -152,6 +157,7 @@ class SegmentedLog:
         self._fsync = fsync
         self._roll_poison: str | None = None
         self.fsync_count = 0
+        self._retired_fds: list[int] = []  # deleted segments' descriptors, closed at the next retire
 
     @property
     def _segs(self) -> tuple[Segment, ...]:
@@ -337,6 +343,48 @@ class SegmentedLog:
         logs.warn("segments_removed", path=self.dir, offset=offset, removed=removed, saved_to=save_path)
         return end - offset
 
+    def retire(self, upto: int, reason: str) -> list[tuple[int, str, int]]:
+        """Delete the sealed segments wholly below `upto`, a segment's base.
+
+        The order is what keeps a crash at any point safe (KAFKA-16073 is the
+        bug when it is the other way round):
+        1. `oldest.json` names `upto`, written to a temporary file, fsynced,
+           renamed, and the directory fsynced: from here on no reader and no
+           recovery looks below `upto`;
+        2. the in-memory segment list drops them, so reads below `upto` get
+           OffsetCompacted;
+        3. each file is renamed `<name>.deleted`, the directory fsynced, and
+           the file unlinked. A read in flight on another thread keeps its
+           descriptor, which is closed at the next retire or at close.
+        Recovery finishes a pass a crash interrupted (open_segments).
+        Returns (base, path, bytes) of each deleted segment; each is logged.
+        """
+        segs, active = self._cur
+        bases = [s.base for s in segs]
+        if upto not in bases:
+            raise ValueError(f"retire: {upto} is not the base of a segment of {self.dir}")
+        if upto > segs[-1].base:
+            raise ValueError("retire: the last segment is still written")
+        gone = [s for s in segs if s.base < upto]
+        if not gone:
+            return []
+        _write_oldest(self.dir, upto)
+        keep = tuple(s for s in segs if s.base >= upto)
+        self._cur = (keep, active)
+        for fd in self._retired_fds:
+            os.close(fd)
+        self._retired_fds = []
+        out = []
+        for s, nxt in zip(gone, [*gone[1:], keep[0]]):
+            size = nxt.base - s.base
+            os.rename(s.path, s.path + DELETED)
+            fsync_dir(self.dir)
+            os.unlink(s.path + DELETED)
+            self._retired_fds.append(s.fd)
+            logs.event("segment_deleted", path=s.path, base=s.base, bytes=size, oldest=upto, reason=reason)
+            out.append((s.base, s.path, size))
+        return out
+
     def close(self) -> None:
         if self._dir_fd < 0:
             return
@@ -345,6 +393,9 @@ class SegmentedLog:
         finally:
             for s in self._segs[:-1]:
                 os.close(s.fd)
+            for fd in self._retired_fds:
+                os.close(fd)
+            self._retired_fds = []
             os.close(self._dir_fd)
             self._dir_fd = -1
 
@@ -430,6 +481,66 @@ def migrate_legacy(data_dir: str, hook: MigrateHook | None = None) -> bool:
 # -- recovery ------------------------------------------------------------------
 
 
+def _write_oldest(log_dir: str, oldest: int) -> None:
+    """Durably record the oldest offset the log keeps (temp file, fsync, rename, dir fsync)."""
+    path = os.path.join(log_dir, OLDEST_NOTE)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_full(fd, json.dumps({"oldest": oldest}).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(log_dir)
+
+
+def read_oldest(log_dir: str) -> int | None:
+    """The oldest offset `oldest.json` names, or None when retention never ran."""
+    path = os.path.join(log_dir, OLDEST_NOTE)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        v = json.loads(raw)["oldest"]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(v)
+        return v
+    except (ValueError, KeyError, TypeError) as e:
+        raise WalError(f"{path}: unreadable ({e}); nothing was changed. It names the oldest offset this log "
+                       "keeps: restore it from a replica's, or rebuild this node") from None
+
+
+def finish_retirement(log_dir: str) -> None:
+    """Complete a retention pass that a crash interrupted: delete the `.deleted`
+    files and the segments below `oldest.json`'s offset, each logged."""
+    oldest = read_oldest(log_dir)
+    changed = False
+    for name in sorted(os.listdir(log_dir)):
+        if name.endswith(SUFFIX + DELETED) or name == OLDEST_NOTE + ".tmp":
+            os.unlink(os.path.join(log_dir, name))
+            logs.event("segment_deleted", path=os.path.join(log_dir, name), finished_at_recovery=True)
+            changed = True
+    if oldest is not None:
+        found = list_segments(log_dir)
+        if found and not any(b == oldest for b, _ in found):
+            raise SegmentGap(f"{log_dir}: {OLDEST_NOTE} says the log keeps offsets from {oldest}, but no segment "
+                             f"starts there (segments start at {[b for b, _ in found][:5]}...). Nothing was "
+                             "changed; restore the segments from a replica or rebuild this node")
+        for b, p in found:
+            if b < oldest:
+                os.rename(p, p + DELETED)
+                fsync_dir(log_dir)
+                os.unlink(p + DELETED)
+                logs.event("segment_deleted", path=p, base=b, oldest=oldest, finished_at_recovery=True,
+                           reason="a retention pass that a crash interrupted")
+                changed = True
+    if changed:
+        fsync_dir(log_dir)
+
+
 def _lock_dir(ldir: str) -> int:
     fd = os.open(ldir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -490,6 +601,7 @@ def open_segments(
     dir_fd = _lock_dir(log_dir)
     opened: list[int] = []
     try:
+        finish_retirement(log_dir)
         found = list_segments(log_dir)
         if not found:
             if not create:

@@ -29,3 +29,16 @@ MUTANTS = [
            why="retain_bytes = -1 keeps everything",
            killers=[K + "test_no_snapshot_or_keep_all_deletes_nothing"]),
 ]
+
+R = "tests/test_segment_retire.py::"
+MUTANTS += [
+    Mutant(id="retention-note-after-files", file="daemon/wal/segments.py",
+           find="        _write_oldest(self.dir, upto)\n        keep = ",
+           replace="        keep = ",
+           why="the oldest retained offset moves first, durably; the files go after (KAFKA-16073)",
+           killers=[R + "test_the_oldest_is_durable_before_any_file_goes"]),
+    Mutant(id="retention-recovery-leaves-deleted", file="daemon/wal/segments.py",
+           find="        finish_retirement(log_dir)\n", replace="",
+           why="recovery finishes a retention pass a crash interrupted",
+           killers=[R + "test_recovery_finishes_a_pass_a_crash_interrupted"]),
+]
