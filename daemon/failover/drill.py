@@ -25,7 +25,7 @@ from daemon.config import ClusterConfig
 from daemon.failover.linearizability import Op, Verdict, check
 from daemon.failover.promote import most_advanced, operator_creds, promotable, run_promote, statuses_of
 from daemon.wal import CLEAN, iter_frames, scan_path
-from daemon.wal.format import HEADER_SIZE
+from daemon.wal.format import header_size
 from daemon.wal.reader import LogOpenError, sha256_file
 
 
@@ -678,7 +678,10 @@ class DrillError(Exception):
 
 def damage_last_record(path: str, offset: int, size: int) -> dict[str, Any]:
     """Flip the bits of a few payload bytes in the middle of the frame at `offset` (its checksum then fails)."""
-    at = offset + HEADER_SIZE + max(0, (size - HEADER_SIZE) // 2 - 1)
+    with open(path, "rb") as f:
+        f.seek(offset + 18)
+        hsize = header_size(f.read(1)[0])  # the frame's own version: v1 and v2 headers differ in size
+    at = offset + hsize + max(0, (size - hsize) // 2 - 1)
     n = max(1, min(2, offset + size - at))
     with open(path, "r+b") as f:
         f.seek(at)
