@@ -16,6 +16,7 @@ from daemon.wal.format import (
     Record,
     RecordError,
     encode_frame,
+    encode_frame_v1,
     parse_frame,
 )
 from daemon.wal.reader import CLEAN, CORRUPT, TORN, scan_buffer
@@ -122,10 +123,14 @@ def test_zero_filled_tail_is_torn_and_impossible_length_is_torn_only_at_the_end(
     buf, _ = log_of(3)
     r = scan_buffer(buf + bytes(4096))
     assert r.status == TORN and r.valid_end == len(buf)
-    bogus = bytearray(encode_frame(Record("set", b"k", b"v"), 1))
+    bogus = bytearray(encode_frame_v1(Record("set", b"k", b"v"), 1))  # v1: the length has no checksum
     bogus[4:8] = (2**31).to_bytes(4, "little")
     r = scan_buffer(buf + bytes(bogus))
     assert r.status == TORN and r.valid_end == len(buf) and "impossible record length" in r.reason
+    v2 = bytearray(encode_frame(Record("set", b"k", b"v"), 1))  # v2: the header's checksum fails first
+    v2[4:8] = (2**31).to_bytes(4, "little")
+    r = scan_buffer(buf + bytes(v2))
+    assert r.status == TORN and r.valid_end == len(buf) and "fails its checksum" in r.reason
     later = encode_frame(Record("set", b"k2", b"v2"), 1)
     r = scan_buffer(buf + bytes(bogus) + later)
     assert r.status == CORRUPT and r.bad_offset == len(buf)

@@ -13,7 +13,8 @@ import msgpack
 
 from daemon.node.kv import CLIENT_COST, ENTRY_COST, KVState, Placed, RetryWindow, Seen
 from daemon.node.leader_core import LeaderCore, Reply
-from daemon.wal.format import Frame, Record, decode_payload, encode_frame, iter_frames_in
+from daemon.wal.format import (HEADER_SIZE, HEADER_SIZE_V1, Frame, Record, decode_payload, encode_frame,
+                               encode_frame_v1, iter_frames_in)
 from daemon.wire.client import Request
 
 T0 = 1_700_000_000.0  # a wall-clock time (s) for the leader
@@ -205,10 +206,10 @@ def test_records_from_before_record_times_expire_one_window_after_the_first_time
 
 
 def test_old_records_without_a_time_still_decode_and_new_ones_round_trip():
-    old = encode_frame(Record("set", b"k", b"v", b"cid", 1), 1)
-    assert decode_payload(Frame(0, len(old), 1, old[20:]).payload).ts is None
+    old = encode_frame_v1(Record("set", b"k", b"v", b"cid", 1), 1)  # as a node from before ts wrote it
+    assert decode_payload(Frame(0, len(old), 1, old[HEADER_SIZE_V1:], 1).payload).ts is None
     new = encode_frame(Record("set", b"k", b"v", b"cid", 1, 1_700_000_000_123), 1)
-    assert decode_payload(new[20:]).ts == 1_700_000_000_123
+    assert decode_payload(new[HEADER_SIZE:]).ts == 1_700_000_000_123
 
 
 def _cluster(**settings) -> dict:

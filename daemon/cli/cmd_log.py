@@ -11,11 +11,12 @@ import json
 import os
 import sys
 
-from daemon.wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, open_log
-from daemon.wal.format import FrameStatus, decode_payload, parse_frame
-from daemon.wal.reader import LogOpenError, ScanResult, _Mapped, classify_tail, find_valid_frame_after, open_for_read
+from daemon.wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, iter_frames, open_log, scan_path
+from daemon.wal.format import VERSION_V1, FrameStatus, decode_payload, frame_payload, parse_frame, trusted_frame_end
+from daemon.wal.reader import (LogOpenError, ScanResult, _Mapped, classify_tail, find_valid_frame_after, open_for_read,
+                               scan_buffer)
 from daemon.wal.segments import iter_log_frames, log_dir_of, log_files, open_segments, read_all, scan_log
-from daemon.wal.writer import unsynced_note_path
+from daemon.wal.writer import WalLocked, fsync_dir, lock_exclusive, unsynced_note_path, write_full
 
 EXIT_OK, EXIT_TORN, EXIT_CORRUPT, EXIT_CANNOT_OPEN = 0, 1, 2, 3
 _EXIT_FOR = {CLEAN: EXIT_OK, TORN: EXIT_TORN, CORRUPT: EXIT_CORRUPT}
@@ -205,13 +206,23 @@ def dump_from(buf, start: int, skip_damaged: bool, emit, warn) -> tuple[str, int
                 continue
         else:
             frame_len = 0
-        nxt = find_valid_frame_after(buf, pos + max(frame_len, 1) - 1) if frame_len else find_valid_frame_after(buf, pos)
+        if frame_len:
+            nxt = find_valid_frame_after(buf, pos + frame_len - 1)
+        elif status == FrameStatus.SHORT_BODY:
+            nxt = None  # a checksummed header's bytes are its own record's: nothing to resync inside them
+        elif status == FrameStatus.BAD_BODY_CRC:
+            nxt = find_valid_frame_after(buf, trusted_frame_end(buf, pos) - 1)
+        else:
+            nxt = find_valid_frame_after(buf, pos)
         verdict = CORRUPT if nxt is not None else classify_tail(buf, pos, status)[0]
         if frame_len and nxt is None:
             verdict = CORRUPT  # a checksummed frame with a bad payload is never a torn write
         end = nxt if nxt is not None else size
         why = reason if frame is not None else {
             FrameStatus.BAD_HEADER: "bad header (magic, version, flags or length)",
+            FrameStatus.BAD_HEADER_CRC: "header checksum mismatch",
+            FrameStatus.BAD_BODY_CRC: "payload checksum mismatch (the header is valid)",
+            FrameStatus.SHORT_BODY: "incomplete frame (the header is valid)",
             FrameStatus.BAD_CRC: "checksum mismatch", FrameStatus.SHORT: "incomplete frame"}.get(status, status)
         if not skip_damaged:
             warn(f"offset {pos}: {why}; " + (f"the next valid frame is at offset {nxt}: " if nxt is not None else
@@ -326,6 +337,135 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def upgrade_bytes(buf) -> tuple[bytes, dict[int, int]]:  # type: ignore[no-untyped-def]
+    """A clean log's bytes with every v1 frame re-framed as v2 (payload and
+    epoch unchanged), and the map old offset -> new offset of every frame
+    start and of the end. Deterministic: equal logs give equal results, and
+    a prefix of a log gives a prefix of its result."""
+    out: list[bytes] = []
+    where: dict[int, int] = {}
+    pos = new = 0
+    while pos < len(buf):
+        _, frame = parse_frame(buf, pos)
+        assert frame is not None, "upgrade_bytes takes a clean log"
+        where[pos] = new
+        data = frame_payload(frame.payload, frame.epoch) if frame.version == VERSION_V1 else bytes(buf[pos:frame.end])
+        out.append(data)
+        new += len(data)
+        pos = frame.end
+    where[pos] = new
+    return b"".join(out), where
+
+
+def _write_durable(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_full(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from daemon.node import identity as nodestate
+
+    path = args.path
+    d = os.path.dirname(os.path.abspath(path))
+    state_path = os.path.join(d, "node-state.json")
+    stop_path = os.path.join(d, nodestate.CLEAN_STOP)
+    files = [state_path, stop_path, path]  # renamed in this order: the state before the log (docs/format.md)
+    if os.path.isdir(path):
+        raise CLIError(f"{path}: a segmented log (a data or log directory) is not upgraded in place: its v1 frames "
+                       "are read and replicated as they are, and new records are v2 (docs/format.md, \"Upgrading to "
+                       "version 2\"). Upgrade a single-file log: a node's wal.log before its first start on this "
+                       "version; nothing was changed", EXIT_CANNOT_OPEN)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such file (nothing was changed)", EXIT_CANNOT_OPEN) from None
+    except OSError as e:
+        raise CLIError(f"{path}: {e.strerror or e}", EXIT_CANNOT_OPEN) from None
+    try:
+        try:
+            lock_exclusive(fd, path)  # the lock a running node holds: upgrade only a stopped node's log
+        except WalLocked as e:
+            raise CLIError(f"{e}; stop the node (every node of the cluster: docs/format.md, "
+                           "\"Upgrading to version 2\") and run this again", 1, "locked") from None
+        if os.path.exists(f"{path}.upgrading"):
+            # An earlier run stopped between its renames: put the originals back, then start over.
+            for f in files:
+                if os.path.exists(f"{f}.v1"):
+                    os.replace(f"{f}.v1", f)
+                if os.path.exists(f"{f}.upgrading"):
+                    os.unlink(f"{f}.upgrading")
+            fsync_dir(d)
+            print(f"{path}: an interrupted upgrade was found; the originals are back in place, upgrading again",
+                  file=sys.stderr)
+            os.close(fd)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            lock_exclusive(fd, path)
+        if os.path.exists(unsynced_note_path(path)):
+            raise CLIError(f"{path}: a failed fsync left {unsynced_note_path(path)}; run 'zwal log recover {path}' "
+                           "first, then upgrade", 1)
+        with _Mapped(fd) as m:
+            scan = scan_buffer(m.buf)
+            if scan.status != CLEAN:
+                what = (f"run 'zwal log recover {path}' first, then upgrade" if scan.status == TORN
+                        else "restore it from a replica first")
+                raise CLIError(f"{path}: {scan.describe()}; only a clean log is upgraded: {what}; nothing was changed",
+                               _EXIT_FOR[scan.status])
+            if scan.v1_records == 0:
+                print(f"{path}: already version 2 ({scan.records} records, end offset {scan.valid_end}); nothing to do")
+                return 0
+            data, where = upgrade_bytes(m.buf)
+        st = nodestate.load(state_path)
+        new_files: dict[str, bytes] = {}
+        if st is not None:
+            if st.damaged_end is not None or st.confirm_from is not None or st.resume_at is not None:
+                raise CLIError(f"{state_path}: the node is still repairing its log (damaged_end, confirm_from or "
+                               "resume_at is set); start the cluster, let it heal (zwal status shows it), stop it "
+                               "and upgrade then; nothing was changed", 1)
+            bad = [o for _, o in st.history if o not in where and o <= scan.valid_end]
+            if bad:
+                raise CLIError(f"{state_path}: epoch history offsets {bad} are not frame starts of {path}; "
+                               "nothing was changed", 1)
+            st = st.with_(history=[(e, where.get(o, len(data) + o - scan.valid_end)) for e, o in st.history])
+            new_files[state_path] = st.to_json()
+        if os.path.exists(stop_path):
+            with open(stop_path, "rb") as f:
+                try:
+                    stop_end = json.loads(f.read(4096)).get("end")
+                except (ValueError, AttributeError):
+                    stop_end = None
+            if stop_end == scan.valid_end:
+                new_files[stop_path] = json.dumps({"end": len(data)}).encode()
+        for f in files:
+            if os.path.exists(f"{f}.v1"):
+                raise CLIError(f"{f}.v1 exists (an earlier upgrade's original?); move it aside first; "
+                               "nothing was changed", 1)
+        new_files[path] = data
+        for f in files:
+            if f in new_files:
+                _write_durable(f"{f}.upgrading", new_files[f])
+        fsync_dir(d)
+        for f in files:
+            if os.path.exists(f):
+                os.link(f, f"{f}.v1")  # the original stays, under its .v1 name
+        fsync_dir(d)
+        for f in files:
+            if f in new_files:
+                os.replace(f"{f}.upgrading", f)
+            elif os.path.exists(f):
+                os.unlink(f)  # a clean-stop note of another end: the next start is unclean, the safe side
+        fsync_dir(d)
+    finally:
+        os.close(fd)
+    print(f"{path}: upgraded {scan.v1_records} of {scan.records} records to format version 2; end offset "
+          f"{scan.valid_end} -> {len(data)} (an offset from before is now 4 bytes later per v1 frame before it); "
+          f"the original is {path}.v1")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
@@ -383,3 +523,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                       "does not exist is exit 3, and nothing is created.")
     r.add_argument("path", metavar="PATH")
     r.set_defaults(func=cmd_recover)
+    u = ls.add_parser(
+        "upgrade", help="rewrite a stopped node's log in format version 2 (offsets change)",
+        description="Rewrite every version-1 frame of a clean log as a version-2 frame (same payload and epoch). "
+        "Frames grow by 4 bytes, so offsets change: run it on EVERY node of a cluster while the whole cluster is "
+        "stopped (the rewrite is deterministic, so byte-identical logs stay byte-identical), never on some nodes "
+        "only. The epoch history in node-state.json and clean-stop.json beside the log are rewritten with it. "
+        "The originals are kept as PATH.v1 (and node-state.json.v1). Refused, with nothing changed: a log a "
+        "running node holds (locked), a torn or corrupt log, a node still repairing its log. If interrupted, run "
+        "it again before starting the node. Not needed for a rolling upgrade: new code reads v1 frames and "
+        "writes v2 after them (docs/format.md).",
+        epilog="  zwal log upgrade node1/wal.log")
+    u.add_argument("path", metavar="PATH")
+    u.set_defaults(func=cmd_upgrade)

@@ -25,7 +25,7 @@ from daemon.config import ClusterConfig
 from daemon.failover.linearizability import Op, Verdict, check
 from daemon.failover.promote import most_advanced, operator_creds, promotable, run_promote, statuses_of
 from daemon.wal import CLEAN
-from daemon.wal.format import HEADER_SIZE
+from daemon.wal.format import header_size
 from daemon.wal.reader import LogOpenError
 from daemon.wal.segments import iter_log_frames as iter_frames, locate, log_size, scan_log as scan_path
 from daemon.wal.segments import sha256_log as sha256_file
@@ -686,13 +686,17 @@ def damage_last_record(path: str, offset: int, size: int) -> dict[str, Any]:
     """Flip the bits of a few payload bytes in the middle of the frame at `offset` (its checksum then fails).
 
     `path` is a log (a data directory, a log directory or a single file); `offset` is global."""
-    at = offset + HEADER_SIZE + max(0, (size - HEADER_SIZE) // 2 - 1)
+    vfile, vrel = locate(path, offset + 18)
+    with open(vfile, "rb") as f:
+        f.seek(vrel)
+        hsize = header_size(f.read(1)[0])  # the frame's own version: v1 and v2 headers differ in size
+    at = offset + hsize + max(0, (size - hsize) // 2 - 1)
     n = max(1, min(2, offset + size - at))
     file, rel = locate(path, at)
     with open(file, "r+b") as f:
         f.seek(rel)
         old = f.read(n)
-        f.seek(at)
+        f.seek(rel)
         f.write(bytes(b ^ 0xFF for b in old))
         f.flush()
         os.fsync(f.fileno())

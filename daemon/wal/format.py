@@ -1,22 +1,31 @@
 """On-disk frame format of a zwal log (documented in docs/format.md).
 
-A frame is a fixed 20-byte header followed by a msgpack payload::
+Writers write version 2: a 24-byte header with its own checksum, then a
+msgpack payload with a checksum of its own::
 
-    0   u32  crc      CRC-32 (IEEE, zlib) of bytes 4 .. end of frame
+    0   u32  hcrc     CRC-32 (IEEE, zlib) of header bytes 4 .. 24
     4   u32  length   payload length in bytes
     8   u64  epoch    leader epoch that wrote the record (0 = plain local log)
     16  u16  magic    0x5A57 ("ZW")
-    18  u8   version  1
+    18  u8   version  2
     19  u8   flags    0 (reserved)
-    20  ...  payload  msgpack map, `length` bytes
+    20  u32  bcrc     CRC-32 of the payload
+    24  ...  payload  msgpack map, `length` bytes
 
-All integers are little-endian. The CRC sits first so that it covers every
-other header field: a length torn or flipped on disk fails the checksum
-instead of being trusted to find the next frame.
+Version 1 frames (20-byte header, one CRC over bytes 4 .. end of frame,
+version byte 1) are still read, verified and replicated byte for byte: a
+log may hold v1 frames followed by v2 frames. Magic and version sit at the
+same offsets in both, so every frame says which version it is.
 
-A record's position (its LSN) is the byte offset of its first header byte in
-the whole log. Offsets never restart, so segment files named by their base
-offset can be added later without changing what an offset means.
+Why two checksums (TigerBeetle's header and body checksums): with one CRC
+over the whole frame, the length is only checked once the whole frame is
+there, so a torn last record is indistinguishable from a damaged length in
+the middle of the log. A v2 header that passes its own CRC makes `length`
+trustworthy: its body running past the end of the file is a torn write,
+whatever bytes of it landed.
+
+All integers are little-endian. A record's position (its LSN) is the byte
+offset of its first header byte in the whole log. Offsets never restart.
 """
 
 from __future__ import annotations
@@ -29,18 +38,31 @@ from typing import Iterator
 
 import msgpack
 
-HEADER = struct.Struct("<IIQHBB")
-_REST = struct.Struct("<IQHBB")  # the header after the CRC
+HEADER_V1 = struct.Struct("<IIQHBB")
+HEADER_V2 = struct.Struct("<IIQHBBI")
+_REST_V1 = struct.Struct("<IQHBB")  # a v1 header after its CRC
+_REST_V2 = struct.Struct("<IQHBBI")  # a v2 header after its header CRC
 _CRC = struct.Struct("<I")
-HEADER_SIZE = HEADER.size  # 20
+HEADER_SIZE_V1 = HEADER_V1.size  # 20
+HEADER_SIZE_V2 = HEADER_V2.size  # 24
+HEADER_SIZE = HEADER_SIZE_V2  # the header that writers write
+# Bytes needed before a frame's version can be read (magic and version sit
+# at 16..19 in both versions); fewer is always an incomplete frame.
+MIN_HEADER_SIZE = HEADER_SIZE_V1
 MAGIC = 0x5A57
-VERSION = 1
+VERSION_V1 = 1
+VERSION_V2 = 2
+VERSION = VERSION_V2  # what encode_frame/frame_payload write
 FLAGS = 0
 
-# The 4 bytes at header offset 16..20 that every valid frame carries; the
-# corruption scanner searches for them to find candidate frame starts.
-MARKER = struct.pack("<HBB", MAGIC, VERSION, FLAGS)
+# The 2 magic bytes at header offset 16..18 that every valid frame carries,
+# whatever its version; the corruption scanner searches for them to find
+# candidate frame starts. MARKER_V1/MARKER_V2 add the version and flags.
+MAGIC_BYTES = struct.pack("<H", MAGIC)
 MARKER_OFFSET = 16
+MARKER_V1 = struct.pack("<HBB", MAGIC, VERSION_V1, FLAGS)
+MARKER_V2 = struct.pack("<HBB", MAGIC, VERSION_V2, FLAGS)
+MARKER = MARKER_V2
 
 MAX_KEY = 4096
 MAX_VALUE = 1024 * 1024
@@ -48,7 +70,7 @@ MAX_VALUE = 1024 * 1024
 # msgpack map overhead and the optional client id fields. Anything larger is
 # an impossible length, never a record.
 MAX_PAYLOAD = MAX_KEY + MAX_VALUE + 512
-MAX_FRAME = HEADER_SIZE + MAX_PAYLOAD
+MAX_FRAME = HEADER_SIZE_V2 + MAX_PAYLOAD  # the larger header: covers a v1 frame too
 MAX_CLIENT_ID = 64
 
 OP_SET = "set"
@@ -155,13 +177,31 @@ def encode_frame(r: Record, epoch: int) -> bytes:
 
 
 def frame_payload(payload: bytes, epoch: int) -> bytes:
+    """A version-2 frame around `payload`: what every writer writes."""
+    n = _check_frame_args(payload, epoch)
+    rest = _REST_V2.pack(n, epoch, MAGIC, VERSION_V2, FLAGS, zlib.crc32(payload))
+    return _CRC.pack(zlib.crc32(rest)) + rest + payload
+
+
+def frame_payload_v1(payload: bytes, epoch: int) -> bytes:
+    """A version-1 frame around `payload`. No writer writes these any more;
+    tests use it to build the logs that older nodes wrote."""
+    n = _check_frame_args(payload, epoch)
+    body = _REST_V1.pack(n, epoch, MAGIC, VERSION_V1, FLAGS) + payload
+    return _CRC.pack(zlib.crc32(body)) + body
+
+
+def encode_frame_v1(r: Record, epoch: int) -> bytes:
+    return frame_payload_v1(encode_payload(r), epoch)
+
+
+def _check_frame_args(payload: bytes, epoch: int) -> int:
     n = len(payload)
     if n > MAX_PAYLOAD:
         raise RecordError(f"payload of {n} bytes exceeds the maximum of {MAX_PAYLOAD}")
     if not 0 <= epoch < 2**64:
         raise RecordError(f"epoch {epoch} out of range")
-    body = _REST.pack(n, epoch, MAGIC, VERSION, FLAGS) + payload
-    return _CRC.pack(zlib.crc32(body)) + body
+    return n
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +210,7 @@ class Frame:
     size: int
     epoch: int
     payload: bytes
+    version: int = VERSION_V2
 
     @property
     def end(self) -> int:
@@ -180,12 +221,38 @@ class Frame:
 
 
 class FrameStatus:
-    """Outcome of looking at the bytes at one offset."""
+    """Outcome of looking at the bytes at one offset.
+
+    The statuses of the second group come only from a v2 frame whose header
+    passed its own checksum: its length is then trusted, and the frame's
+    end is known (`header_end`).
+    """
 
     OK = "ok"
-    SHORT = "short"  # fewer bytes than the header or the header's length claims
+    SHORT = "short"  # fewer bytes than a header, or than a v1 header's (unchecked) length claims
     BAD_HEADER = "bad_header"  # magic/version/flags wrong or impossible length
-    BAD_CRC = "bad_crc"
+    BAD_CRC = "bad_crc"  # a v1 frame fails its one CRC
+    BAD_HEADER_CRC = "bad_header_crc"  # a v2 header fails its own CRC: nothing in it is trusted
+
+    SHORT_BODY = "short_body"  # valid v2 header, its payload runs past the end of the bytes
+    BAD_BODY_CRC = "bad_body_crc"  # valid v2 header, whole payload there, payload CRC fails
+
+    TRUSTED_LENGTH = (SHORT_BODY, BAD_BODY_CRC)
+
+
+def frame_version(buf: bytes | memoryview, pos: int) -> int | None:
+    """The version a frame at buf[pos] claims (1 or 2), None if its magic,
+    version or flags are not a zwal frame's or fewer than 20 bytes remain."""
+    if len(buf) - pos < MIN_HEADER_SIZE:
+        return None
+    magic, version, flags = struct.unpack_from("<HBB", buf, pos + MARKER_OFFSET)
+    if magic != MAGIC or flags != FLAGS or version not in (VERSION_V1, VERSION_V2):
+        return None
+    return version
+
+
+def header_size(version: int) -> int:
+    return HEADER_SIZE_V1 if version == VERSION_V1 else HEADER_SIZE_V2
 
 
 def parse_frame(buf: bytes | memoryview | mmap.mmap, pos: int, base: int = 0) -> tuple[str, Frame | None]:
@@ -194,17 +261,43 @@ def parse_frame(buf: bytes | memoryview | mmap.mmap, pos: int, base: int = 0) ->
     `base` is the log offset of buf[0], so returned frames carry log offsets.
     """
     avail = len(buf) - pos
-    if avail < HEADER_SIZE:
+    if avail < MIN_HEADER_SIZE:
         return FrameStatus.SHORT, None
-    crc, length, epoch, magic, version, flags = HEADER.unpack_from(buf, pos)
-    if magic != MAGIC or version != VERSION or flags != FLAGS or length > MAX_PAYLOAD or length == 0:
+    version = frame_version(buf, pos)
+    if version is None:
         return FrameStatus.BAD_HEADER, None
-    end = pos + HEADER_SIZE + length
-    if end > len(buf):
+    if version == VERSION_V1:
+        crc, length, epoch, _magic, _version, _flags = HEADER_V1.unpack_from(buf, pos)
+        if length > MAX_PAYLOAD or length == 0:
+            return FrameStatus.BAD_HEADER, None
+        end = pos + HEADER_SIZE_V1 + length
+        if end > len(buf):
+            return FrameStatus.SHORT, None
+        if zlib.crc32(buf[pos + 4 : end]) != crc:
+            return FrameStatus.BAD_CRC, None
+        return FrameStatus.OK, Frame(base + pos, HEADER_SIZE_V1 + length, epoch,
+                                     bytes(buf[pos + HEADER_SIZE_V1 : end]), VERSION_V1)
+    if avail < HEADER_SIZE_V2:
         return FrameStatus.SHORT, None
-    if zlib.crc32(buf[pos + 4 : end]) != crc:
-        return FrameStatus.BAD_CRC, None
-    return FrameStatus.OK, Frame(base + pos, HEADER_SIZE + length, epoch, bytes(buf[pos + HEADER_SIZE : end]))
+    hcrc, length, epoch, _magic, _version, _flags, bcrc = HEADER_V2.unpack_from(buf, pos)
+    # The header's own checksum first: until it passes, `length` is noise.
+    if zlib.crc32(buf[pos + 4 : pos + HEADER_SIZE_V2]) != hcrc:
+        return FrameStatus.BAD_HEADER_CRC, None
+    if length > MAX_PAYLOAD or length == 0:
+        return FrameStatus.BAD_HEADER, None  # checksummed yet impossible: no writer makes it
+    end = pos + HEADER_SIZE_V2 + length
+    if end > len(buf):
+        return FrameStatus.SHORT_BODY, None
+    if zlib.crc32(buf[pos + HEADER_SIZE_V2 : end]) != bcrc:
+        return FrameStatus.BAD_BODY_CRC, None
+    return FrameStatus.OK, Frame(base + pos, HEADER_SIZE_V2 + length, epoch,
+                                 bytes(buf[pos + HEADER_SIZE_V2 : end]), VERSION_V2)
+
+
+def trusted_frame_end(buf: bytes | memoryview, pos: int) -> int:
+    """Where the frame at pos ends, by its length field; only meaningful for
+    a status in FrameStatus.TRUSTED_LENGTH (a v2 header that passed its CRC)."""
+    return pos + HEADER_SIZE_V2 + struct.unpack_from("<I", buf, pos + 4)[0]
 
 
 def iter_frames_in(buf: bytes | memoryview, base: int = 0) -> Iterator[Frame]:
@@ -222,13 +315,20 @@ def frame_sizes(buf: bytes | memoryview) -> list[int]:
     """Sizes of the whole frames at the start of buf, trusting headers.
 
     Used by the leader to cut a chunk of its own verified log at a frame
-    boundary without checksumming it again.
+    boundary without checksumming it again. Each frame's own version gives
+    its header size (v1 and v2 frames may follow each other); a header that
+    is neither stops the walk.
     """
     sizes: list[int] = []
     pos, n = 0, len(buf)
-    while pos + HEADER_SIZE <= n:
-        length = struct.unpack_from("<I", buf, pos + 4)[0]
-        size = HEADER_SIZE + length
+    while True:
+        version = frame_version(buf, pos)
+        if version is None:
+            break
+        hsize = header_size(version)
+        if pos + hsize > n:
+            break
+        size = hsize + struct.unpack_from("<I", buf, pos + 4)[0]
         if pos + size > n:
             break
         sizes.append(size)

@@ -4,6 +4,11 @@ The classification is what recovery acts on, so it is deliberately
 conservative: only a tail that cannot hide a later valid record is "torn";
 anything that could be the middle of the log is "corrupt", and corrupt logs
 are never modified automatically.
+
+A version-2 header that passes its own checksum is trusted for its length:
+the frame's bytes are its own, so a value that happens to contain a valid
+frame is never taken for a later record. Its body running past the end of
+the file is a torn write, whatever landed (docs/format.md).
 """
 
 from __future__ import annotations
@@ -17,8 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .format import (
-    HEADER_SIZE,
-    MARKER,
+    MAGIC_BYTES,
     MARKER_OFFSET,
     MAX_FRAME,
     MAX_PAYLOAD,
@@ -29,6 +33,7 @@ from .format import (
     decode_payload,
     frame_sizes,
     parse_frame,
+    trusted_frame_end,
 )
 
 CLEAN = "clean"
@@ -53,6 +58,7 @@ class ScanResult:
     bad_offset: int | None = None
     reason: str = ""
     seconds: float = 0.0
+    v1_records: int = 0  # valid frames of version 1 (written before format v2) in the valid prefix
 
     @property
     def dropped(self) -> int:
@@ -125,17 +131,24 @@ def _is_zero(buf: bytes | mmap.mmap, start: int, end: int) -> bool:
     return True
 
 
+# What a search after damage takes as proof that a later record was written:
+# a whole valid frame, or a v2 header that passes its own checksum (its body
+# torn at the end of the file, or failing its body checksum).
+_LATER_RECORD = (FrameStatus.OK, FrameStatus.SHORT_BODY, FrameStatus.BAD_BODY_CRC)
+
+
 def find_valid_frame_after(buf: bytes | mmap.mmap, start: int) -> int | None:
-    """Offset of the first position > start where a whole valid frame parses."""
+    """Offset of the first position > start where a later record shows: a
+    whole valid frame of either version, or a checksummed v2 header."""
     size = len(buf)
     search = start + 1 + MARKER_OFFSET
     while True:
-        idx = buf.find(MARKER, search)
+        idx = buf.find(MAGIC_BYTES, search)
         if idx < 0:
             return None
         cand = idx - MARKER_OFFSET
-        status, frame = parse_frame(buf, cand)
-        if frame is not None:
+        status, _ = parse_frame(buf, cand)
+        if status in _LATER_RECORD:
             return cand
         search = idx + 1
         if search >= size:
@@ -145,12 +158,31 @@ def find_valid_frame_after(buf: bytes | mmap.mmap, start: int) -> int | None:
 def classify_tail(buf: bytes | mmap.mmap, pos: int, status: str) -> tuple[str, str]:
     """Decide whether the bad bytes at pos are a torn tail or corruption."""
     size = len(buf)
+    if status == FrameStatus.SHORT_BODY:
+        # The header passed its checksum, so its length is the record's: the
+        # bytes after it are this record's, never a later one, whatever they
+        # hold (a client's value may contain a whole valid frame).
+        claimed = trusted_frame_end(buf, pos) - pos
+        return TORN, (f"incomplete last record: its header passes its checksum and claims {claimed} bytes, "
+                      f"{size - pos} are there")
     if _is_zero(buf, pos, size):
         return TORN, f"{size - pos} zero bytes (unwritten space after a crash)"
+    if status == FrameStatus.BAD_BODY_CRC:
+        # The frame's end is known: a later record can only start after it.
+        end = trusted_frame_end(buf, pos)
+        if end < size and not _is_zero(buf, end, size):
+            later = find_valid_frame_after(buf, end - 1)
+            if later is not None:
+                return CORRUPT, (f"bad frame ({status}: its header is valid, its payload is not) "
+                                 f"followed by a valid frame at offset {later}")
+            return TORN, "last record fails its body checksum, and the garbage after it holds no valid record"
+        return TORN, "last record fails its body checksum (its header is valid; its payload did not all land)"
     later = find_valid_frame_after(buf, pos)
     if later is not None:
         return CORRUPT, f"bad frame ({status}) followed by a valid frame at offset {later}"
-    if status == FrameStatus.BAD_HEADER and size - pos >= HEADER_SIZE:
+    if status == FrameStatus.BAD_HEADER_CRC:
+        return TORN, "garbage tail: a header that fails its checksum and no valid record after it"
+    if status == FrameStatus.BAD_HEADER:
         # Nothing valid follows, so these bytes cannot hide a record: stale
         # blocks a crash left at the end of the file (ext4 data=writeback,
         # a reused block) or the damaged header of the last record. Recovery
@@ -173,6 +205,7 @@ def scan_buffer(
     size = len(buf)
     pos = 0
     records = 0
+    v1 = 0
     last_epoch = 0
     starts: list[tuple[int, int]] = []
     next_progress = t0 + PROGRESS_EVERY_S
@@ -180,12 +213,12 @@ def scan_buffer(
         status, frame = parse_frame(buf, pos)
         if frame is None:
             verdict, reason = classify_tail(buf, pos, status)
-            return ScanResult(verdict, pos, size, records, last_epoch, starts, pos, reason, time.monotonic() - t0)
+            return ScanResult(verdict, pos, size, records, last_epoch, starts, pos, reason, time.monotonic() - t0, v1)
         if frame.epoch != last_epoch or not starts:
             if starts and frame.epoch < last_epoch:
                 return ScanResult(
                     CORRUPT, pos, size, records, last_epoch, starts, pos,
-                    f"epoch goes backwards ({last_epoch} -> {frame.epoch})", time.monotonic() - t0,
+                    f"epoch goes backwards ({last_epoch} -> {frame.epoch})", time.monotonic() - t0, v1,
                 )
             starts.append((frame.epoch, pos))
             last_epoch = frame.epoch
@@ -194,18 +227,20 @@ def scan_buffer(
         except RecordError as e:
             return ScanResult(
                 CORRUPT, pos, size, records, last_epoch, starts, pos,
-                f"record passes its checksum but its payload is invalid: {e}", time.monotonic() - t0,
+                f"record passes its checksum but its payload is invalid: {e}", time.monotonic() - t0, v1,
             )
         if on_frame is not None:
             on_frame(frame, record)
         records += 1
+        if frame.version == 1:
+            v1 += 1
         pos += frame.size
         if progress is not None and (records & 0x3FF) == 0:
             now = time.monotonic()
             if now >= next_progress:
                 progress(pos, size)
                 next_progress = now + PROGRESS_EVERY_S
-    return ScanResult(CLEAN, pos, size, records, last_epoch, starts, None, "", time.monotonic() - t0)
+    return ScanResult(CLEAN, pos, size, records, last_epoch, starts, None, "", time.monotonic() - t0, v1)
 
 
 def scan_fd(
