@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from daemon.wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, iter_frames, open_log, scan_path
+from daemon.wal import CLEAN, CORRUPT, TORN, Record, RecordError, WalError, open_log
 from daemon.wal.format import VERSION_V1, FrameStatus, decode_payload, frame_payload, parse_frame, trusted_frame_end
 from daemon.wal.reader import (LogOpenError, ScanResult, _Mapped, classify_tail, find_valid_frame_after, open_for_read,
                                scan_buffer)
@@ -337,7 +337,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def upgrade_bytes(buf) -> tuple[bytes, dict[int, int]]:  # type: ignore[no-untyped-def]
+def upgrade_bytes(buf) -> tuple[bytes, dict[int, int]]:
     """A clean log's bytes with every v1 frame re-framed as v2 (payload and
     epoch unchanged), and the map old offset -> new offset of every frame
     start and of the end. Deterministic: equal logs give equal results, and

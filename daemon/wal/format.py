@@ -240,7 +240,7 @@ class FrameStatus:
     TRUSTED_LENGTH = (SHORT_BODY, BAD_BODY_CRC)
 
 
-def frame_version(buf: bytes | memoryview, pos: int) -> int | None:
+def frame_version(buf: bytes | memoryview | mmap.mmap, pos: int) -> int | None:
     """The version a frame at buf[pos] claims (1 or 2), None if its magic,
     version or flags are not a zwal frame's or fewer than 20 bytes remain."""
     if len(buf) - pos < MIN_HEADER_SIZE:
@@ -294,7 +294,7 @@ def parse_frame(buf: bytes | memoryview | mmap.mmap, pos: int, base: int = 0) ->
                                  bytes(buf[pos + HEADER_SIZE_V2 : end]), VERSION_V2)
 
 
-def trusted_frame_end(buf: bytes | memoryview, pos: int) -> int:
+def trusted_frame_end(buf: bytes | memoryview | mmap.mmap, pos: int) -> int:
     """Where the frame at pos ends, by its length field; only meaningful for
     a status in FrameStatus.TRUSTED_LENGTH (a v2 header that passed its CRC)."""
     return pos + HEADER_SIZE_V2 + struct.unpack_from("<I", buf, pos + 4)[0]
