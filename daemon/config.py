@@ -24,6 +24,11 @@ LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
 # one-off ids of about 560 `zwal set` calls a second (docs/protocol.md).
 RETRY_WINDOW_SECONDS = 300.0
 RETRY_BUDGET_BYTES = 64 * 1024 * 1024
+# A node snapshots its state after this much new log (docs/format.md,
+# "Snapshots"): a restart then replays at most about this much. 0: only on
+# demand (`zwal snapshot`).
+SNAPSHOT_BYTES = 256 * 1024 * 1024
+SNAPSHOT_BYTES_MIN = 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -76,6 +81,7 @@ class ClusterConfig:
     cluster_id: str = ""
     retry_window_seconds: float = RETRY_WINDOW_SECONDS
     retry_budget_bytes: int = RETRY_BUDGET_BYTES
+    snapshot_bytes: int = SNAPSHOT_BYTES
     extra: dict = field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
@@ -111,6 +117,7 @@ _CLUSTER_KEYS = {
     "max_client_connections": int,
     "retry_window_seconds": (int, float),
     "retry_budget_bytes": int,
+    "snapshot_bytes": int,
 }
 _NODE_KEYS = {"name": str, "data_dir": str, "client_endpoint": str, "repl_endpoint": str, "metrics_port": int,
               "public_key": str}
@@ -208,6 +215,9 @@ def parse(doc: dict, path: str) -> ClusterConfig:
                           "keep it well above every client's deadline")
     if cfg.retry_budget_bytes < 1024 * 1024:
         raise ConfigError(f"{path}: retry_budget_bytes must be at least 1048576 (default {RETRY_BUDGET_BYTES})")
+    if cfg.snapshot_bytes != 0 and cfg.snapshot_bytes < SNAPSHOT_BYTES_MIN:
+        raise ConfigError(f"{path}: snapshot_bytes must be 0 (snapshots only on demand, with 'zwal snapshot') or "
+                          f"at least {SNAPSHOT_BYTES_MIN} (default {SNAPSHOT_BYTES})")
     if cfg.security not in SECURITY_MODES:
         raise ConfigError(f"{path}: security must be one of {', '.join(SECURITY_MODES)}")
     if cfg.security == "none":

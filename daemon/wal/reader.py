@@ -13,11 +13,16 @@ import mmap
 import os
 import stat
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .format import (
+    FLAGS,
+    HEADER,
     HEADER_SIZE,
+    MAGIC,
+    VERSION,
     MARKER,
     MARKER_OFFSET,
     MAX_FRAME,
@@ -53,6 +58,11 @@ class ScanResult:
     bad_offset: int | None = None
     reason: str = ""
     seconds: float = 0.0
+    # With `replay_from` (a snapshot's offset): the first frame boundary at or
+    # after it, where decoding and `on_frame` began, and how many records
+    # were decoded from there. Without: 0 and `records`.
+    replayed_from: int = 0
+    replayed: int = 0
 
     @property
     def dropped(self) -> int:
@@ -168,7 +178,14 @@ def scan_buffer(
     buf: bytes | mmap.mmap,
     on_frame: Callable[[Frame, Record], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    replay_from: int = 0,
 ) -> ScanResult:
+    """Walk every frame of `buf`, classify its end; decode and hand to `on_frame` the frames from `replay_from`.
+
+    Frames below `replay_from` (the prefix a snapshot already holds) are
+    still checked (header and CRC: a torn tail or mid-log damage is found
+    wherever it is) but not decoded nor applied: that is most of the cost of
+    a replay (docs/format.md, "Snapshots")."""
     t0 = time.monotonic()
     size = len(buf)
     pos = 0
@@ -176,26 +193,38 @@ def scan_buffer(
     last_epoch = 0
     starts: list[tuple[int, int]] = []
     next_progress = t0 + PROGRESS_EVERY_S
+
+    def result(status: str, bad: int | None, reason: str) -> ScanResult:
+        first = min(replayed_from if replayed_from is not None else pos, pos)
+        return ScanResult(status, pos, size, records, last_epoch, starts, bad, reason, time.monotonic() - t0,
+                          first, records - skipped)
+
+    replayed_from: int | None = None if replay_from > 0 else 0
+    skipped = 0
+    if replay_from > 0:
+        pos, records, last_epoch, bad = _walk_prefix(buf, min(replay_from, size), starts)
+        skipped = records
+        if bad is not None:
+            status, reason = bad
+            if status == CORRUPT:
+                return result(CORRUPT, pos, reason)
+            verdict, reason = classify_tail(buf, pos, status)
+            return result(verdict, pos, reason)
+        replayed_from = pos
     while pos < size:
         status, frame = parse_frame(buf, pos)
         if frame is None:
             verdict, reason = classify_tail(buf, pos, status)
-            return ScanResult(verdict, pos, size, records, last_epoch, starts, pos, reason, time.monotonic() - t0)
+            return result(verdict, pos, reason)
         if frame.epoch != last_epoch or not starts:
             if starts and frame.epoch < last_epoch:
-                return ScanResult(
-                    CORRUPT, pos, size, records, last_epoch, starts, pos,
-                    f"epoch goes backwards ({last_epoch} -> {frame.epoch})", time.monotonic() - t0,
-                )
+                return result(CORRUPT, pos, f"epoch goes backwards ({last_epoch} -> {frame.epoch})")
             starts.append((frame.epoch, pos))
             last_epoch = frame.epoch
         try:
             record = decode_payload(frame.payload)
         except RecordError as e:
-            return ScanResult(
-                CORRUPT, pos, size, records, last_epoch, starts, pos,
-                f"record passes its checksum but its payload is invalid: {e}", time.monotonic() - t0,
-            )
+            return result(CORRUPT, pos, f"record passes its checksum but its payload is invalid: {e}")
         if on_frame is not None:
             on_frame(frame, record)
         records += 1
@@ -205,16 +234,54 @@ def scan_buffer(
             if now >= next_progress:
                 progress(pos, size)
                 next_progress = now + PROGRESS_EVERY_S
-    return ScanResult(CLEAN, pos, size, records, last_epoch, starts, None, "", time.monotonic() - t0)
+    return result(CLEAN, None, "")
+
+
+def _walk_prefix(buf: bytes | mmap.mmap, upto: int,
+                 starts: list[tuple[int, int]]) -> tuple[int, int, int, tuple[str, str] | None]:
+    """Check the frames that begin below `upto` (header and CRC), without decoding them.
+
+    Returns (position after the last frame walked, frames, last epoch, None)
+    or, at the first bad frame, its (FrameStatus, "") or (CORRUPT, reason)
+    as the last item. The loop is kept tight: it is what a restart from a
+    snapshot costs per record of the prefix."""
+    unpack = HEADER.unpack_from
+    crc32 = zlib.crc32
+    view = memoryview(buf)
+    size = len(buf)
+    pos = records = last_epoch = 0
+    try:
+        while pos < upto:
+            if size - pos < HEADER_SIZE:
+                return pos, records, last_epoch, (FrameStatus.SHORT, "")
+            crc, length, epoch, magic, version, flags = unpack(buf, pos)
+            if magic != MAGIC or version != VERSION or flags != FLAGS or length > MAX_PAYLOAD or length == 0:
+                return pos, records, last_epoch, (FrameStatus.BAD_HEADER, "")
+            end = pos + HEADER_SIZE + length
+            if end > size:
+                return pos, records, last_epoch, (FrameStatus.SHORT, "")
+            if crc32(view[pos + 4 : end]) != crc:
+                return pos, records, last_epoch, (FrameStatus.BAD_CRC, "")
+            if epoch != last_epoch or not starts:
+                if starts and epoch < last_epoch:
+                    return pos, records, last_epoch, (CORRUPT, f"epoch goes backwards ({last_epoch} -> {epoch})")
+                starts.append((epoch, pos))
+                last_epoch = epoch
+            records += 1
+            pos = end
+        return pos, records, last_epoch, None
+    finally:
+        view.release()
 
 
 def scan_fd(
     fd: int,
     on_frame: Callable[[Frame, Record], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    replay_from: int = 0,
 ) -> ScanResult:
     with _Mapped(fd) as m:
-        return scan_buffer(m.buf, on_frame, progress)
+        return scan_buffer(m.buf, on_frame, progress, replay_from)
 
 
 def scan_path(path: str, on_frame: Callable[[Frame, Record], None] | None = None) -> ScanResult:
