@@ -314,3 +314,25 @@ def test_truncation_below_a_snapshot_moves_it_aside(tmp_path, logged):
     assert [e.offset for e in snap.listing(d)[0]] == [low]
     assert any(n.endswith(".truncated") for n in os.listdir(d))
     assert "event=snapshot_moved_aside" in logged.getvalue() and s.newest == low
+
+
+def test_rename_comes_after_the_fsync(tmp_path, monkeypatch):
+    """Temp file, fsync, rename, fsync the directory: a crash never leaves a named snapshot that is not all there."""
+    calls: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync_dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync_file")
+        real_fsync(fd)
+
+    def rename(a: str, b: str) -> None:
+        calls.append("rename")
+        real_rename(a, b)
+
+    log = str(tmp_path / "wal.log")
+    append(log, records(20))
+    parts = snap.encode(full_replay(log), 0)
+    monkeypatch.setattr(snap.os, "fsync", fsync)
+    monkeypatch.setattr(snap.os, "rename", rename)
+    snap.write_file(str(tmp_path / "snapshots"), 1, parts)
+    assert calls == ["fsync_file", "rename", "fsync_dir"]
