@@ -380,6 +380,11 @@ class Node:
             self.notifier.status(self.status_line())
 
     def close(self, fsync: bool = True) -> None:
+        try:
+            # A child left writing would hold on to a temp file the next start removes.
+            self.snapshots.cancel("the node is stopping")
+        except OSError:
+            pass
         if self.writer is not None:
             try:
                 if fsync:

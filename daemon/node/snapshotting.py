@@ -88,7 +88,9 @@ class Snapshotter:
         return {"snapshot": {"newest": self.newest, "writing": self._taking, "every_bytes": self.every}}
 
     def request(self, client: ClientPort, envelope: list[bytes], req_id: int, kv: KVState) -> None:
-        """`zwal snapshot`: answered when a snapshot at or after the state's end now is durable."""
+        """`zwal snapshot`: answered when the next snapshot is durable (one in flight, or one started for it).
+
+        At once when the newest snapshot already holds the state's end."""
         self._client = client
         if kv.end == 0:
             client.send([*envelope, error_reply(req_id, Err.REFUSED, "the log is empty: nothing to snapshot")])
