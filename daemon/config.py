@@ -29,6 +29,11 @@ RETRY_BUDGET_BYTES = 64 * 1024 * 1024
 # the unit of retention small while a 350 MB log is still only 6 files.
 SEGMENT_BYTES = 64 * 1024 * 1024
 MIN_SEGMENT_BYTES = 64 * 1024
+# A node snapshots its state after this much new log (docs/format.md,
+# "Snapshots"): a restart then replays at most about this much. 0: only on
+# demand (`zwal snapshot`).
+SNAPSHOT_BYTES = 256 * 1024 * 1024
+SNAPSHOT_BYTES_MIN = 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -83,6 +88,7 @@ class ClusterConfig:
     retry_window_seconds: float = RETRY_WINDOW_SECONDS
     retry_budget_bytes: int = RETRY_BUDGET_BYTES
     segment_bytes: int = SEGMENT_BYTES
+    snapshot_bytes: int = SNAPSHOT_BYTES
     extra: dict = field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
@@ -119,6 +125,7 @@ _CLUSTER_KEYS = {
     "retry_window_seconds": (int, float),
     "retry_budget_bytes": int,
     "segment_bytes": int,
+    "snapshot_bytes": int,
 }
 _NODE_KEYS = {"name": str, "data_dir": str, "client_endpoint": str, "repl_endpoint": str, "metrics_port": int,
               "public_key": str}
@@ -218,6 +225,9 @@ def parse(doc: dict, path: str) -> ClusterConfig:
         raise ConfigError(f"{path}: retry_budget_bytes must be at least 1048576 (default {RETRY_BUDGET_BYTES})")
     if cfg.segment_bytes < MIN_SEGMENT_BYTES:
         raise ConfigError(f"{path}: segment_bytes must be at least {MIN_SEGMENT_BYTES} (default {SEGMENT_BYTES})")
+    if cfg.snapshot_bytes != 0 and cfg.snapshot_bytes < SNAPSHOT_BYTES_MIN:
+        raise ConfigError(f"{path}: snapshot_bytes must be 0 (snapshots only on demand, with 'zwal snapshot') or "
+                          f"at least {SNAPSHOT_BYTES_MIN} (default {SNAPSHOT_BYTES})")
     if cfg.security not in SECURITY_MODES:
         raise ConfigError(f"{path}: security must be one of {', '.join(SECURITY_MODES)}")
     if cfg.security == "none":

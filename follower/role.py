@@ -32,6 +32,7 @@ from daemon.node.epochs import may_follow
 from daemon.node.kv import Placed
 from daemon.node.leader_core import Counters
 from daemon.node.ports import FsyncFailure, Host, NoSpace, SyncResult, Transition
+from daemon.node.snapshotting import SNAPSHOT_OP
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 from daemon.wire.client import WRITE_OPS, ok_reply
 from daemon.wire.replication import (BadMessage, Fetch, NotLeader, RepairRequest, decode_from_leader, encode,
@@ -97,6 +98,7 @@ class FollowerRole:
             self._refetch_at = None
             self._fetch()
         self._check_peers()
+        host.snapshots.step(host.kv, self.core.leader_commit, host.log, now)
 
     def on_peer_status(self) -> None:
         self._check_peers()
@@ -271,6 +273,9 @@ class FollowerRole:
         # Acknowledge first (the fetch carries our durable end): the leader's
         # commit does not wait for our in-memory state.
         self._fetch()
+        # Before the new frames are applied the state is the one at our old
+        # end, which the leader's commit (sent with them) may cover.
+        host.snapshots.step(host.kv, self.core.leader_commit, host.log, host.clock.now())
         for frame, rec in d.frames:
             host.kv.apply(rec, Placed(frame.offset, frame.end, frame.epoch))
 
@@ -287,6 +292,7 @@ class FollowerRole:
     def _truncate(self, d: Truncate) -> None:
         host = self.host
         last = self.core.last_epoch
+        host.snapshots.truncating(d.offset)  # no snapshot may describe bytes the cut removes
         try:
             n, saved = host.log.truncate_suffix(d.offset, last)
         except (WalFsyncError, WalPoisoned, OSError) as e:
@@ -318,6 +324,8 @@ class FollowerRole:
             }))])
         elif req.op in ("get", "ping"):
             host.client.send([*envelope, answers.read_reply(host, req, stale=True, envelope=envelope)])
+        elif req.op == SNAPSHOT_OP:
+            host.snapshots.request(host.client, envelope, req.id, host.kv)
         else:
             body, t = answers.admin(host, req, self.transition)
             host.client.send([*envelope, body])

@@ -70,7 +70,7 @@ def test_version_is_the_installed_distribution_version():
     assert out(r).strip() == f"zwal {version('zwal')}"
 
 
-def test_completion_of_zwal_s_offers_set_and_status(tmp_path):
+def test_completion_of_zwal_s_offers_set_snapshot_and_status(tmp_path):
     """The argcomplete protocol, as bash's completion function drives it."""
     result = tmp_path / "completions"
 
@@ -80,7 +80,7 @@ def test_completion_of_zwal_s_offers_set_and_status(tmp_path):
         assert r.returncode == 0, err(r)
         return [c.strip() for c in result.read_text().split("\n")]
 
-    assert sorted(complete("zwal s")) == ["set", "status"]
+    assert sorted(complete("zwal s")) == ["set", "snapshot", "status"]
     assert {"--watch", "--wait"} <= set(complete("zwal status --w"))
     assert "--skip-damaged" in complete("zwal log dump x --sk")
     code = zwal("completion", "bash")

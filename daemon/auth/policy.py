@@ -1,7 +1,7 @@
 """Which role may do what (pure; docs/security.md has the table).
 
 - `client`: set, del, get, status, ping (and watch, once it exists);
-- `admin`: all a client may, plus fence, promote and follow;
+- `admin`: all a client may, plus fence, promote, follow and snapshot;
 - `node`: fetch on the replication endpoint; status and ping on the client
   endpoint (peer probes).
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 ROLES = ("node", "client", "admin")
 
 CLIENT_OPS = frozenset({"set", "del", "get", "status", "ping", "watch"})
-ADMIN_OPS = CLIENT_OPS | {"fence", "promote", "follow"}
+ADMIN_OPS = CLIENT_OPS | {"fence", "promote", "follow", "snapshot"}
 NODE_CLIENT_OPS = frozenset({"status", "ping"})
 
 

@@ -256,3 +256,63 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    '"old_leader", "new_leader", "epoch", "acked", "lost", ..., "healed_by_itself", "heal_seconds"}], '
                    '"acked", "lost", "reads_checked", "linearizable", "seed", "rerun"} (docs/cli.md)')
     d.set_defaults(func=cmd_drill)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """`zwal snapshot`: ask one node (the leader by default) to snapshot its state now, wait until durable."""
+    from daemon.auth.creds import for_config
+    from daemon.auth.keys import KeyError_
+    from daemon.client.blocking import Client, ZwalError, fetch_statuses
+
+    cfg = load_cluster(args.config)
+    try:
+        creds = for_config(cfg, "admin", cert=args.cert)
+    except KeyError_ as e:
+        raise CLIError(f"{e} (snapshot needs an admin certificate: --cert FILE)", 2, "credentials") from None
+    name = args.name
+    if name is None:
+        sts = fetch_statuses([(n.name, n.client_endpoint) for n in cfg.nodes], min(2.0, args.timeout), creds,
+                             cfg.cluster_id or None)
+        leaders = [n for n, s in sts.items() if s is not None and s.get("role") == "leader"]
+        if not leaders:
+            raise CLIError("no leader answered: name the node to snapshot with --name NAME "
+                           "('zwal status' shows which nodes are up)", 1, "no_leader")
+        name = max(leaders, key=lambda n: sts[n]["epoch"])  # type: ignore[index]
+    try:
+        ep = cfg.node(name).client_endpoint
+    except Exception:
+        raise CLIError(f"--name {name!r} is not a node of {args.config} (nodes: {', '.join(cfg.names)})", 2) from None
+    with Client([ep], timeout=args.timeout, deadline=args.timeout, creds=creds,
+                cluster_id=cfg.cluster_id or None) as c:
+        try:
+            r = c.admin("snapshot", ep, deadline=args.timeout)
+        except ZwalError as e:
+            raise CLIError(f"{name} took no snapshot: {e}", 1, e.code) from None
+    if args.json:
+        print(json.dumps({"ok": True, "name": name, "offset": r["offset"], "file": r["file"]}))
+    else:
+        print(f"snapshot of {name} at offset {r['offset']}: {r['file']}")
+    return 0
+
+
+def add_snapshot_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "snapshot", help="snapshot a node's state now, so its next restart replays only the log after it",
+        description="Ask a node (the leader unless --name says which) to write a snapshot of its key-value state, "
+        "retry windows and epoch history at the newest offset it knows to be committed, and wait until the file "
+        "is durable. Nodes also snapshot by themselves every snapshot_bytes of new log; each keeps its two newest "
+        "snapshots in DATA_DIR/snapshots/ (docs/format.md, \"Snapshots\"). Prints the offset and the file. "
+        "Needs an admin certificate. Exit 0 written; 1 when the node refused, failed or did not answer within "
+        "--timeout; 2 for a usage, cluster-file or certificate error.",
+        epilog="  zwal snapshot --config var/cluster.toml             # the leader\n"
+        "  zwal snapshot --config var/cluster.toml --name node2\n"
+        "  zwal snapshot --json                                  # {\"ok\": true, \"name\", \"offset\", \"file\"}")
+    s.add_argument("--config", required=True, help="cluster file")
+    s.add_argument("--name", metavar="N", help="the node to snapshot (default: the leader)")
+    s.add_argument("--cert", help="admin certificate (default: the cluster's keys/admins/admin.key_secret)")
+    s.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the snapshot to be durable (default: %(default)s)")
+    s.add_argument("--json", action="store_true",
+                   help='print one JSON document on stdout: {"ok": true, "name", "offset", "file"}; an error is '
+                   '{"ok": false, "error": KIND, "message": TEXT, "exit_code": N} (docs/cli.md)')
+    s.set_defaults(func=cmd_snapshot)

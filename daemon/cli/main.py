@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_config.add_parsers(sub)
     cmd_client.add_parsers(sub)
     cmd_failover.add_parsers(sub)
+    cmd_failover.add_snapshot_parser(sub)
     cmd_keys.add_parsers(sub)
     c = sub.add_parser("completion", help="print the shell code for tab completion (bash, zsh, fish)",
                        description="Print the code that makes the shell complete zwal's commands and options "

@@ -156,6 +156,11 @@ class RetryWindow:
     def clients(self) -> int:
         return len(self._by_client)
 
+    @staticmethod
+    def client_bytes(client_id: bytes, c: _Client) -> int:
+        """What one client's window costs against the budget (the sum of these is `bytes`)."""
+        return client_cost(client_id) + ENTRY_COST * len(c.ids)
+
     def __len__(self) -> int:
         return sum(len(c.ids) for c in self._by_client.values())
 
@@ -168,6 +173,10 @@ class KVState:
         self.window = RetryWindow(seconds=retry_window_seconds)
         self.records = 0
         self.end = 0
+        # What a snapshot of this state names (daemon/node/snapshot.py): the
+        # last frame applied, and the log's own (epoch, first offset) starts.
+        self.last: Placed | None = None
+        self.epoch_starts: list[tuple[int, int]] = []
 
     def apply(self, rec: Record, placed: Placed) -> None:
         if rec.op == OP_SET:
@@ -179,6 +188,9 @@ class KVState:
                             rec.ts)
         self.records += 1
         self.end = placed.end
+        if not self.epoch_starts or placed.epoch != self.epoch_starts[-1][0]:
+            self.epoch_starts.append((placed.epoch, placed.offset))
+        self.last = placed
 
     def apply_frame(self, frame: Frame, rec: Record) -> None:
         self.apply(rec, Placed(frame.offset, frame.end, frame.epoch))

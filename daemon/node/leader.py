@@ -27,6 +27,7 @@ from daemon.node.leader_core import (AppendRepair, CheckPeers, CompareOwn, Confi
                                      RepairRefused, Reply, SendChunk, SendControl, ServeRead, StepDown)
 from daemon.node.repair import REPAIR_MAX_BYTES
 from daemon.node.ports import FsyncFailure, Host, Limited, SyncResult, Transition
+from daemon.node.snapshotting import SNAPSHOT_OP
 from daemon.ops.stats import LatencyWindow
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, Request, ok_reply
@@ -113,6 +114,8 @@ class LeaderRole:
             return
         self._perform(self.core.tick(now))
         self._log_follower_changes(now)
+        # The leader's KV state holds exactly the committed records (applied at commit).
+        host.snapshots.step(host.kv, self.core.commit, host.log, now)
 
     def on_peer_status(self) -> None:
         self._check_peers()
@@ -135,6 +138,9 @@ class LeaderRole:
         if decoded is None:
             return
         envelope, req = decoded
+        if req.op == SNAPSHOT_OP:
+            host.snapshots.request(host.client, envelope, req.id, host.kv)
+            return
         if req.op in ADMIN_OPS:
             # The batch in flight lands (or fails) first, so every client is
             # told the truth about `written` before the role changes.

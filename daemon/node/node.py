@@ -37,8 +37,13 @@ from daemon.node.peers import PeerProbe
 from daemon.node.ports import FsyncFailure, Host, NoSpace, StateNotSaved, Transition  # noqa: F401
 from daemon.node.zmq_ports import REPL_SNDHWM, LogEvents, MonotonicClock, NoLink, WalLog, ZmqLeaderLink, ZmqRepl
 from daemon.node.syncer import Syncer
+from daemon.node import snapshot_load
+from daemon.node.identity import merge_history
+from daemon.node.snapshot import name_for, snapshot_dir
+from daemon.node.snapshot_writer import production as snapshot_port
+from daemon.node.snapshotting import Snapshotter
 from daemon.wal import LogCorrupt, WalFsyncError, WalPoisoned
-from daemon.wal.segments import log_size, open_segments
+from daemon.wal.segments import ReplayPointMissing, log_size, open_segments
 from daemon.wire.client import MAX_MESSAGE
 from daemon.ops.metrics import Metrics
 from daemon.ops.sdnotify import Notifier
@@ -108,6 +113,7 @@ class Node:
         self.log: WalLog = None  # type: ignore[assignment]  # set by open_log
         self.kv = KVState(cfg.retry_window_seconds)
         self.scan: ScanResult | None = None
+        self.snapshots = Snapshotter(snapshot_port(snapshot_dir(self.me.data_dir)), self.events, cfg.snapshot_bytes)
         self.started = time.monotonic()
         self.notifier = Notifier()
         self.metrics = Metrics(name, self.me.metrics_port, cfg.metrics_bind)
@@ -214,7 +220,6 @@ class Node:
                 raise WalPoisoned(f"{self.me.log_dir}: the log is poisoned ({self.writer.poisoned}); restarting")
             self.writer.close()
             self.writer = None
-        kv = KVState(self.cfg.retry_window_seconds)
         t0 = time.monotonic()
 
         def progress(pos: int, size: int) -> None:
@@ -225,8 +230,39 @@ class Node:
             # between the cut and the save must not forget the cut.
             self.save_state(self.state.recovered(scan))
 
-        self.writer, scan = open_segments(self.me.log_dir, on_frame=kv.apply_frame, progress=progress,
-                                          before_cut=before_cut, segment_bytes=self.cfg.segment_bytes)
+        # -- the newest valid snapshot, then the log after it (daemon/node/snapshot_load.py) --
+        self.snapshots.cancel("the log is being recovered again")  # a reload: its temp file is removed below
+        snaps = snapshot_load.candidates(snapshot_dir(self.me.data_dir), self.cfg.retry_window_seconds, self.events)
+        while True:
+            loaded = next(snaps, None)
+            kv = loaded.kv if loaded is not None else KVState(self.cfg.retry_window_seconds)
+            start = loaded.header.offset if loaded is not None else 0
+            path = os.path.join(snapshot_dir(self.me.data_dir), name_for(start))
+            try:
+                self.writer, scan = open_segments(self.me.log_dir, on_frame=kv.apply_frame, progress=progress,
+                                                  before_cut=before_cut, segment_bytes=self.cfg.segment_bytes,
+                                                  replay_from=start)
+            except ReplayPointMissing as e:
+                if loaded is None:
+                    raise
+                if e.below_oldest:
+                    # A valid snapshot retention has left behind: kept as it is, not used.
+                    self.events.warn("snapshot_not_used", path=path, reason=str(e),
+                                     action="nothing to do: a newer snapshot or the log is used")
+                else:
+                    snapshot_load.set_aside(path, str(e), True, self.events)
+                continue
+            if loaded is None:
+                break
+            why = snapshot_load.check_prefix(loaded.header, scan, self.writer.read_raw)
+            if not why:
+                # The log's epochs below the snapshot (a log that was not read there has none).
+                scan.epoch_starts = merge_history(loaded.epoch_starts, scan.epoch_starts)
+                break
+            self.writer.close()
+            self.writer = None
+            snapshot_load.set_aside(path, why, scan.valid_end < start, self.events)
+        self.snapshots.recovered(start, os.path.join(snapshot_dir(self.me.data_dir), name_for(start)))
         self.kv = kv
         self.scan = scan
         self.log = WalLog(self.writer, self.me.data_dir)
@@ -241,9 +277,9 @@ class Node:
         if st != self.state:
             self.save_state(st)
         logs.event(
-            "recovered", path=self.me.log_dir, status=scan.status, records=scan.records,
+            "recovered", path=self.me.log_dir, status=scan.status, records=kv.records,
             bytes=scan.valid_end, torn_bytes_dropped=scan.dropped, last_epoch=scan.last_epoch,
-            seconds=round(time.monotonic() - t0, 3),
+            snapshot=start, replayed=scan.replayed, seconds=round(time.monotonic() - t0, 3),
         )
 
     def _bind(self) -> None:
@@ -329,6 +365,7 @@ class Node:
             "connections_refused_at_cap": self.gate.capped if self.gate is not None else 0,
             **(self.outbox.stats() if getattr(self, "outbox", None) is not None else {}),
             "uptime": round(time.monotonic() - self.started, 3),
+            **self.snapshots.status(),
         }
 
     def batch_metrics(self, records: int, nbytes: int, append_s: float, fsync_s: float) -> None:
@@ -359,6 +396,11 @@ class Node:
             self.notifier.status(self.status_line())
 
     def close(self, fsync: bool = True) -> None:
+        try:
+            # A child left writing would hold on to a temp file the next start removes.
+            self.snapshots.cancel("the node is stopping")
+        except OSError:
+            pass
         if self.writer is not None:
             try:
                 if fsync:

@@ -59,6 +59,11 @@ class ScanResult:
     reason: str = ""
     seconds: float = 0.0
     v1_records: int = 0  # valid frames of version 1 (written before format v2) in the valid prefix
+    # With `replay_from` (a snapshot's offset): the first frame boundary at or
+    # after it, where decoding and `on_frame` began, and how many records
+    # were decoded from there. Without: 0 and `records`.
+    replayed_from: int = 0
+    replayed: int = 0
 
     @property
     def dropped(self) -> int:
@@ -200,7 +205,14 @@ def scan_buffer(
     buf: bytes | mmap.mmap,
     on_frame: Callable[[Frame, Record], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    replay_from: int = 0,
 ) -> ScanResult:
+    """Walk every frame of `buf`, classify its end; decode and hand to `on_frame` the frames from `replay_from`.
+
+    Frames below `replay_from` (the prefix a snapshot already holds) are
+    still checked (header and checksums: a torn tail or mid-log damage is
+    found wherever it is) but not decoded nor applied: that is most of the
+    cost of a replay (docs/format.md, "Snapshots")."""
     t0 = time.monotonic()
     size = len(buf)
     pos = 0
@@ -209,28 +221,35 @@ def scan_buffer(
     last_epoch = 0
     starts: list[tuple[int, int]] = []
     next_progress = t0 + PROGRESS_EVERY_S
+    replayed_from: int | None = None if replay_from > 0 else 0
+    skipped = 0
+
+    def result(status: str, bad: int | None, reason: str) -> ScanResult:
+        first = min(replayed_from if replayed_from is not None else pos, pos)
+        return ScanResult(status, pos, size, records, last_epoch, starts, bad, reason, time.monotonic() - t0, v1,
+                          first, records - skipped)
+
     while pos < size:
         status, frame = parse_frame(buf, pos)
         if frame is None:
             verdict, reason = classify_tail(buf, pos, status)
-            return ScanResult(verdict, pos, size, records, last_epoch, starts, pos, reason, time.monotonic() - t0, v1)
+            return result(verdict, pos, reason)
         if frame.epoch != last_epoch or not starts:
             if starts and frame.epoch < last_epoch:
-                return ScanResult(
-                    CORRUPT, pos, size, records, last_epoch, starts, pos,
-                    f"epoch goes backwards ({last_epoch} -> {frame.epoch})", time.monotonic() - t0, v1,
-                )
+                return result(CORRUPT, pos, f"epoch goes backwards ({last_epoch} -> {frame.epoch})")
             starts.append((frame.epoch, pos))
             last_epoch = frame.epoch
-        try:
-            record = decode_payload(frame.payload)
-        except RecordError as e:
-            return ScanResult(
-                CORRUPT, pos, size, records, last_epoch, starts, pos,
-                f"record passes its checksum but its payload is invalid: {e}", time.monotonic() - t0, v1,
-            )
-        if on_frame is not None:
-            on_frame(frame, record)
+        if pos < replay_from:
+            skipped += 1  # the snapshot holds it: checked, not decoded
+        else:
+            if replayed_from is None:
+                replayed_from = pos
+            try:
+                record = decode_payload(frame.payload)
+            except RecordError as e:
+                return result(CORRUPT, pos, f"record passes its checksum but its payload is invalid: {e}")
+            if on_frame is not None:
+                on_frame(frame, record)
         records += 1
         if frame.version == 1:
             v1 += 1
@@ -240,16 +259,17 @@ def scan_buffer(
             if now >= next_progress:
                 progress(pos, size)
                 next_progress = now + PROGRESS_EVERY_S
-    return ScanResult(CLEAN, pos, size, records, last_epoch, starts, None, "", time.monotonic() - t0, v1)
+    return result(CLEAN, None, "")
 
 
 def scan_fd(
     fd: int,
     on_frame: Callable[[Frame, Record], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    replay_from: int = 0,
 ) -> ScanResult:
     with _Mapped(fd) as m:
-        return scan_buffer(m.buf, on_frame, progress)
+        return scan_buffer(m.buf, on_frame, progress, replay_from)
 
 
 def scan_path(path: str, on_frame: Callable[[Frame, Record], None] | None = None) -> ScanResult:

@@ -48,6 +48,7 @@ def open_log(
     progress: Callable[[int, int], None] | None = None,
     before_cut: Callable[[ScanResult], None] | None = None,
     create: bool = True,
+    replay_from: int = 0,
     write: WriteFn = os.write,
     fsync: SyncFn = os.fdatasync,
 ) -> tuple[WalWriter, ScanResult]:
@@ -59,6 +60,11 @@ def open_log(
 
     The exclusive lock is taken before the scan, so no other process can
     append between the scan and the first write.
+
+    `replay_from` (a snapshot's offset): frames below it are checked but
+    not decoded nor handed to `on_frame` (reader.scan_buffer); the result's
+    `replayed_from` says where replay began, for the caller to check that
+    the log still holds the prefix its snapshot describes.
 
     A missing `path` is a new, empty log; with `create=False` (the repair
     tools) it is a `LogOpenError` and nothing is created.
@@ -84,7 +90,7 @@ def open_log(
         try:
             read_from_disk(fd, rfd, path, fsync)
             apply_unsynced_note(fd, rfd, path, fsync)
-            result = scan_fd(rfd, on_frame, progress)
+            result = scan_fd(rfd, on_frame, progress, replay_from)
             if result.status == CORRUPT:
                 raise LogCorrupt(path, result)
             if result.status == TORN:

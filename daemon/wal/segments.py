@@ -112,6 +112,16 @@ class SegmentGap(WalError):
     code = "log_corrupt"
 
 
+class ReplayPointMissing(WalError):
+    """The log does not hold a frame boundary at `replay_from` (a snapshot's
+    offset): below the oldest segment, past the end, or inside a frame. The
+    caller uses an older snapshot, or a full replay."""
+
+    def __init__(self, msg: str, below_oldest: bool = False) -> None:
+        super().__init__(msg)
+        self.below_oldest = below_oldest
+
+
 def log_dir_of(path: str) -> str | None:
     """The segment directory a path names: a data directory (holding log/ or wal.log)
     or a log directory itself. None if `path` is not a directory."""
@@ -608,6 +618,10 @@ def open_segments(
                 raise LogOpenError(f"{log_dir}: holds no segment files (nothing was created)")
             found = [(0, os.path.join(log_dir, segment_name(0)))]
         bases = [b for b, _ in found]
+        if bases[0] > replay_from > 0:
+            raise ReplayPointMissing(
+                f"{log_dir}: replay_from {replay_from} is below the oldest offset the log keeps ({bases[0]})",
+                below_oldest=True)
         if bases[0] > replay_from:
             raise SegmentGap(
                 f"{log_dir}: the oldest segment {found[0][1]} starts at offset {bases[0]}, above {replay_from} "
@@ -627,13 +641,15 @@ def open_segments(
                                "replica")
         last_size = os.path.getsize(last_path) if os.path.exists(last_path) else 0
         if replay_from > last_base + last_size:
-            raise WalError(f"{log_dir}: replay_from {replay_from} is past the end of the log ({last_base + last_size})")
+            raise ReplayPointMissing(f"{log_dir}: replay_from {replay_from} is past the end of the log "
+                                     f"({last_base + last_size})")
 
         records = 0
         last_epoch = 0
         starts: list[tuple[int, int]] = []
         seconds = 0.0
         seen_replay_point = replay_from == 0
+        replayed = 0
 
         def scanned(part: ScanResult) -> None:
             nonlocal records, last_epoch, seconds
@@ -650,12 +666,14 @@ def open_segments(
 
         def frames_for(base: int) -> Callable[[Frame, Record], None] | None:
             def cb(f: Frame, r: Record) -> None:
-                nonlocal seen_replay_point
+                nonlocal seen_replay_point, replayed
                 g = f.offset + base
                 if g == replay_from:
                     seen_replay_point = True
-                if g >= replay_from and on_frame is not None:
-                    on_frame(f if base == 0 else dataclasses.replace(f, offset=g), r)
+                if g >= replay_from:
+                    replayed += 1
+                    if on_frame is not None:
+                        on_frame(f if base == 0 else dataclasses.replace(f, offset=g), r)
             return cb
 
         def progress_for(base: int) -> Callable[[int, int], None] | None:
@@ -669,7 +687,8 @@ def open_segments(
                     seen_replay_point = True
                 continue  # wholly below the snapshot: retention's, not replay's
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            part = _rebased(scan_fd(fd, frames_for(b), progress_for(b)), b)
+            # Frames below replay_from in this segment are checked, not decoded.
+            part = _rebased(scan_fd(fd, frames_for(b), progress_for(b), max(0, replay_from - b)), b)
             if part.status != CLEAN:
                 raise SealedSegmentDamaged(p, b, part)
             scanned(part)
@@ -679,7 +698,8 @@ def open_segments(
                 before_cut(_rebased(part, last_base))
 
         active, tail = open_log(last_path, on_frame=frames_for(last_base), progress=progress_for(last_base),
-                                before_cut=cut_first, create=True, write=write, fsync=fsync)
+                                before_cut=cut_first, create=True, replay_from=max(0, replay_from - last_base),
+                                write=write, fsync=fsync)
         tail = _rebased(tail, last_base)
         try:
             scanned(tail)
@@ -690,12 +710,12 @@ def open_segments(
             seen_replay_point = True
         if not seen_replay_point:
             active.close()
-            raise WalError(f"{log_dir}: replay_from {replay_from} is not where a record starts in this log")
+            raise ReplayPointMissing(f"{log_dir}: replay_from {replay_from} is not where a record starts in this log")
         segs = [Segment(b, p, fd) for (b, p, _), fd in zip(sealed, opened)]
         segs.append(Segment(last_base, last_path, active.read_fd))
         log = SegmentedLog(log_dir, dir_fd, segs, active, segment_bytes, write=write, fsync=fsync)
         result = ScanResult(tail.status, tail.valid_end, tail.file_size, records, last_epoch, starts,
-                            tail.bad_offset, tail.reason, seconds)
+                            tail.bad_offset, tail.reason, seconds, replayed_from=replay_from, replayed=replayed)
         return log, result
     except BaseException:
         for fd in opened:

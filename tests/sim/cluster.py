@@ -33,6 +33,7 @@ class SimConfig:
     retry_window_seconds: float = RETRY_WINDOW_SECONDS
     retry_budget_bytes: int = RETRY_BUDGET_BYTES
     segment_bytes: int = 1500  # small: logs roll often, and catch-up reads stop at segment ends
+    snapshot_bytes: int = 2000  # small: snapshots are taken, cut below and recovered from in every run
 
 
 class Sim:
@@ -43,7 +44,7 @@ class Sim:
         n = nodes or rng.randint(3, 5)
         self.names = [f"n{i + 1}" for i in range(n)]
         k = ack_replicas if ack_replicas is not None else rng.randint(1, n - 1)
-        self.cfg = SimConfig(k, names=list(self.names))
+        self.cfg = SimConfig(k, names=list(self.names), snapshot_bytes=rng.choice([600, 2000, 6000]))
         self.inv = Invariants(self)
         self.nodes = {name: SimNode(self, name) for name in self.names}
         self.originals: dict[tuple[bytes, int], dict[str, Any]] = {}

@@ -29,7 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from daemon.node.kv import KVState
 from daemon.wal.format import decode_payload, iter_frames_in, parse_frame
+from daemon.wal.reader import scan_buffer
 
 from daemon.failover.linearizability import Op, check
 from .world import Violation
@@ -120,6 +122,19 @@ class Invariants:
         a = Ack(off, end, epoch, frame, node.name, self.sim.world.now, lead)
         self.acks[off] = a
         self.ack_list.append(a)
+
+    def on_recovered(self, node: "SimNode", kv: "KVState", snapshot: int, buf: bytes) -> None:
+        """A node's state after recovery from a snapshot and the log's tail is the state a full replay gives."""
+        if snapshot == 0:
+            return
+        self.sim.stats["snapshot_recoveries"] += 1
+        full = KVState(node.cfg.retry_window_seconds)
+        scan_buffer(buf, on_frame=full.apply_frame)
+        if kv_state(kv) != kv_state(full):
+            self.fail("snapshot-recovery", f"{node.name}: the state recovered from the snapshot at {snapshot} and "
+                      f"the log's tail differs from a full replay of its log ({kv.records} vs {full.records} "
+                      f"records, {len(kv.data)} vs {len(full.data)} keys, window {kv.window.bytes} vs "
+                      f"{full.window.bytes} bytes)")
 
     def on_truncate(self, node: "SimNode", offset: int) -> None:
         for a in self.ack_list:
@@ -244,3 +259,10 @@ class Invariants:
                 if why is not None:
                     self.fail("written-false", f"({rec.client_id!r}, {rec.request_id}) is committed at {f.offset} "
                                                f"on {n.name}, but every attempt was told written: false ({why})")
+
+
+def kv_state(kv: "KVState") -> tuple[Any, ...]:
+    """Everything replay rebuilds, comparable."""
+    w = kv.window
+    clients = [(cid, c.ts, list(c.ids.items())) for cid, c in w._by_client.items()]
+    return (kv.data, kv.records, kv.end, kv.last, kv.epoch_starts, w.clock, w._first, w.bytes, clients)

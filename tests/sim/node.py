@@ -20,8 +20,11 @@ import msgpack
 from daemon.auth.keys import Identity
 from daemon.node.admission import REVOKED, Sender
 from daemon.node.bootstrap import Marker, StartFresh, fresh_start
-from daemon.node.identity import LEADER, NodeState, StateRegression, regression
+from daemon.node.identity import LEADER, NodeState, StateRegression, merge_history, regression
+from daemon.node import snapshot as snap
+from daemon.node import snapshot_load
 from daemon.node.kv import KVState
+from daemon.node.snapshotting import Snapshotter, Written
 from daemon.node.leader import LeaderRole
 from daemon.node.leader_core import InvariantViolation
 from daemon.node.peers import PeerView, status_probe
@@ -234,6 +237,65 @@ class SimLog:
         return n, f"divergent-{last_epoch}-{offset}.wal"
 
 
+class SimSnapshots:
+    """The SnapshotPort (daemon/node/snapshotting.py) in the simulated world.
+
+    As the forked child does, `start` freezes the state at once (encodes it)
+    and the file appears, durable, a random time later; a crash before that
+    leaves only a temp file, which is never a snapshot. The files outlive
+    the process (a restart reads them), not a rebuild (a new SimNode)."""
+
+    def __init__(self, node: "SimNode") -> None:
+        self.node = node
+        self.files: dict[int, bytes] = {}  # offset -> the durable snapshot file
+        self.aside: list[tuple[int, str]] = []
+        self._pending: tuple[int, int, bytes] | None = None  # (write id, offset, bytes)
+        self._done: Written | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None or self._done is not None
+
+    def start(self, kv: KVState, last_crc: int) -> None:
+        node = self.node
+        wid = node.w.next_id()
+        self._pending = (wid, kv.end, b"".join(snap.encode(kv, last_crc)))
+        node.timer(node.w.rng.uniform(0.001, 0.05), self._finish, wid, system=True)
+
+    def _finish(self, wid: int) -> None:
+        if self._pending is None or self._pending[0] != wid:
+            return
+        _, offset, data = self._pending
+        self._pending = None
+        self.files[offset] = data
+        self.node.sim.stats["snapshots_written"] += 1
+        self._done = Written(offset, snap.name_for(offset), None, 0.0, len(data))
+
+    def poll(self) -> Written | None:
+        d, self._done = self._done, None
+        return d
+
+    def cancel(self) -> None:
+        self._pending = None
+        self._done = None
+
+    def crashed(self) -> None:
+        self.cancel()  # the child dies with its parent's data directory untouched: a temp file at most
+
+    def offsets(self) -> list[int]:
+        return sorted(self.files, reverse=True)
+
+    def remove(self, offset: int) -> str:
+        del self.files[offset]
+        return snap.name_for(offset)
+
+    def move_aside(self, offset: int, why: str) -> str:
+        del self.files[offset]
+        self.aside.append((offset, why))
+        self.node.sim.stats[f"snapshots_{why}"] += 1
+        return f"{snap.name_for(offset)}.{why}"
+
+
 class SimClientPort:
     """The client ROUTER + outbox: replies go back over the network (never refused: readers keep up)."""
 
@@ -371,6 +433,8 @@ class SimNode:
         self.repl = SimRepl(self)
         self.peers = SimProbe(self)
         self.link = SimLink(self)
+        self.snapshot_files = SimSnapshots(self)
+        self.snapshots = Snapshotter(self.snapshot_files, self.events, self.cfg.snapshot_bytes)
         # What waits in the sockets until the role reads it.
         self.client_q: deque[tuple[list[bytes], Sender]] = deque()
         self.repl_q: deque[tuple[list[bytes], Sender]] = deque()
@@ -467,6 +531,7 @@ class SimNode:
         self.inc += 1
         self.role = None
         self.stash.clear()
+        self.snapshot_files.crashed()
         note = self.disk.crash(self.w.rng, lose_unsynced)
         self.trace(f"CRASH ({why}); disk: {note}, durable end {len(self.disk.durable)}")
 
@@ -628,8 +693,33 @@ class SimNode:
     def open_log(self) -> None:
         self._recovering = True
         try:
-            kv = KVState(self.cfg.retry_window_seconds)
-            scan = scan_buffer(bytes(self.disk.cache), on_frame=kv.apply_frame)
+            self.snapshots.cancel("the log is being recovered again")
+            buf = bytes(self.disk.cache)
+            files = self.snapshot_files
+            start = 0
+            while True:
+                # daemon/node/snapshot_load.py over the simulated files: the newest that passes its checks.
+                offs = files.offsets()
+                loaded = None
+                for off in offs:
+                    try:
+                        loaded = snap.decode(files.files[off], self.cfg.retry_window_seconds)
+                        break
+                    except snap.SnapshotError as e:
+                        files.move_aside(off, "broken")
+                        self.events.error("snapshot_broken", offset=off, reason=str(e))
+                kv = loaded.kv if loaded is not None else KVState(self.cfg.retry_window_seconds)
+                start = loaded.header.offset if loaded is not None else 0
+                scan = scan_buffer(buf, on_frame=kv.apply_frame, replay_from=start)
+                if loaded is None:
+                    break
+                why = snapshot_load.check_prefix(loaded.header, scan, self.log.read_raw)
+                if not why:
+                    scan.epoch_starts = merge_history(loaded.epoch_starts, scan.epoch_starts)
+                    break
+                files.move_aside(start, "beyond-end" if scan.valid_end < start else "broken")
+                self.events.warn("snapshot_not_used", offset=start, reason=why)
+            self.sim.inv.on_recovered(self, kv, start, buf)
             if scan.status == CORRUPT:
                 raise Refused(scan.describe())
             if scan.status == TORN and scan.valid_end < self.disk.bases[-1]:
@@ -640,6 +730,7 @@ class SimNode:
                 self.save_state(self.state.recovered(scan))  # as Node.open_log's before_cut: the marks first
                 self.disk.truncate(scan.valid_end)
                 self.sim.inv.on_cut(self, scan.valid_end)
+            self.snapshots.recovered(start, snap.name_for(start))
             self.kv = kv
             self.end = scan.valid_end
             st = self.state.recovered(scan)
