@@ -36,6 +36,13 @@ def logged():
     logs.setup(node=None)
 
 
+def log_file(node) -> str:
+    """The node's log as one file: its first segment (these logs stay far below segment_bytes)."""
+    from daemon.wal.segments import segment_name
+    os.makedirs(node.me.log_dir, exist_ok=True)
+    return os.path.join(node.me.log_dir, segment_name(0))
+
+
 def records(n: int, start: int = 0, epoch: int = 1) -> bytes:
     return b"".join(
         encode_frame(Record("set" if i % 7 else "del", b"k%d" % (i % 37), b"v%d" % i if i % 7 else None,
@@ -65,7 +72,7 @@ def make_node(tmp_path, **settings) -> Node:
 
 
 def append(node_or_path, data: bytes) -> None:
-    path = node_or_path.me.log_path if isinstance(node_or_path, Node) else node_or_path
+    path = log_file(node_or_path) if isinstance(node_or_path, Node) else node_or_path
     w, _ = open_log(path)
     w.append_frames(data)
     w.close()
@@ -149,20 +156,20 @@ def test_replay_from_decodes_only_the_tail(tmp_path):
 def test_restart_from_snapshot_equals_full_replay(tmp_path, logged):
     node = make_node(tmp_path)
     append(node, records(200))
-    take(node.me.data_dir, node.me.log_path)
+    take(node.me.data_dir, log_file(node))
     append(node, records(50, 200))
     recover(node)
     assert node.scan.replayed == 50 and node.kv.records == 250
-    assert state_of(node.kv) == state_of(full_replay(node.me.log_path))
+    assert state_of(node.kv) == state_of(full_replay(log_file(node)))
     assert "snapshot=" in logged.getvalue() and "replayed=50" in logged.getvalue()
 
 
 def test_broken_snapshot_is_renamed_and_the_older_one_used(tmp_path, logged):
     node = make_node(tmp_path)
     append(node, records(100))
-    older = take(node.me.data_dir, node.me.log_path)
+    older = take(node.me.data_dir, log_file(node))
     append(node, records(100, 100))
-    newer = take(node.me.data_dir, node.me.log_path)
+    newer = take(node.me.data_dir, log_file(node))
     with open(newer, "r+b") as f:  # one bit in the middle of a chunk
         f.seek(os.path.getsize(newer) // 2)
         b = f.read(1)
@@ -173,7 +180,7 @@ def test_broken_snapshot_is_renamed_and_the_older_one_used(tmp_path, logged):
     assert not os.path.exists(newer) and os.path.exists(newer + ".broken")
     assert node.scan.replayed == 110  # from the older snapshot
     assert snap.offset_of(os.path.basename(older)) == node.scan.replayed_from
-    assert state_of(node.kv) == state_of(full_replay(node.me.log_path))
+    assert state_of(node.kv) == state_of(full_replay(log_file(node)))
     out = logged.getvalue()
     assert "event=snapshot_broken" in out and "fails its checksum" in out
 
@@ -181,33 +188,33 @@ def test_broken_snapshot_is_renamed_and_the_older_one_used(tmp_path, logged):
 def test_snapshot_beyond_the_log_end_is_not_used(tmp_path, logged):
     node = make_node(tmp_path)
     append(node, records(100))
-    keep = os.path.getsize(node.me.log_path)
+    keep = os.path.getsize(log_file(node))
     append(node, records(100, 100))
-    s = take(node.me.data_dir, node.me.log_path)
-    os.truncate(node.me.log_path, keep)  # the disk lost the bytes the snapshot covers
+    s = take(node.me.data_dir, log_file(node))
+    os.truncate(log_file(node), keep)  # the disk lost the bytes the snapshot covers
     recover(node)
     assert node.scan.replayed == 100 and node.scan.replayed_from == 0  # a full replay
     assert not os.path.exists(s) and os.path.exists(s + snapshot_load.BEYOND_END)
-    assert state_of(node.kv) == state_of(full_replay(node.me.log_path))
+    assert state_of(node.kv) == state_of(full_replay(log_file(node)))
     assert "event=snapshot_not_used" in logged.getvalue()
 
 
 def test_snapshot_of_another_log_prefix_is_not_used(tmp_path, logged):
     node = make_node(tmp_path)
     append(node, records(100))
-    s = take(node.me.data_dir, node.me.log_path)
-    os.unlink(node.me.log_path)
+    s = take(node.me.data_dir, log_file(node))
+    os.unlink(log_file(node))
     append(node, records(100, epoch=2))  # the same frame sizes, another epoch: the last frame differs
     recover(node)
     assert node.scan.replayed_from == 0 and os.path.exists(s + ".broken")
-    assert state_of(node.kv) == state_of(full_replay(node.me.log_path))
+    assert state_of(node.kv) == state_of(full_replay(log_file(node)))
     assert "is not the one the snapshot ends with" in logged.getvalue()
 
 
 def test_a_changed_retry_window_replays_the_log(tmp_path, logged):
     node = make_node(tmp_path, retry_window_seconds=60)
     append(node, records(100))
-    take(node.me.data_dir, node.me.log_path)  # built with the default 300 s window
+    take(node.me.data_dir, log_file(node))  # built with the default 300 s window
     recover(node)
     assert node.scan.replayed == 100 and "event=snapshot_not_used" in logged.getvalue()
 
@@ -278,7 +285,7 @@ def test_copy_state_is_independent(tmp_path):
 def test_killed_during_a_write_leaves_a_temp_file_that_recovery_removes(tmp_path, logged):
     node = make_node(tmp_path)
     append(node, records(3000))
-    kv = full_replay(node.me.log_path)
+    kv = full_replay(log_file(node))
     for i in range(150_000):  # a state big enough that the child is still writing when killed
         kv.data[b"big%d" % i] = b"x" * 64
     port = ForkSnapshots(snap.snapshot_dir(node.me.data_dir))

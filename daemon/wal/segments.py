@@ -670,10 +670,9 @@ def open_segments(
                 g = f.offset + base
                 if g == replay_from:
                     seen_replay_point = True
-                if g >= replay_from:
-                    replayed += 1
-                    if on_frame is not None:
-                        on_frame(f if base == 0 else dataclasses.replace(f, offset=g), r)
+                replayed += 1  # the scan hands on only the frames at or after replay_from
+                if on_frame is not None:
+                    on_frame(f if base == 0 else dataclasses.replace(f, offset=g), r)
             return cb
 
         def progress_for(base: int) -> Callable[[int, int], None] | None:
