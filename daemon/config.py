@@ -34,6 +34,10 @@ MIN_SEGMENT_BYTES = 64 * 1024
 # demand (`zwal snapshot`).
 SNAPSHOT_BYTES = 256 * 1024 * 1024
 SNAPSHOT_BYTES_MIN = 1024 * 1024
+# How much log a node keeps below its snapshots (docs/format.md,
+# "Retention"): sealed segments wholly below the older kept snapshot go
+# while at least this much log stays; -1 keeps everything.
+RETAIN_BYTES = 1024 * 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -89,6 +93,7 @@ class ClusterConfig:
     retry_budget_bytes: int = RETRY_BUDGET_BYTES
     segment_bytes: int = SEGMENT_BYTES
     snapshot_bytes: int = SNAPSHOT_BYTES
+    retain_bytes: int = RETAIN_BYTES
     extra: dict = field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
@@ -126,6 +131,7 @@ _CLUSTER_KEYS = {
     "retry_budget_bytes": int,
     "segment_bytes": int,
     "snapshot_bytes": int,
+    "retain_bytes": int,
 }
 _NODE_KEYS = {"name": str, "data_dir": str, "client_endpoint": str, "repl_endpoint": str, "metrics_port": int,
               "public_key": str}
@@ -225,6 +231,9 @@ def parse(doc: dict, path: str) -> ClusterConfig:
         raise ConfigError(f"{path}: retry_budget_bytes must be at least 1048576 (default {RETRY_BUDGET_BYTES})")
     if cfg.segment_bytes < MIN_SEGMENT_BYTES:
         raise ConfigError(f"{path}: segment_bytes must be at least {MIN_SEGMENT_BYTES} (default {SEGMENT_BYTES})")
+    if cfg.retain_bytes < -1:
+        raise ConfigError(f"{path}: retain_bytes must be -1 (keep every segment) or at least 0 "
+                          f"(default {RETAIN_BYTES})")
     if cfg.snapshot_bytes != 0 and cfg.snapshot_bytes < SNAPSHOT_BYTES_MIN:
         raise ConfigError(f"{path}: snapshot_bytes must be 0 (snapshots only on demand, with 'zwal snapshot') or "
                           f"at least {SNAPSHOT_BYTES_MIN} (default {SNAPSHOT_BYTES})")

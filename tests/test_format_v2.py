@@ -71,6 +71,21 @@ def test_v2_body_that_fails_its_crc_at_eof_is_torn_even_with_a_frame_inside():
     assert r.status == TORN and r.valid_end == len(good) and "body checksum" in r.reason
 
 
+def test_v2_last_two_records_with_damaged_payloads_are_a_cut_not_a_refusal():
+    """Both headers pass their checksum, both payloads fail theirs: nothing intact follows the
+    first bad byte, so recovery cuts (and the node marks the cut for its followers to repair);
+    refusing here kept a leader down that the simulator showed could heal."""
+    good = _log(encode_frame)
+    tail = bytearray(_log(encode_frame, 2, start=10))
+    n = len(tail) // 2
+    for off in (HEADER_SIZE + 3, n + HEADER_SIZE + 3):
+        tail[off] ^= 0xFF
+    r = scan_buffer(good + bytes(tail))
+    assert r.status == TORN and r.valid_end == len(good), (r.status, r.reason)
+    tail += _log(encode_frame, 1, start=20)  # an intact record after them: that is mid-log damage
+    assert scan_buffer(good + bytes(tail)).status == CORRUPT
+
+
 def test_power_loss_on_a_real_file_v1_refuses_v2_recovers(tmp_path):
     for enc, ok in ((encode_frame_v1, False), (encode_frame, True)):
         p = str(tmp_path / f"wal-{ok}.log")

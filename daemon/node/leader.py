@@ -115,7 +115,7 @@ class LeaderRole:
         self._perform(self.core.tick(now))
         self._log_follower_changes(now)
         # The leader's KV state holds exactly the committed records (applied at commit).
-        host.snapshots.step(host.kv, self.core.commit, host.log, now)
+        host.snapshots.step(host.kv, self.core.commit, host.log, now, acked_floor=self.core.retention_floor(now))
 
     def on_peer_status(self) -> None:
         self._check_peers()
@@ -262,6 +262,17 @@ class LeaderRole:
 
     def _send_chunk(self, a: SendChunk) -> None:
         host, core = self.host, self.core
+        if a.offset < host.log.oldest:
+            # Retention deleted the segments this follower still needs (it was
+            # away, or this node pruned its log as a follower before it led).
+            self.core.counters.error("below_oldest")
+            _EMPTY_CHUNK_LOG.warn(host.events, host.clock.now(), "fetch_below_oldest_refused", error=True,
+                                  follower=a.follower, offset=a.offset, oldest=host.log.oldest,
+                                  action=f"{a.follower} needs records this leader no longer keeps: rebuild it "
+                                         "(move its data directory aside and start it)")
+            host.repl.send(a.envelope, encode(Refuse(core.epoch, f"offset {a.offset} is below the oldest offset "
+                                                                 f"{host.log.oldest} the leader keeps")))
+            return
         data = host.log.read_chunk(a.offset, core.end, self.cfg.fetch_max_bytes)
         if not data:
             # Below our end there is always a whole frame to send, unless the

@@ -300,6 +300,16 @@ class LeaderCore:
     def batch_full(self) -> bool:
         return len(self.batch) >= self.batch_max_records or self.batch_bytes >= self.batch_max_bytes
 
+    def retention_floor(self, now: float) -> int | None:
+        """The lowest offset every follower has acknowledged (None: a leader with no followers).
+
+        Retention keeps what any follower, in sync or away, still has to fetch
+        (0 for one not heard since this node began leading): until followers
+        can install a snapshot from the leader, a follower below the oldest
+        offset could only be rebuilt (docs/format.md, "Retention")."""
+        acks = [f.acked for f in self.followers.values()]
+        return min(acks) if acks else None
+
     def in_sync(self, now: float) -> int:
         if now != self._in_sync_at:
             self._in_sync_at = now

@@ -113,7 +113,8 @@ class Node:
         self.log: WalLog = None  # type: ignore[assignment]  # set by open_log
         self.kv = KVState(cfg.retry_window_seconds)
         self.scan: ScanResult | None = None
-        self.snapshots = Snapshotter(snapshot_port(snapshot_dir(self.me.data_dir)), self.events, cfg.snapshot_bytes)
+        self.snapshots = Snapshotter(snapshot_port(snapshot_dir(self.me.data_dir)), self.events, cfg.snapshot_bytes,
+                                     cfg.retain_bytes)
         self.started = time.monotonic()
         self.notifier = Notifier()
         self.metrics = Metrics(name, self.me.metrics_port, cfg.metrics_bind)
@@ -254,7 +255,7 @@ class Node:
                 continue
             if loaded is None:
                 break
-            why = snapshot_load.check_prefix(loaded.header, scan, self.writer.read_raw)
+            why = snapshot_load.check_prefix(loaded.header, scan, self.writer.read_raw, self.writer.oldest)
             if not why:
                 # The log's epochs below the snapshot (a log that was not read there has none).
                 scan.epoch_starts = merge_history(loaded.epoch_starts, scan.epoch_starts)

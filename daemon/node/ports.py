@@ -20,6 +20,7 @@ from daemon.node.kv import KVState
 from daemon.ops.logs import RateGate
 
 if TYPE_CHECKING:
+    from daemon.wal import retention
     from daemon.node.peers import PeerView
     from daemon.node.snapshotting import Snapshotter
 
@@ -92,6 +93,16 @@ class Log(Protocol):
     def append(self, data: bytes, records: int, done: Callable[[SyncResult], None]) -> None: ...
     def truncate_suffix(self, offset: int, last_epoch: int) -> tuple[int, str]:
         """Cut the log to `offset`, the removed bytes saved aside first: (bytes cut, where saved)."""
+        ...
+    @property
+    def oldest(self) -> int:
+        """The first offset the log still holds (retention moves it)."""
+        ...
+    def segments_view(self) -> "list[retention.Segment]":
+        """The log's segments in offset order; all but the last are sealed."""
+        ...
+    def retire(self, upto: int, reason: str) -> None:
+        """Delete the sealed segments below `upto` (a segment's base), durably and logged; never while busy."""
         ...
 
 

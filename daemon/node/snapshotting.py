@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from daemon.node.kv import KVState
 from daemon.node.ports import ClientPort, Events, Log
+from daemon.node.retaining import Retainer
 from daemon.wire.client import Err, error_reply, ok_reply
 
 SNAPSHOT_OP = "snapshot"
@@ -72,10 +73,12 @@ def due(busy: bool, kv_end: int, commit: int | None, newest: int, every: int, re
 
 
 class Snapshotter:
-    def __init__(self, port: SnapshotPort, events: Events, every_bytes: int) -> None:
+    def __init__(self, port: SnapshotPort, events: Events, every_bytes: int, retain_bytes: int = -1) -> None:
         self.port = port
         self.events = events
         self.every = every_bytes
+        # Segments below the kept snapshots go by daemon/node/retaining.py.
+        self.retainer = Retainer(retain_bytes, events)
         offs = port.offsets()
         self.newest = offs[0] if offs else 0
         self.newest_path = ""
@@ -85,7 +88,8 @@ class Snapshotter:
         self._taking: int | None = None
 
     def status(self) -> dict[str, Any]:
-        return {"snapshot": {"newest": self.newest, "writing": self._taking, "every_bytes": self.every}}
+        return {"snapshot": {"newest": self.newest, "writing": self._taking, "every_bytes": self.every},
+                **self.retainer.status()}
 
     def request(self, client: ClientPort, envelope: list[bytes], req_id: int, kv: KVState) -> None:
         """`zwal snapshot`: answered when the next snapshot is durable (one in flight, or one started for it).
@@ -100,11 +104,14 @@ class Snapshotter:
             return
         self._waiting.append((envelope, req_id))
 
-    def step(self, kv: KVState, commit: int | None, log: Log, now: float) -> None:
-        """Each turn: collect a finished write; start one if due (kv is the state at kv.end)."""
+    def step(self, kv: KVState, commit: int | None, log: Log, now: float, acked_floor: int | None = None,
+             transfer_floor: int | None = None) -> None:
+        """Each turn: collect a finished write; start one if due (kv is the state at kv.end); then
+        retention (`acked_floor`: the lowest offset every in-sync follower acknowledged, on a leader)."""
         done = self.port.poll()
         if done is not None:
             self._finished(done, now)
+        self.retainer.step(log, self.port.offsets(), acked_floor, transfer_floor, now)
         if due(self.port.busy, kv.end, commit, self.newest, self.every, bool(self._waiting), self._retry_at, now):
             last_crc = 0
             if kv.last is not None:

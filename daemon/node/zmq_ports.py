@@ -16,6 +16,7 @@ from daemon.config import ClusterConfig
 from daemon.node.ports import FsyncFailure, SyncResult
 from daemon.node.syncer import Syncer
 from daemon.ops import logs
+from daemon.wal import retention
 from daemon.wal.segments import SegmentedLog
 
 # Replies the replication ROUTER queues per connection. A follower has one
@@ -118,6 +119,20 @@ class WalLog:
         if os.path.exists(save):
             save = f"{save[:-4]}-{int(time.time())}.wal"
         return self.writer.truncate_suffix(offset, save), save
+
+    @property
+    def oldest(self) -> int:
+        return self.writer.oldest
+
+    def segments_view(self) -> list[retention.Segment]:
+        segs = self.writer.segments
+        ends = [b for b, _ in segs[1:]] + [self.writer.end]
+        return [retention.Segment(b, e, sealed=i < len(segs) - 1) for i, ((b, _), e) in enumerate(zip(segs, ends))]
+
+    def retire(self, upto: int, reason: str) -> None:
+        if self.busy:
+            raise RuntimeError("retire while a batch is on its way to disk")  # the syncer may be rolling
+        self.writer.retire(upto, reason)
 
     def close(self) -> None:
         if self.syncer is not None:

@@ -136,15 +136,19 @@ def _is_zero(buf: bytes | mmap.mmap, start: int, end: int) -> bool:
     return True
 
 
-# What a search after damage takes as proof that a later record was written:
-# a whole valid frame, or a v2 header that passes its own checksum (its body
-# torn at the end of the file, or failing its body checksum).
-_LATER_RECORD = (FrameStatus.OK, FrameStatus.SHORT_BODY, FrameStatus.BAD_BODY_CRC)
+# What a search after damage takes as proof that a later, intact record was
+# written: a whole valid frame only. A v2 header that passes its checksum but
+# whose body is short or fails its checksum is itself damaged: cutting it
+# loses nothing intact, and the cut is marked (damaged_end) so that the
+# records are repaired from the followers (Protocol-Aware Recovery). Counting
+# such a header as "a later record" refused to start a leader whose last two
+# records were damaged, which its followers could have repaired.
+_LATER_RECORD = (FrameStatus.OK,)
 
 
 def find_valid_frame_after(buf: bytes | mmap.mmap, start: int) -> int | None:
-    """Offset of the first position > start where a later record shows: a
-    whole valid frame of either version, or a checksummed v2 header."""
+    """Offset of the first position > start where a later intact record shows:
+    a whole valid frame of either version."""
     size = len(buf)
     search = start + 1 + MARKER_OFFSET
     while True:

@@ -39,4 +39,9 @@ MUTANTS = [
            replace="            pass",
            why="offsets change with the upgrade: the epoch history must move with them",
            killers=["tests/test_format_v2.py::test_upgrade_rewrites_a_v1_log_and_its_history_and_keeps_the_original"]),
+    Mutant(id="fmt2-damaged-header-counts-as-a-record", file="daemon/wal/reader.py",
+           find="_LATER_RECORD = (FrameStatus.OK,)",
+           replace="_LATER_RECORD = (FrameStatus.OK, FrameStatus.SHORT_BODY, FrameStatus.BAD_BODY_CRC)",
+           why="only an intact later record makes damage mid-log; damaged records after it are cut and repaired",
+           killers=["tests/test_format_v2.py::test_v2_last_two_records_with_damaged_payloads_are_a_cut_not_a_refusal"]),
 ]

@@ -42,3 +42,21 @@ MUTANTS += [
            why="recovery finishes a retention pass a crash interrupted",
            killers=[R + "test_recovery_finishes_a_pass_a_crash_interrupted"]),
 ]
+
+N = "tests/test_retention_node.py::"
+MUTANTS += [
+    Mutant(id="retention-newest-snapshot-bounds", file="daemon/node/retaining.py",
+           find="snapshot_offset=min(kept) if kept else None", replace="snapshot_offset=max(kept) if kept else None",
+           why="retention is bounded by the older kept snapshot, so a broken newest one still leaves a local recovery",
+           killers=[N + "test_sealed_segments_below_the_older_snapshot_go_and_the_cluster_still_serves_everything",
+                    "sim:200"]),
+    Mutant(id="retention-leader-ignores-followers", file="daemon/node/leader_core.py",
+           find="        acks = [f.acked for f in self.followers.values()]\n        return min(acks) if acks else None",
+           replace="        return None",
+           why="a leader keeps every segment a follower has not acknowledged",
+           killers=[N + "test_a_follower_that_was_away_still_finds_what_it_needs"]),
+    Mutant(id="retention-while-busy", file="daemon/node/retaining.py",
+           find="        if now < self._next or log.busy:", replace="        if now < self._next:",
+           why="no retention pass while a batch is on its way to disk (the syncer may be rolling the log)",
+           killers=["sim:200"]),
+]

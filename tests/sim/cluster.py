@@ -34,6 +34,7 @@ class SimConfig:
     retry_budget_bytes: int = RETRY_BUDGET_BYTES
     segment_bytes: int = 1500  # small: logs roll often, and catch-up reads stop at segment ends
     snapshot_bytes: int = 2000  # small: snapshots are taken, cut below and recovered from in every run
+    retain_bytes: int = 0  # segments below the older kept snapshot go as soon as retention allows
 
 
 class Sim:
@@ -45,7 +46,8 @@ class Sim:
         self.names = [f"n{i + 1}" for i in range(n)]
         k = ack_replicas if ack_replicas is not None else rng.randint(1, n - 1)
         # From the seed, not the world's rng: the runs of every seed stay as they were without snapshots.
-        self.cfg = SimConfig(k, names=list(self.names), snapshot_bytes=(600, 2000, 6000)[seed % 3])
+        self.cfg = SimConfig(k, names=list(self.names), snapshot_bytes=(600, 2000, 6000)[seed % 3],
+                             retain_bytes=(-1, 0, 0, 3000)[(seed // 3) % 4])
         self.inv = Invariants(self)
         self.nodes = {name: SimNode(self, name) for name in self.names}
         self.originals: dict[tuple[bytes, int], dict[str, Any]] = {}

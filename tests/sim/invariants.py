@@ -136,6 +136,14 @@ class Invariants:
                       f"records, {len(kv.data)} vs {len(full.data)} keys, window {kv.window.bytes} vs "
                       f"{full.window.bytes} bytes)")
 
+    def on_retire(self, node: "SimNode", upto: int) -> None:
+        """Retention deletes only below a durable snapshot the node keeps (the older of its two)."""
+        self.sim.stats["retirements"] += 1
+        kept = sorted(node.snapshot_files.files)[-2:]
+        if not kept or upto > min(kept):
+            self.fail("retention", f"{node.name} deletes its log below {upto}, but its kept snapshots are at "
+                                   f"{kept}: a restart could not rebuild its state")
+
     def on_truncate(self, node: "SimNode", offset: int) -> None:
         for a in self.ack_list:
             if a.end > offset and pristine(node, a.offset, a.end) == a.frame:

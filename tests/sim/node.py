@@ -32,7 +32,8 @@ from daemon.node.ports import Done, FsyncFailure, NoSpace, StateNotSaved, SyncRe
 from daemon.wal import WalFsyncError, WalWriteError
 from daemon.wal.format import MAX_FRAME, frame_sizes
 from daemon.wal.reader import CORRUPT, TORN, scan_buffer
-from daemon.wal.segments import chunk_stop, plan_roll
+from daemon.wal import retention
+from daemon.wal.segments import OffsetCompacted, chunk_stop, plan_roll
 from daemon.wire.replication import BadMessage, Data, RepairData, decode_from_leader, decode_to_leader
 from follower.role import FollowerRole
 
@@ -171,6 +172,8 @@ class SimLog:
 
     def read_chunk(self, offset: int, end: int, max_bytes: int) -> bytes:
         """daemon/wal/segments.py read_chunk over the simulated file: stops at a segment's end."""
+        if offset < self.node.disk.oldest:
+            raise OffsetCompacted(offset, self.node.disk.oldest)
         end = chunk_stop(self.node.disk.bases, offset, end)
         want = min(end - offset, max(max_bytes, MAX_FRAME))
         if want <= 0:
@@ -184,6 +187,8 @@ class SimLog:
         return data[:total]
 
     def read_raw(self, offset: int, n: int) -> bytes:
+        if offset < self.node.disk.oldest:
+            raise OffsetCompacted(offset, self.node.disk.oldest)
         return bytes(self.node.disk.cache[offset:offset + max(0, n)])
 
     def append(self, data: bytes, records: int, done: Done) -> None:
@@ -227,6 +232,28 @@ class SimLog:
         done(SyncResult(end, None, 0.0, records, nbytes))
         if not node.blocked:
             node.drain_stash()
+
+    @property
+    def oldest(self) -> int:
+        return self.node.disk.oldest
+
+    def segments_view(self) -> list[retention.Segment]:
+        bases = self.node.disk.bases
+        ends = bases[1:] + [self.node.end]
+        return [retention.Segment(b, e, i < len(bases) - 1) for i, (b, e) in enumerate(zip(bases, ends))]
+
+    def retire(self, upto: int, reason: str) -> None:
+        """SegmentedLog.retire in the world: the oldest offset is durable at once, the files go."""
+        node = self.node
+        if self.busy:
+            raise Violation("retention", f"{node.name} retires segments while a batch is on its way to disk")
+        disk = node.disk
+        if upto not in disk.bases or upto > disk.bases[-1]:
+            raise Violation("retention", f"{node.name} retires up to {upto}, not a sealed segment's end")
+        node.sim.inv.on_retire(node, upto)
+        disk.oldest = upto
+        disk.bases = [b for b in disk.bases if b >= upto]
+        node.trace(f"retention: segments below {upto} deleted ({reason})")
 
     def truncate_suffix(self, offset: int, last_epoch: int) -> tuple[int, str]:
         node = self.node
@@ -434,7 +461,7 @@ class SimNode:
         self.peers = SimProbe(self)
         self.link = SimLink(self)
         self.snapshot_files = SimSnapshots(self)
-        self.snapshots = Snapshotter(self.snapshot_files, self.events, self.cfg.snapshot_bytes)
+        self.snapshots = Snapshotter(self.snapshot_files, self.events, self.cfg.snapshot_bytes, self.cfg.retain_bytes)
         # What waits in the sockets until the role reads it.
         self.client_q: deque[tuple[list[bytes], Sender]] = deque()
         self.repl_q: deque[tuple[list[bytes], Sender]] = deque()
@@ -699,7 +726,8 @@ class SimNode:
             start = 0
             while True:
                 # daemon/node/snapshot_load.py over the simulated files: the newest that passes its checks.
-                offs = files.offsets()
+                # Those below the oldest offset retention kept cannot start a replay (ReplayPointMissing).
+                offs = [o for o in files.offsets() if o >= self.disk.oldest]
                 loaded = None
                 for off in offs:
                     try:
@@ -712,8 +740,11 @@ class SimNode:
                 start = loaded.header.offset if loaded is not None else 0
                 scan = scan_buffer(buf, on_frame=kv.apply_frame, replay_from=start)
                 if loaded is None:
+                    if self.disk.oldest > 0:
+                        raise Refused(f"the log starts at {self.disk.oldest} and no snapshot at or above it is "
+                                      "usable (open_segments: SegmentGap)")
                     break
-                why = snapshot_load.check_prefix(loaded.header, scan, self.log.read_raw)
+                why = snapshot_load.check_prefix(loaded.header, scan, self.log.read_raw, self.disk.oldest)
                 if not why:
                     scan.epoch_starts = merge_history(loaded.epoch_starts, scan.epoch_starts)
                     break

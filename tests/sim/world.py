@@ -158,6 +158,9 @@ class Disk:
         # Segment bases (daemon/wal/segments.py): durable from the roll on,
         # since a roll fsyncs the new file and the directory before writing.
         self.bases: list[int] = [0]
+        # The oldest offset retention kept (daemon/wal/segments.py oldest.json,
+        # durable before any file goes); bytes below it are gone for reads.
+        self.oldest = 0
 
     def write(self, data: bytes) -> int:
         self.cache += data
