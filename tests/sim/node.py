@@ -165,6 +165,14 @@ class SimLog:
     def busy(self) -> bool:
         return self.inflight is not None
 
+    @property
+    def oldest(self) -> int:
+        return 0
+
+    @property
+    def newest_snapshot(self) -> int | None:
+        return None
+
     def read_chunk(self, offset: int, end: int, max_bytes: int) -> bytes:
         """daemon/wal/reader.py read_chunk over the simulated file."""
         want = min(end - offset, max(max_bytes, MAX_FRAME))
@@ -231,6 +239,8 @@ class SimLog:
 
 class SimClientPort:
     """The client ROUTER + outbox: replies go back over the network (never refused: readers keep up)."""
+
+    budget = 4 * 1024 * 1024
 
     def __init__(self, node: "SimNode") -> None:
         self.node = node
