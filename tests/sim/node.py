@@ -252,6 +252,8 @@ class SimClientPort:
         m = msgpack.unpackb(body, raw=False)
         if m.get("ok") and "end" in m and "offset" in m and "found" not in m:
             node.sim.inv.on_write_ack(node, m)
+        if m.get("ok") and "records" in m and "next" in m:
+            node.sim.inv.on_streamed(node, m)
         if m.get("ok") and m.get("linearizable") and isinstance(node.role, LeaderRole):
             node.sim.inv.on_fresh_read(node, node.role.core)
         node.send(who, ClientReply(ident, body))
