@@ -70,3 +70,38 @@ def test_follower_redirects_forbidden_key_refused_and_tail_follow_prints_lines(m
     assert lines[0] == {"offset": b.offset, "end": b.end, "epoch": 1, "op": "set", "key": "second", "value": "2"}
     assert lines[1]["key"] == "third" and lines[1]["value"] == {"base64": "/wA="}
     assert a.end <= b.offset  # --follow starts at the commit point: "first" was not printed
+
+
+def test_client_watch_across_a_failover_has_no_gap_and_no_duplicate(make_cluster):
+    import threading
+
+    c = make_cluster(3, ack_replicas=1, replication_timeout=1.0, heartbeat_interval=0.2)
+    c.start_all()
+    cl = c.client(deadline=15.0)
+    acked = [cl.set(f"a{i}", "x").offset for i in range(30)]
+    seen: list[tuple[int, int]] = []
+    stop = threading.Event()
+    w = Client([c.endpoint(n) for n in c.names], timeout=1.0, deadline=3.0, creds=c.creds())
+
+    def run() -> None:
+        for r in w.watch(0, wait=0.5):
+            seen.append((r.offset, r.end))
+            if stop.is_set() and len(seen) >= want[0]:
+                return
+
+    want = [10**9]
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    wait_until(lambda: len(seen) >= 30, 10, "the watcher to read the first writes")
+    c.wait_converged()
+    c.kill("node1")
+    promote = c.zwal("promote", "node2", "--config", c.config, "--timeout", "2")
+    assert promote.returncode == 0, promote.stdout + promote.stderr
+    acked += [cl.set(f"b{i}", "y").offset for i in range(30)]
+    want[0] = len(acked)
+    stop.set()
+    wait_until(lambda: len(seen) >= len(acked), 20, "the watcher to follow the new leader")
+    offs = [o for o, _ in seen]
+    assert offs == sorted(set(offs)), "a record twice or out of order"
+    assert all(seen[i][1] == seen[i + 1][0] for i in range(len(seen) - 1)), "a gap in the stream"
+    assert set(acked) <= set(offs)

@@ -403,8 +403,8 @@ class Client:
 
         Follows redirects and leader changes, and resumes from the end of the
         last record it yielded: no record twice, none skipped. With `follow`
-        it waits for new records forever (riding out `Unavailable`: no node
-        answers); without, it stops once it reached the commit point.
+        it waits for new records forever (riding out retryable errors: no
+        node answers, no leader yet); without, it stops once it reached the commit point.
         Raises OffsetCompacted, BadOffset, Forbidden."""
         pos = from_offset
         wait_ms = int(wait * 1000) if follow else 0
@@ -412,8 +412,9 @@ class Client:
             try:
                 r = self.request("watch", attempt=wait + self.timeout, **{"from": pos, "max_bytes": max_bytes,
                                                                            "wait_ms": wait_ms})
-            except (Unavailable, NoLeader):
-                if not follow:
+            except ZwalError as e:
+                # No node answered, or none led within the deadline (a failover): ask again from `pos`.
+                if not follow or not e.retryable:
                     raise
                 self.close()
                 continue
