@@ -314,7 +314,8 @@ class FollowerRole:
         if decoded is None:
             return
         envelope, req = decoded
-        if req.op in WRITE_OPS:
+        if req.op in WRITE_OPS or req.op == "watch":
+            # A watch streams committed records: only the leader knows the commit point.
             host.client.send([*envelope, answers.not_leader(host, req.id)])
         elif req.op == "status":
             host.client.send([*envelope, ok_reply(req.id, status=answers.status(host, {

@@ -209,3 +209,33 @@ def test_a_pipeline_issues_no_id_far_past_an_unanswered_one():
     assert [f[2] for f in r.failed] == ["deadline"] and len(r.acked) == 2999
     far = [at - t0 for at, i in seen if i >= 1 + RETRY_WINDOW // 2]
     assert far and min(far) >= 1.4, f"id {1 + RETRY_WINDOW // 2} was issued {min(far):.2f}s in, before id 1 was given up"
+
+
+def test_a_watcher_that_never_reads_pins_bounded_memory(make_cluster):
+    """Thousands of watches of a large log, never read: each reply is served or `busy`, parked ones are
+    bounded by the connection's budget, and the leader's memory stays within the outbox's bound."""
+    from daemon.wire.client import WATCH_MAX_BYTES
+
+    c = make_cluster(nodes=1, ack_replicas=0)
+    c.start_all()
+    with c.client() as cl:
+        for i in range(8):
+            cl.set(f"big{i}".encode(), bytes([65 + i]) * (MIB // 2))
+        end = cl.set(b"last", b"v").end
+    before = rss(c)
+    s = raw_client(c)
+    n = 3000
+    for i in range(n):  # half from 0 (served at once: 512 KiB each), half parked at the end
+        frm = 0 if i % 2 == 0 else end
+        s.send(msgpack.packb({"id": i + 1, "op": "watch", "from": frm, "max_bytes": WATCH_MAX_BYTES,
+                              "wait_ms": 60_000}))
+    time.sleep(2.0)
+    grown = rss(c) - before
+    bound = outbox.SNDHWM * (MIB + 4096) + outbox.REPLY_BUDGET + MIB
+    assert grown < bound + 64 * MIB, f"the leader grew {grown / MIB:.0f} MiB for one watcher that does not read"
+    with c.client() as good:  # others are served meanwhile
+        good.set(b"other", b"fine")
+    got = drain(s)
+    assert got and all(g.get("ok") or g["error"] == "busy" for g in got)
+    assert any(g.get("error") == "busy" for g in got)
+    s.close()

@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from daemon import config as config_mod
-from daemon.client.blocking import Client, NoLeader, NotEnoughReplicas, Unavailable, ZwalError, fetch_statuses
+from daemon.client.blocking import (Client, NoLeader, NotEnoughReplicas, OffsetCompacted, Unavailable, ZwalError,
+                                    fetch_statuses)
 from daemon.cli.cmd_log import CLIError
 from daemon.wal.format import MAX_VALUE
 
@@ -351,6 +352,44 @@ _ERRORS = ("Exit 0 on success; 1 when the cluster refused or did not answer with
            "every endpoint tried); 2 for a usage or cluster-file error.")
 
 
+# `zwal tail` exit codes (documented in its --help and docs/cli.md).
+TAIL_COMPACTED = 4
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """One JSON object per committed record, in log order (docs/cli.md)."""
+    c = _client(args)
+    start = args.from_offset
+    try:
+        if start is None:
+            # kafka-console-consumer's default: with --follow, only what comes next (the commit point now);
+            # without, the whole log (its --from-beginning).
+            start = 0
+            if args.follow:
+                start = c.request("watch", **{"from": 0, "max_bytes": 1, "wait_ms": 0})["commit"]
+        for rec in c.watch(start, follow=args.follow):
+            doc: dict[str, Any] = {"offset": rec.offset, "end": rec.end, "epoch": rec.epoch, "op": rec.op,
+                                   "key": show_bytes(rec.key)}
+            if rec.value is not None:
+                doc["value"] = show_bytes(rec.value)
+            print(json.dumps(doc, ensure_ascii=False), flush=True)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        return 0
+    except OffsetCompacted as e:
+        snap = e.reply.get("snapshot")
+        raise CLIError(f"offset {start} is no longer in the log (retention removed it; the oldest offset kept is "
+                       f"{e.reply.get('oldest')}): run 'zwal tail --from {e.reply.get('oldest')}' to read what is "
+                       "kept" + (f", or restore the snapshot at offset {snap} and tail from there" if snap is not None
+                                 else ""), TAIL_COMPACTED, e.code) from None
+    except ZwalError as e:
+        raise _fail(e) from None
+    finally:
+        c.close()
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "set", help="write KEY=VALUE durably; prints its offset and epoch",
@@ -397,6 +436,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _common(g, '{"ok": true, "key", "found", "value" (text, or {"base64": ...}), "node", "offset", "stale", '
             '"linearizable"}')
     g.set_defaults(func=cmd_get)
+    t = sub.add_parser(
+        "tail", help="print committed records from an offset as JSON lines (--follow: keep printing)",
+        description="Stream the log's committed records (acknowledged: fsynced on the leader and on ack_replicas "
+        "followers) from --from OFFSET, one JSON object per line: offset, end (the next record's offset), epoch, "
+        "op, key and (for a set) value; a key or value is a string when it is valid UTF-8, else "
+        "{\"base64\": ...}. Without --follow it stops at the commit point; with --follow it waits for new "
+        "records until Ctrl-C, following leader changes (no record twice, none skipped). --from defaults to 0 "
+        "(the whole log), or with --follow to the commit point now (only new records, as kafka-console-consumer "
+        f"and tail -f). Exit 0 at the end or on Ctrl-C; 1 when the cluster refused or did not answer within "
+        f"--timeout; 2 for a usage error; {TAIL_COMPACTED} when OFFSET is below the oldest offset the log keeps "
+        "(the message says what to do).",
+        epilog="  zwal tail --config var/cluster.toml                 # every record so far\n"
+        "  zwal tail --follow                                  # new records as they commit; Ctrl-C stops\n"
+        "  zwal tail --from 4096 --follow | jq -c .key          # resume at a record's end")
+    t.add_argument("--from", dest="from_offset", type=int, metavar="OFFSET", default=None,
+                   help="a record's offset (or a printed end); default 0, or with --follow the commit point")
+    t.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records until Ctrl-C")
+    _common(t, "not available: the output is JSON lines already")
+    t.set_defaults(func=cmd_tail)
     st = sub.add_parser(
         "status", help="a table of every node: role, epoch, end offset, PID, follower lag",
         description="Ask every node of the cluster for its status and print a table (with each node's PID), "

@@ -4,6 +4,7 @@ Each wire error code maps to one exception class (`error_from_reply`).
 """
 
 from daemon.client.blocking import (
+    BadOffset,
     BadRequest,
     Busy,
     Client,
@@ -14,6 +15,7 @@ from daemon.client.blocking import (
     NoSpace,
     NotEnoughReplicas,
     NotLeader,
+    OffsetCompacted,
     ReadResult,
     Refused,
     ShuttingDown,
@@ -26,8 +28,10 @@ from daemon.client.blocking import (
     ZwalError,
     error_from_reply,
 )
+from daemon.wire.client import WatchRecord
 
 __all__ = [
+    "BadOffset", "OffsetCompacted", "WatchRecord",
     "BadRequest", "Busy", "Client", "Forbidden", "WrongCluster", "FsyncFailed", "InvalidRecord", "NoLeader", "NoSpace", "NotEnoughReplicas", "NotLeader",
     "ReadResult", "Refused", "ShuttingDown", "StaleEpoch", "Unavailable", "UnknownOp", "WriteFailed",
     "WriteResult", "ZwalError", "error_from_reply",

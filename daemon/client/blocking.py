@@ -15,12 +15,12 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import msgpack
 import zmq
 
-from daemon.wire.client import MAX_MESSAGE, Err
+from daemon.wire.client import MAX_MESSAGE, WATCH_DEFAULT_BYTES, Err, WatchRecord, decode_watch_reply
 from daemon.auth.creds import Credentials, Plain
 
 
@@ -104,6 +104,18 @@ class Busy(ZwalError):
     retryable = True
 
 
+class OffsetCompacted(ZwalError):
+    """A watch from below the oldest offset the log retains: `reply["oldest"]`, `reply["snapshot"]`."""
+
+    code = Err.OFFSET_COMPACTED
+
+
+class BadOffset(ZwalError):
+    """A watch from an offset that is not where a record starts, or beyond the log's end."""
+
+    code = Err.BAD_OFFSET
+
+
 class Unavailable(ZwalError):
     """No node answered within the deadline."""
 
@@ -129,7 +141,7 @@ ERRORS: dict[str, type[ZwalError]] = {
     c.code: c
     for c in (BadRequest, UnknownOp, InvalidRecord, NotLeader, NotEnoughReplicas, FsyncFailed, NoSpace,
               WriteFailed, StaleEpoch, Refused, ShuttingDown, Forbidden, Busy,
-              WrongCluster)  # not Unavailable and NoLeader: the client raises them, no node sends them
+              WrongCluster, OffsetCompacted, BadOffset)  # not Unavailable and NoLeader: the client raises them, no node sends them
 }
 
 
@@ -296,7 +308,8 @@ class Client:
         self._ep_index += 1
         return ep
 
-    def request(self, op: str, *, deadline: float | None = None, endpoint: str | None = None, **fields: Any) -> dict[str, Any]:
+    def request(self, op: str, *, deadline: float | None = None, endpoint: str | None = None,
+                attempt: float | None = None, **fields: Any) -> dict[str, Any]:
         """Send one request until it succeeds, fails for good, or the deadline passes."""
         rid = next(self._ids)
         msg = {"id": rid, "op": op, **fields}
@@ -328,7 +341,7 @@ class Client:
                 tried.append(self.current)
             attempts += 1
             self.sock.send(msgpack.packb(msg, use_bin_type=True))
-            reply = self._await(rid, min(self.timeout, remaining))
+            reply = self._await(rid, min(attempt or self.timeout, remaining))
             if reply is None:
                 # Lazy Pirate: the socket may hold a dead connection; start afresh,
                 # on the next node if we have several, with the same request id.
@@ -383,6 +396,36 @@ class Client:
     def delete(self, key: bytes | str) -> WriteResult:
         r = self.request("del", key=_b(key))
         return WriteResult(r["offset"], r["end"], r["epoch"])
+
+    def watch(self, from_offset: int = 0, *, follow: bool = True, wait: float = 5.0,
+              max_bytes: int = WATCH_DEFAULT_BYTES) -> Iterator[WatchRecord]:
+        """Committed records from `from_offset` (a record's offset, or a reply's `next`), in log order.
+
+        Follows redirects and leader changes, and resumes from the end of the
+        last record it yielded: no record twice, none skipped. With `follow`
+        it waits for new records forever (riding out retryable errors: no
+        node answers, no leader yet); without, it stops once it reached the commit point.
+        Raises OffsetCompacted, BadOffset, Forbidden."""
+        pos = from_offset
+        wait_ms = int(wait * 1000) if follow else 0
+        while True:
+            try:
+                r = self.request("watch", attempt=wait + self.timeout, **{"from": pos, "max_bytes": max_bytes,
+                                                                           "wait_ms": wait_ms})
+            except ZwalError as e:
+                # No node answered, or none led within the deadline (a failover): ask again from `pos`.
+                if not follow or not e.retryable:
+                    raise
+                self.close()
+                continue
+            batch = decode_watch_reply(r)
+            for rec in batch.records:
+                if rec.offset != pos:
+                    raise ZwalError(f"watch reply starts at {rec.offset}, asked for {pos}", r)
+                yield rec
+                pos = rec.end
+            if not follow and not batch.records and pos >= batch.commit:
+                return
 
     def get(self, key: bytes | str) -> bytes | None:
         return self.read(key).value

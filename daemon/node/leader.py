@@ -26,15 +26,17 @@ from daemon.node.admission import Dropped, OtherCluster, Sender, authorize_fetch
 from daemon.node.leader_core import (AppendRepair, CheckPeers, CompareOwn, Confirmed, Heard, LeaderCore,
                                      RepairRefused, Reply, SendChunk, SendControl, ServeRead, StepDown)
 from daemon.node.repair import REPAIR_MAX_BYTES
+from daemon.node.watch import Answer, ServeWatch, Watches
 from daemon.node.ports import FsyncFailure, Host, Limited, SyncResult, Transition
 from daemon.node.snapshotting import SNAPSHOT_OP
 from daemon.ops.stats import LatencyWindow
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
-from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, Request, ok_reply
+from daemon.wal.format import iter_frames_in
+from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, Request, WatchRecord, error_reply, ok_reply, watch_reply
 from daemon.wire.replication import Refuse, RepairData, encode
 
 Action = Union[Reply, ServeRead, SendChunk, SendControl, StepDown, CheckPeers, Confirmed, AppendRepair,
-               RepairRefused, CompareOwn, Heard]
+               RepairRefused, CompareOwn, Heard, Answer, ServeWatch]
 _EMPTY_CHUNK_LOG = Limited(burst=10)
 
 
@@ -72,6 +74,7 @@ class LeaderRole:
                              followers_needed=self.core.confirm_need,
                              reason="recovery cut this leader's log, or it did not stop cleanly; no writes "
                                     "until followers show they hold nothing it lost")
+        self.watches = Watches(host.client.budget)  # parked `watch` requests (daemon/node/watch.py)
         self.fsync_lat = LatencyWindow()
         self.batch_sizes = LatencyWindow()
         self.transition: Transition | None = None
@@ -95,7 +98,9 @@ class LeaderRole:
         return not self._after_batch and not self.core.batch_full()
 
     def next_deadline(self, now: float) -> float:
-        return min(self.core.next_deadline(now), self.host.peers.next_at)
+        t = min(self.core.next_deadline(now), self.host.peers.next_at)
+        w = self.watches.next_deadline()
+        return t if w is None else min(t, w)
 
     def on_tick(self, now: float) -> None:
         """The end of a turn: drop what revoked keys left parked, start a batch, heed the peers, the core's timers."""
@@ -113,6 +118,8 @@ class LeaderRole:
         if self.transition is not None:
             return
         self._perform(self.core.tick(now))
+        self._wake_watches()
+        self._perform(self.watches.tick(now, self.core.commit, self.core.epoch))
         self._log_follower_changes(now)
         # The leader's KV state holds exactly the committed records (applied at commit).
         host.snapshots.step(host.kv, self.core.commit, host.log, now, acked_floor=self.core.retention_floor(now))
@@ -125,9 +132,12 @@ class LeaderRole:
 
     def on_shutdown(self) -> Transition:
         """SIGTERM, after the driver let the batch in flight finish: tell waiters, stop."""
-        self._perform(self.core.fail_all(Err.SHUTTING_DOWN,
-                                         f"{self.host.name} is shutting down; retry with the same request id"))
+        self._fail_all(Err.SHUTTING_DOWN, f"{self.host.name} is shutting down; retry with the same request id")
         return Transition(None, "shutdown")
+
+    def _fail_all(self, code: str, message: str) -> None:
+        self._perform(self.core.fail_all(code, message))
+        self._perform(self.watches.fail_all(code, message))
 
     # -- clients ------------------------------------------------------------------------
 
@@ -160,6 +170,12 @@ class LeaderRole:
             host.client.send([*envelope, ok_reply(req.id, status=self._status(now))])
         elif req.op == "get":
             self._perform(core.admit_read(req, envelope, now))
+        elif req.op == "watch":
+            log = host.log
+            self._perform(self.watches.admit(
+                req, envelope, now, commit=core.commit, end=core.end, oldest=log.oldest,
+                snapshot=log.newest_snapshot, epoch=core.epoch, waiting=host.client.waiting(envelope[0]),
+                boundary=self._boundary))
         else:
             host.client.send([*envelope, answers.read_reply(host, req, stale=False)])
 
@@ -167,7 +183,7 @@ class LeaderRole:
         body, t = answers.admin(self.host, req, self.transition)
         self.host.client.send([*envelope, body])
         if t is not None and self.transition is None:
-            self._perform(self.core.fail_all(Err.NOT_LEADER, f"{self.host.name} stopped leading: {t.reason}"))
+            self._fail_all(Err.NOT_LEADER, f"{self.host.name} stopped leading: {t.reason}")
             self.transition = t
 
     # -- the disk -------------------------------------------------------------------------
@@ -185,6 +201,7 @@ class LeaderRole:
             self.batch_sizes.add(r.records)
             self.host.batch_metrics(r.records, r.nbytes, r.append_s, r.fsync_s)
             self._perform(self.core.batch_durable(r.end, self.host.clock.now()))
+            self._wake_watches()
         elif isinstance(e, WalWriteError):
             code = Err.NO_SPACE if e.no_space else Err.WRITE_FAILED
             self.host.events.error("batch_failed", code=code, records=r.records, error=str(e))
@@ -218,8 +235,7 @@ class LeaderRole:
                 return
             (self.host.events.error if loud else self.host.events.warn)(
                 "stepping_down", epoch=self.core.epoch, new_epoch=epoch, new_leader=leader, reason=reason)
-            self._perform(self.core.fail_all(
-                Err.NOT_LEADER, f"{self.host.name} stepped down: epoch {epoch} exists ({reason})"))
+            self._fail_all(Err.NOT_LEADER, f"{self.host.name} stepped down: epoch {epoch} exists ({reason})")
             st = self.host.state.follower_of(epoch, leader)
             self.host.save_state(st)
             self.transition = Transition(st, reason, reload=True)
@@ -259,6 +275,40 @@ class LeaderRole:
                                                              f"not {v.theirs}: check the cluster file"))])
             return
         self._perform(self.core.on_fetch(v, frames[:1], now))
+        self._wake_watches()
+
+    # -- watches (daemon/node/watch.py) ----------------------------------------------------
+
+    def _wake_watches(self) -> None:
+        if self.transition is None:
+            self._perform(self.watches.committed(self.core.commit))
+
+    def _boundary(self, offset: int) -> bool:
+        """Does a whole, checksummed frame start at `offset` (below the end)?"""
+        return any(True for _ in iter_frames_in(self.host.log.read_chunk(offset, self.core.end, 1), offset))
+
+    def _serve_watch(self, a: ServeWatch) -> None:
+        """Whole frames in [offset, upto) (upto: the commit point the core decided at), as records."""
+        host, core = self.host, self.core
+        if a.upto > core.commit:
+            raise AssertionError(f"watch served to {a.upto}, past the commit point {core.commit}")
+        data = host.log.read_chunk(a.offset, a.upto, a.max_bytes)
+        records = []
+        for fr in iter_frames_in(data, a.offset):
+            rec = fr.record()
+            records.append(WatchRecord(fr.offset, fr.end, fr.epoch, rec.op, rec.key, rec.value))
+        if not records:
+            host.client.send([*a.envelope, error_reply(
+                a.request_id, Err.BAD_OFFSET, f"offset {a.offset} is not where a record starts: watch from 0, "
+                "or from the `next` of a watch reply", commit=core.commit, end=core.end)])
+            return
+        body = watch_reply(a.request_id, records, records[-1].end, core.commit, core.epoch)
+        if host.client.would_exceed(a.envelope[0], len(body)):
+            host.client.send([*a.envelope, error_reply(
+                a.request_id, Err.BUSY, f"{len(body)}-byte watch reply not sent: this connection has "
+                f"{host.client.waiting(a.envelope[0])} bytes of unread replies; read them, then retry")])
+            return
+        host.client.send([*a.envelope, body])
 
     def _send_chunk(self, a: SendChunk) -> None:
         host, core = self.host, self.core
@@ -324,6 +374,10 @@ class LeaderRole:
                 case CompareOwn():
                     n = max(0, min(len(act.data), self.core.end - act.offset))
                     self.core.compared(act.follower, act.offset, act.data, host.log.read_raw(act.offset, n))
+                case Answer():
+                    host.client.send([*act.envelope, act.body])
+                case ServeWatch():
+                    self._serve_watch(act)
                 case Heard():
                     left = [n for n in host.state.unheard if n != act.follower]
                     host.save_state(host.state.with_(unheard=left, resume_at=host.state.resume_at if left else None))

@@ -22,7 +22,7 @@ MAX_MESSAGE = MAX_VALUE + MAX_KEY + 4096
 RETRY_WINDOW = 1024
 
 WRITE_OPS = ("set", "del")
-READ_OPS = ("get", "status", "ping")
+READ_OPS = ("get", "status", "ping", "watch")
 ADMIN_OPS = ("promote", "follow", "fence", "snapshot")
 OPS = WRITE_OPS + READ_OPS + ADMIN_OPS
 
@@ -43,6 +43,8 @@ class Err:
     SHUTTING_DOWN = "shutting_down"
     FORBIDDEN = "forbidden"  # an authenticated key whose role may not send this op; nothing changed
     WRONG_CLUSTER = "wrong_cluster"  # the request names another cluster's id; nothing changed
+    OFFSET_COMPACTED = "offset_compacted"  # watch `from` below the oldest retained offset (`oldest`, `snapshot`)
+    BAD_OFFSET = "bad_offset"  # watch `from` not a frame boundary of the log, or beyond its end; nothing changed
     BUSY = "busy"  # a read not served (too many unread replies: read them, retry), or a write not taken
     # because the retry window is full (docs/protocol.md, "Retries"): nothing written; retry later
 
@@ -69,6 +71,7 @@ class Request:
     epoch: int = 0  # the highest epoch the sender has seen (fencing)
     args: dict | None = None  # admin ops only
     cluster: str | None = None  # the cluster_id the sender means (None: not said)
+    watch: "Watch | None" = None  # op "watch" only
 
     def record(self) -> Record:
         rid = self.id if self.client_id is not None else None
@@ -97,7 +100,95 @@ def _bin(m: dict, k: str, required: bool) -> bytes | None:
     raise ProtocolError(Err.BAD_REQUEST, f"field {k!r} must be bytes or a string")
 
 
-_FIELDS = frozenset({"id", "op", "key", "value", "cid", "epoch", "args", "cluster"})
+_FIELDS = frozenset({"id", "op", "key", "value", "cid", "epoch", "args", "cluster", "from", "max_bytes", "wait_ms"})
+_WATCH_FIELDS = ("from", "max_bytes", "wait_ms")
+
+# -- watch (docs/protocol.md, "watch") ------------------------------------------------
+# A reply carries whole records of at most `max_bytes` of log frames (at least
+# one record, however large): capped so that the encoded reply, whose per-record
+# overhead is below a frame's, always fits in MAX_MESSAGE.
+WATCH_DEFAULT_BYTES = 256 * 1024
+WATCH_MAX_BYTES = MAX_VALUE // 2
+WATCH_MAX_WAIT_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """A watch request: committed records from log offset `offset` (a frame boundary)."""
+
+    offset: int
+    max_bytes: int = WATCH_DEFAULT_BYTES
+    wait_ms: int = 0  # how long the leader may park the request when nothing is committed past `offset`
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRecord:
+    offset: int  # where the record's frame starts in the log
+    end: int  # where it ends: the offset of the next record
+    epoch: int
+    op: str
+    key: bytes
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """A watch reply: records in log order, and where to ask next (`next` >= every record's end)."""
+
+    records: list[WatchRecord]
+    next: int
+    commit: int
+    epoch: int
+
+
+def _decode_watch(m: dict) -> Watch:
+    w = Watch(_uint(m, "from"), _uint(m, "max_bytes", WATCH_DEFAULT_BYTES), _uint(m, "wait_ms", 0))
+    if not 1 <= w.max_bytes <= WATCH_MAX_BYTES:
+        raise ProtocolError(Err.BAD_REQUEST, f"field 'max_bytes' must be 1..{WATCH_MAX_BYTES}")
+    if w.wait_ms > WATCH_MAX_WAIT_MS:
+        raise ProtocolError(Err.BAD_REQUEST, f"field 'wait_ms' must be 0..{WATCH_MAX_WAIT_MS}")
+    return w
+
+
+def watch_request(request_id: int, w: Watch) -> dict[str, Any]:
+    """The request map (the client adds `epoch` and `cluster`)."""
+    return {"id": request_id, "op": "watch", "from": w.offset, "max_bytes": w.max_bytes, "wait_ms": w.wait_ms}
+
+
+def watch_reply(request_id: int, records: list[WatchRecord], next_offset: int, commit: int, epoch: int) -> bytes:
+    recs = []
+    for r in records:
+        d: dict[str, Any] = {"offset": r.offset, "end": r.end, "epoch": r.epoch, "op": r.op, "key": r.key}
+        if r.value is not None:
+            d["value"] = r.value
+        recs.append(d)
+    return _pack({"id": request_id, "ok": True, "records": recs, "next": next_offset, "commit": commit,
+                  "epoch": epoch})
+
+
+def decode_watch_reply(reply: dict[str, Any]) -> WatchBatch:
+    """An ok watch reply (already unpacked) -> WatchBatch; ValueError if it is not one."""
+    recs = reply.get("records")
+    nxt, commit, epoch = reply.get("next"), reply.get("commit"), reply.get("epoch")
+    if type(recs) is not list or type(nxt) is not int or type(commit) is not int or type(epoch) is not int:
+        raise ValueError("not a watch reply: needs records (list), next, commit, epoch (integers)")
+    out = []
+    pos = None
+    for d in recs:
+        if type(d) is not dict:
+            raise ValueError("a watch record must be a map")
+        off, end, ep, op, key, value = (d.get("offset"), d.get("end"), d.get("epoch"), d.get("op"), d.get("key"),
+                                        d.get("value"))
+        if (type(off) is not int or type(end) is not int or end <= off or type(ep) is not int
+                or op not in WRITE_OPS or type(key) is not bytes or not (value is None or type(value) is bytes)):
+            raise ValueError(f"bad watch record {d!r:.200}")
+        if pos is not None and off != pos:
+            raise ValueError(f"watch records not contiguous: {off} after a record ending at {pos}")
+        pos = end
+        out.append(WatchRecord(off, end, ep, op, key, value))
+    if pos is not None and nxt != pos:
+        raise ValueError(f"watch reply's next {nxt} is not its last record's end {pos}")
+    return WatchBatch(out, nxt, commit, epoch)
 
 
 def decode_request(body: bytes) -> Request:
@@ -136,6 +227,12 @@ def decode_request(body: bytes) -> Request:
             if cid is not None and not 1 <= len(cid) <= MAX_CLIENT_ID:
                 raise ProtocolError(Err.BAD_REQUEST, f"field 'cid' must be 1..{MAX_CLIENT_ID} bytes")
             req.client_id = cid
+        if op == "watch":
+            req.watch = _decode_watch(m)
+        else:
+            extra_w = [k for k in _WATCH_FIELDS if k in m]
+            if extra_w:
+                raise ProtocolError(Err.BAD_REQUEST, f"field(s) {extra_w} belong to op 'watch' only")
         if op == "set" or op == "del" or op == "get":
             req.key = _bin(m, "key", True)
         if op == "set":

@@ -9,7 +9,7 @@ from typing import Any
 from .invariants import Invariants
 from .node import SimNode
 from daemon.failover.linearizability import Op
-from .workload import Actor, Call, Client, Gen, Sleep, promote
+from .workload import Actor, Call, Client, Gen, Sleep, promote, watcher
 from .world import World
 
 from daemon.config import RETRY_BUDGET_BYTES, RETRY_WINDOW_SECONDS
@@ -156,6 +156,7 @@ class Sim:
             self.clients.append(c)
             self.spawn(c.name, c.run(duration, keys), rng.uniform(0, 0.05))
         self.spawn("chaos", self.chaos(duration))
+        self.spawn("watcher", watcher(self, duration + settle))
         self.run_until(duration)
         self.heal_all()
         self.spawn("x", self.ensure_leader(settle / 2))

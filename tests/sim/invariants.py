@@ -19,7 +19,11 @@
    another (a retry is answered from the retry window, not written again);
 9. once the faults stop, one node leads (a deposed leader steps down by itself); no log bytes go
    to a node whose key the sender revoked; in per-record mode a leader fsyncs each record alone;
-10. a node's saved epoch is never below the epoch of records its saved history holds.
+10. a node's saved epoch is never below the epoch of records its saved history holds;
+11. watch streams only committed records: each record a `watch` reply carries is held
+    by K+1 nodes and then counts as acknowledged (1 applies to it: every later leader
+    holds it, so a deposed leader's uncommitted tail never appears in a stream), and a
+    watcher's stream is contiguous from offset 0 (no gap, no duplicate: workload.watcher).
 
 Liveness (writes resume once the faults stop) is tests/sim/liveness.py.
 """
@@ -143,6 +147,12 @@ class Invariants:
         if not kept or upto > min(kept):
             self.fail("retention", f"{node.name} deletes its log below {upto}, but its kept snapshots are at "
                                    f"{kept}: a restart could not rebuild its state")
+    def on_streamed(self, node: "SimNode", m: dict[str, Any]) -> None:
+        for r in m["records"]:
+            if r["end"] > node.role.core.commit:  # type: ignore[union-attr]
+                self.fail("watch-committed", f"{node.name} streamed [{r['offset']},{r['end']}) past its commit "
+                                             f"point {node.role.core.commit}")  # type: ignore[union-attr]
+            self.on_write_ack(node, {"offset": r["offset"], "end": r["end"], "epoch": r["epoch"]})
 
     def on_truncate(self, node: "SimNode", offset: int) -> None:
         for a in self.ack_list:

@@ -170,6 +170,14 @@ class SimLog:
     def busy(self) -> bool:
         return self.inflight is not None
 
+    @property
+    def oldest(self) -> int:
+        return 0
+
+    @property
+    def newest_snapshot(self) -> int | None:
+        return None
+
     def read_chunk(self, offset: int, end: int, max_bytes: int) -> bytes:
         """daemon/wal/segments.py read_chunk over the simulated file: stops at a segment's end."""
         if offset < self.node.disk.oldest:
@@ -326,6 +334,8 @@ class SimSnapshots:
 class SimClientPort:
     """The client ROUTER + outbox: replies go back over the network (never refused: readers keep up)."""
 
+    budget = 4 * 1024 * 1024
+
     def __init__(self, node: "SimNode") -> None:
         self.node = node
 
@@ -336,6 +346,8 @@ class SimClientPort:
         m = msgpack.unpackb(body, raw=False)
         if m.get("ok") and "end" in m and "offset" in m and "found" not in m:
             node.sim.inv.on_write_ack(node, m)
+        if m.get("ok") and "records" in m and "next" in m:
+            node.sim.inv.on_streamed(node, m)
         if m.get("ok") and m.get("linearizable") and isinstance(node.role, LeaderRole):
             node.sim.inv.on_fresh_read(node, node.role.core)
         node.send(who, ClientReply(ident, body))

@@ -262,6 +262,32 @@ class Client:
 # -- the operator: zwal promote ----------------------------------------------------------------
 
 
+def watcher(sim: "Sim", until: float) -> Gen:
+    """Streams the log with `watch` like Client.watch (from the last `next`, following redirects);
+    the stream must be contiguous from 0 (invariant 11)."""
+    c = Client(sim, "watcher")
+    pos, rid = 0, 0
+    while sim.world.now < until:
+        rid += 1
+        r = yield Call(c.target, {"id": rid, "op": "watch", "from": pos, "max_bytes": 2048, "wait_ms": 200,
+                                  "epoch": c.epoch}, 0.6)
+        c._note(r)
+        if r is None:
+            c._retarget(None)
+            continue
+        if not r.get("ok"):
+            if r.get("error") == Err.NOT_LEADER:
+                c._retarget(r)
+            yield Sleep(0.03)
+            continue
+        for rec in r["records"]:
+            if rec["offset"] != pos:
+                sim.inv.fail("watch-stream", f"watch from {pos} got a record at {rec['offset']} (gap or duplicate)")
+            pos = rec["end"]
+        if r["next"] != pos:
+            sim.inv.fail("watch-stream", f"watch reply's next {r['next']} is not {pos}")
+
+
 def statuses(sim: "Sim", timeout: float = 0.3) -> Gen:
     rs = yield CallAll([(n, {"id": sim.world.next_id(), "op": "status"}) for n in sim.names], timeout)
     return {n: (r["status"] if r and r.get("ok") else None) for n, r in zip(sim.names, rs)}
