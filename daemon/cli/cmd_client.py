@@ -363,10 +363,16 @@ def cmd_tail(args: argparse.Namespace) -> int:
     try:
         if start is None:
             # kafka-console-consumer's default: with --follow, only what comes next (the commit point now);
-            # without, the whole log (its --from-beginning).
-            start = 0
-            if args.follow:
-                start = c.request("watch", **{"from": 0, "max_bytes": 1, "wait_ms": 0})["commit"]
+            # without, the whole log that is kept (its --from-beginning: the oldest offset retention kept).
+            probe: dict[str, Any] = {"from": 0, "max_bytes": 1, "wait_ms": 0}
+            try:
+                first = c.request("watch", **probe)
+                beginning = 0
+            except OffsetCompacted as e:
+                beginning = int(e.reply["oldest"])
+                probe["from"] = beginning
+                first = c.request("watch", **probe)
+            start = int(first["commit"]) if args.follow else beginning
         for rec in c.watch(start, follow=args.follow):
             doc: dict[str, Any] = {"offset": rec.offset, "end": rec.end, "epoch": rec.epoch, "op": rec.op,
                                    "key": show_bytes(rec.key)}

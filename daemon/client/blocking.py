@@ -410,8 +410,8 @@ class Client:
         wait_ms = int(wait * 1000) if follow else 0
         while True:
             try:
-                r = self.request("watch", attempt=wait + self.timeout, **{"from": pos, "max_bytes": max_bytes,
-                                                                           "wait_ms": wait_ms})
+                args: dict[str, Any] = {"from": pos, "max_bytes": max_bytes, "wait_ms": wait_ms}
+                r = self.request("watch", attempt=wait + self.timeout, **args)
             except ZwalError as e:
                 # No node answered, or none led within the deadline (a failover): ask again from `pos`.
                 if not follow or not e.retryable:

@@ -174,7 +174,7 @@ class LeaderRole:
             log = host.log
             self._perform(self.watches.admit(
                 req, envelope, now, commit=core.commit, end=core.end, oldest=log.oldest,
-                snapshot=log.newest_snapshot, epoch=core.epoch, waiting=host.client.waiting(envelope[0]),
+                snapshot=host.snapshots.newest or None, epoch=core.epoch, waiting=host.client.waiting(envelope[0]),
                 boundary=self._boundary))
         else:
             host.client.send([*envelope, answers.read_reply(host, req, stale=False)])

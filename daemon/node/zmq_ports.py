@@ -66,14 +66,6 @@ class WalLog:
         return self.syncer is not None and self.syncer.busy
 
     @property
-    def oldest(self) -> int:
-        return 0  # every byte is retained until retention (issue 20, item 3) exists
-
-    @property
-    def newest_snapshot(self) -> int | None:
-        return None  # no snapshots yet (issue 20, item 2)
-
-    @property
     def sock(self) -> Any:
         return self.syncer.sock if self.syncer is not None else None
 

@@ -170,14 +170,6 @@ class SimLog:
     def busy(self) -> bool:
         return self.inflight is not None
 
-    @property
-    def oldest(self) -> int:
-        return 0
-
-    @property
-    def newest_snapshot(self) -> int | None:
-        return None
-
     def read_chunk(self, offset: int, end: int, max_bytes: int) -> bytes:
         """daemon/wal/segments.py read_chunk over the simulated file: stops at a segment's end."""
         if offset < self.node.disk.oldest:
