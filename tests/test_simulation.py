@@ -167,6 +167,7 @@ def test_same_seed_same_trace_with_the_new_faults():
     "new leader's epoch-based prefix check (KIP-279) counts such a follower as a byte-identical prefix. Fix: a "
     "leader that resumes with unheard followers must take a new epoch (a self-fence with a quorum) before "
     "writing, or wait for every follower"))
-def test_a_resumed_leader_never_rewrites_an_epoch_an_unheard_follower_holds():
-    run_seed(505659)
+@pytest.mark.parametrize("seed", [505659, 700545])
+def test_a_resumed_leader_never_rewrites_an_epoch_an_unheard_follower_holds(seed):
+    run_seed(seed)
 
