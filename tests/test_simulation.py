@@ -11,6 +11,7 @@ import pytest
 from sim.faults import FAULTS, parse_faults
 from sim.run import report, run_seed
 from sim.scenarios import (ALL, NEW, client_churn, concurrent_promotes, damaged_leader_tail, fence_during_batch,
+                           resumed_leader_unheard,
                            lying_leader_disk, rebuild_bootstrap, rebuild_bootstrap_k0, two_promotes_at_once)
 from sim.world import Violation
 
@@ -157,3 +158,12 @@ def test_same_seed_same_trace_with_the_new_faults():
             sim = e.sim  # type: ignore[attr-defined]
         runs.append(sim.world.trace())
     assert runs[0] == runs[1]
+
+
+@pytest.mark.xfail(strict=True, raises=TodaysBug, reason=(
+    "open safety bug (docs/protocol.md, 'Known bug'): a leader resumes writing in its own epoch after a "
+    "recovery cut while an unheard follower holds that epoch's old bytes at the same offsets; after a "
+    "promotion the new leader counts that follower as a prefix. Fix: a new epoch before resuming"))
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_resumed_leader_never_rewrites_an_epoch_an_unheard_follower_holds(seed):
+    expect_bug(resumed_leader_unheard, "logs-agree", "their logs differ", seed)

@@ -656,3 +656,41 @@ NEW = {
     "l_client_churn": client_churn,
     "m_two_promotes_at_once": two_promotes_at_once,
 }
+
+
+def resumed_leader_unheard(seed: int = 0) -> Sim:
+    """(n) A leader resumes in its own epoch after a recovery cut while a follower that holds the cut
+    record is unheard; then leadership moves before that follower fetches again (5 nodes, K = 2).
+
+    The cut record R was never acknowledged (only n3 had it), so cutting it is allowed. But the
+    leader then writes R' at R's offset in the same epoch; n3 still holds R there, and a later
+    leader's epoch check takes n3's log for a prefix. Today: logs-agree (the open bug in
+    docs/protocol.md, "Known bug"); found by the long seed run (seeds 505659, 700545).
+    """
+    from .faults import damage_tail
+
+    sim = _sim(nodes=5, k=2, seed=seed)
+    c = sim.client("c1")
+    assert all(r and r["ok"] for r in _writes(sim, c, 2))
+    far = {"n2", "n4", "n5"}
+    cut = sim.world.net.cut({"n1"}, far)  # they still count as in sync for a replication timeout
+    lone = sim.client("lone")
+    w = sim.write(lone, b"r", b"only-on-n3", target="n1")
+    sim.run_for(0.2)
+    assert not (w.result and w.result.get("ok")), "R must not be acknowledged (only n3 holds it)"
+    assert sim.nodes["n3"].end > sim.nodes["n2"].end, "n3 holds R"
+    sim.crash("n1")
+    assert damage_tail(sim, sim.nodes["n1"], 1, own_epoch=1)  # R's bytes are damaged on n1's disk
+    sim.world.net.heal(cut)
+    away = sim.isolate("n3")
+    sim.restart("n1")
+    sim.run_for(1.5)
+    c2 = sim.client("c2")
+    acked = _writes(sim, c2, 3, prefix="after")
+    assert all(r and r["ok"] for r in acked), acked
+    sim.crash("n1")
+    sim.world.net.heal(away)
+    _promote(sim, "n2", settle=2.0)
+    sim.run_for(2.0)
+    sim.inv.check_end()
+    return sim
