@@ -65,6 +65,10 @@ class WalLog:
         return self.syncer is not None and self.syncer.busy
 
     @property
+    def oldest(self) -> int:
+        return self.writer.oldest
+
+    @property
     def sock(self) -> Any:
         return self.syncer.sock if self.syncer is not None else None
 

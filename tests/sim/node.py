@@ -25,6 +25,7 @@ from daemon.node import snapshot as snap
 from daemon.node import snapshot_load
 from daemon.node.kv import KVState
 from daemon.node.snapshotting import Snapshotter, Written
+from daemon.node.transfer import SnapInfo
 from daemon.node.leader import LeaderRole
 from daemon.node.leader_core import InvariantViolation
 from daemon.node.peers import PeerView, status_probe
@@ -169,6 +170,10 @@ class SimLog:
     def busy(self) -> bool:
         return self.inflight is not None
 
+    @property
+    def oldest(self) -> int:
+        return self.node.disk.bases[0]
+
     def read_chunk(self, offset: int, end: int, max_bytes: int) -> bytes:
         """daemon/wal/segments.py read_chunk over the simulated file: stops at a segment's end."""
         end = chunk_stop(self.node.disk.bases, offset, end)
@@ -251,6 +256,7 @@ class SimSnapshots:
         self.aside: list[tuple[int, str]] = []
         self._pending: tuple[int, int, bytes] | None = None  # (write id, offset, bytes)
         self._done: Written | None = None
+        self.offer_transfers = False
 
     @property
     def busy(self) -> bool:
@@ -288,6 +294,21 @@ class SimSnapshots:
     def remove(self, offset: int) -> str:
         del self.files[offset]
         return snap.name_for(offset)
+
+    def describe(self, offset: int) -> SnapInfo | None:
+        # Snapshot transfer is not modelled yet: the simulated log cannot start
+        # at a snapshot's offset, so this world's leaders offer no snapshot
+        # (LeaderCore then sends log bytes from 0, as before).
+        if not self.offer_transfers:
+            return None
+        data = self.files.get(offset)
+        return SnapInfo(offset, len(data), snap.header_crc(data)) if data is not None else None
+
+    def read_at(self, offset: int, pos: int, n: int) -> bytes:
+        data = self.files.get(offset)
+        if data is None:
+            raise FileNotFoundError(snap.name_for(offset))
+        return data[pos:pos + n]
 
     def move_aside(self, offset: int, why: str) -> str:
         del self.files[offset]
