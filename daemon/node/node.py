@@ -42,6 +42,7 @@ from daemon.node.identity import merge_history
 from daemon.node.snapshot import name_for, snapshot_dir
 from daemon.node.snapshot_writer import production as snapshot_port
 from daemon.node.snapshotting import Snapshotter
+from daemon.node import install
 from daemon.wal import LogCorrupt, WalFsyncError, WalPoisoned
 from daemon.wal.segments import ReplayPointMissing, log_size, open_segments
 from daemon.wire.client import MAX_MESSAGE
@@ -114,6 +115,7 @@ class Node:
         self.kv = KVState(cfg.retry_window_seconds)
         self.scan: ScanResult | None = None
         self.snapshots = Snapshotter(snapshot_port(snapshot_dir(self.me.data_dir)), self.events, cfg.snapshot_bytes)
+        self.transfer = install.FileTransfer(self.me.data_dir, cfg.retry_window_seconds)
         self.started = time.monotonic()
         self.notifier = Notifier()
         self.metrics = Metrics(name, self.me.metrics_port, cfg.metrics_bind)
@@ -232,6 +234,8 @@ class Node:
 
         # -- the newest valid snapshot, then the log after it (daemon/node/snapshot_load.py) --
         self.snapshots.cancel("the log is being recovered again")  # a reload: its temp file is removed below
+        self.transfer.close()
+        install.finish(self.me.data_dir, self.events)  # an interrupted snapshot install: back or forward
         snaps = snapshot_load.candidates(snapshot_dir(self.me.data_dir), self.cfg.retry_window_seconds, self.events)
         while True:
             loaded = next(snaps, None)
@@ -254,7 +258,7 @@ class Node:
                 continue
             if loaded is None:
                 break
-            why = snapshot_load.check_prefix(loaded.header, scan, self.writer.read_raw)
+            why = snapshot_load.check_prefix(loaded.header, scan, self.writer.read_raw, self.writer.oldest)
             if not why:
                 # The log's epochs below the snapshot (a log that was not read there has none).
                 scan.epoch_starts = merge_history(loaded.epoch_starts, scan.epoch_starts)

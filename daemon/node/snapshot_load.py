@@ -48,13 +48,17 @@ def candidates(directory: str, window_seconds: float, events: Events) -> Iterato
         yield loaded
 
 
-def check_prefix(h: snap.Header, scan: ScanResult, read_raw: Callable[[int, int], bytes]) -> str:
-    """Why the recovered log does not hold the prefix `h` describes ("" if it does)."""
+def check_prefix(h: snap.Header, scan: ScanResult, read_raw: Callable[[int, int], bytes], oldest: int = 0) -> str:
+    """Why the recovered log does not hold the prefix `h` describes ("" if it does).
+
+    A log that begins at the snapshot's offset (`oldest`: an installed
+    snapshot, daemon/node/install.py) holds no frame below it to compare:
+    the snapshot is all there is of that prefix."""
     if scan.valid_end < h.offset:
         return f"the log ends at {scan.valid_end}, before the snapshot's offset {h.offset}"
     if scan.replayed_from != h.offset:
         return f"offset {h.offset} is not a frame boundary of the log (replay began at {scan.replayed_from})"
-    if h.last_offset < 0:
+    if h.last_offset < 0 or oldest == h.offset:
         return ""
     raw = read_raw(h.last_offset, MARKER_OFFSET + 3)
     if len(raw) < MARKER_OFFSET + 3:

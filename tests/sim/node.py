@@ -317,6 +317,25 @@ class SimSnapshots:
         return f"{snap.name_for(offset)}.{why}"
 
 
+class SimTransfer:
+    """The TransferPort: not modelled yet (the simulator's leaders offer no snapshot, SimSnapshots.describe)."""
+
+    def partial(self) -> None:
+        return None
+
+    def begin(self, offset: int, crc: int, pos: int) -> None:
+        raise AssertionError("snapshot transfer is not modelled in the simulator")
+
+    def write(self, pos: int, data: bytes) -> None:
+        raise AssertionError("snapshot transfer is not modelled in the simulator")
+
+    def abort(self) -> None:
+        pass
+
+    def install(self, offset: int, crc: int, size: int) -> str:
+        raise AssertionError("snapshot transfer is not modelled in the simulator")
+
+
 class SimClientPort:
     """The client ROUTER + outbox: replies go back over the network (never refused: readers keep up)."""
 
@@ -456,6 +475,7 @@ class SimNode:
         self.link = SimLink(self)
         self.snapshot_files = SimSnapshots(self)
         self.snapshots = Snapshotter(self.snapshot_files, self.events, self.cfg.snapshot_bytes)
+        self.transfer = SimTransfer()
         # What waits in the sockets until the role reads it.
         self.client_q: deque[tuple[list[bytes], Sender]] = deque()
         self.repl_q: deque[tuple[list[bytes], Sender]] = deque()
