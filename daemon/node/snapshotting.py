@@ -75,7 +75,8 @@ def due(busy: bool, kv_end: int, commit: int | None, newest: int, every: int, re
         return False
     if requested:
         return True
-    return now >= retry_at and kv_end - newest >= every
+    # every = 0: only on demand (daemon/config.py), never "always due".
+    return every > 0 and now >= retry_at and kv_end - newest >= every
 
 
 class Snapshotter:
