@@ -127,6 +127,10 @@ def test_kill_9_during_a_transfer_then_restart_completes_it(make_cluster):
     left = [n for n in os.listdir(snapdir) if n.endswith(".transfer")]
     assert left, os.listdir(snapdir)
     held = os.path.getsize(os.path.join(snapdir, left[0]))
+    with open(os.path.join(c.data_dir(follower), "node-state.json")) as f:
+        mid = json.load(f)
+    # Mid-transfer it counts as no copy for promotion: damaged up to the leader's end when it was offered.
+    assert mid.get("damaged_end") == c.status(leader)["end"], mid
     c.start(follower)
     wait_until(lambda: _events(c, follower, "snapshot_installed"), 60, "the snapshot install after the restart")
     resumed = _events(c, follower, "snapshot_transfer_resumed")
