@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 from daemon.node.identity import truncation_point
 from daemon.wal.format import Frame, Record, RecordError, decode_payload, parse_frame
-from daemon.wire.replication import BadMessage, Data, Fetch, FromLeader, NotLeader, Refuse
+from daemon.node.transfer import Partial, chunk_fits, resume_pos
+from daemon.wire.replication import (BadMessage, Data, Fetch, FetchSnapshot, FromLeader, NotLeader, Refuse,
+                                     SnapshotChunk, SnapshotNeeded)
 from daemon.wire.replication import Truncate as TruncateMsg
 
 
@@ -61,7 +63,29 @@ class Redirect:
     leader: str | None
 
 
-Decision = Append | Truncate | Refetch | AdoptEpoch | Redirect
+@dataclass(slots=True)
+class StartTransfer:
+    """The leader offers its snapshot: keep the bytes we hold of that file from `pos` (0: start again), fetch on.
+
+    The glue first saves `catch_up_to` as the node's damaged_end: until its
+    log reaches the leader's end of now, it counts as no copy for promotion."""
+
+    offset: int
+    crc: int
+    size: int
+    pos: int
+    catch_up_to: int
+
+
+@dataclass(slots=True)
+class WriteChunk:
+    """Write these snapshot bytes at `pos` of the transfer's temp file, then call `chunk_written`."""
+
+    pos: int
+    data: bytes
+
+
+Decision = Append | Truncate | Refetch | AdoptEpoch | Redirect | StartTransfer | WriteChunk
 
 
 class FollowerCore:
@@ -83,6 +107,7 @@ class FollowerCore:
         self.inc = 0  # the leader incarnation `round` belongs to
         self.max_backoff = max_backoff
         self.refused = 0  # loud refetches since the last append
+        self.transfer: Partial | None = None  # a snapshot transfer under way (daemon/node/transfer.py)
 
     def on_message(self, msg: FromLeader | BadMessage) -> Decision:
         d = self._decide(msg)
@@ -96,6 +121,18 @@ class FollowerCore:
     def fetch_msg(self) -> Fetch:
         return Fetch(self.name, self.epoch, self.end, self.last_epoch, self.records, self.max_fetch, self.round,
                      self.inc)
+
+    def fetch_snapshot_msg(self) -> FetchSnapshot:
+        t = self.transfer
+        assert t is not None
+        return FetchSnapshot(self.name, self.epoch, t.offset, t.crc, t.pos, self.max_fetch)
+
+    def chunk_written(self, n: int) -> bool:
+        """`n` more bytes of the transfer are written: True when the file is all there."""
+        t = self.transfer
+        assert t is not None and t.size is not None
+        t.pos += n
+        return t.pos == t.size
 
     def _decide(self, msg: FromLeader | BadMessage) -> Decision:
         if isinstance(msg, BadMessage):
@@ -121,6 +158,20 @@ class FollowerCore:
                 return Refetch(f"truncate to {cut} (leader: epoch {msg.last_epoch} ends at {msg.offset}) "
                                f"is not below our end {self.end}", loud=True)
             return Truncate(cut, epoch)
+        if isinstance(msg, SnapshotNeeded):
+            if msg.offset <= self.end:
+                # It brings nothing we lack, and installing it would replace our log beyond it.
+                return Refetch(f"snapshot at {msg.offset} offered, not beyond our end {self.end}", loud=True)
+            pos = resume_pos(self.transfer, msg)
+            self.transfer = Partial(msg.offset, msg.crc, pos, msg.size)
+            self.leader_end = msg.end
+            return StartTransfer(msg.offset, msg.crc, msg.size, pos, msg.end)
+        if isinstance(msg, SnapshotChunk):
+            why = chunk_fits(self.transfer, msg)
+            if why:
+                # Our fetch from our end brings the leader's offer again, and we resume from there.
+                return Refetch(why, loud=True)
+            return WriteChunk(msg.pos, msg.data)
         assert isinstance(msg, Data)
         self.leader_end = msg.end
         self.leader_commit = msg.commit

@@ -36,9 +36,10 @@ from daemon.node.snapshotting import SNAPSHOT_OP
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 from daemon.wire.client import WRITE_OPS, ok_reply
 from daemon.wire.replication import (BadMessage, Fetch, NotLeader, RepairRequest, decode_from_leader, encode,
-                                     encode_fetch, encode_repair_data)
+                                     encode_fetch, encode_fetch_snapshot, encode_repair_data)
 
-from .core import AdoptEpoch, Append, Decision, FollowerCore, Redirect, Refetch, Truncate
+from .core import (AdoptEpoch, Append, Decision, FollowerCore, Redirect, Refetch, StartTransfer, Truncate,
+                   WriteChunk)
 
 NO_SPACE_BACKOFF_MIN = 0.2  # seconds before asking again when the disk is full (doubling up to the max)
 NO_SPACE_BACKOFF_MAX = 1.0
@@ -64,6 +65,9 @@ class FollowerRole:
         self.no_space: str | None = None  # why the disk refused us, while it does
         self._no_space_times = 0
         self.stopping = False
+        # A snapshot transfer a stopped process left: resumed if the leader offers the same file.
+        self.core.transfer = host.transfer.partial()
+        self._transfer_t0 = 0.0
 
     # -- what the driver asks ---------------------------------------------------------
 
@@ -214,8 +218,86 @@ class FollowerRole:
                 self._redirect(d)
             case Truncate():
                 self._truncate(d)
+            case StartTransfer():
+                self._start_transfer(d)
+            case WriteChunk():
+                self._write_chunk(d)
             case _:
                 assert_never(d)
+
+    # -- snapshot transfer (daemon/node/transfer.py decides; daemon/node/install.py on disk) --------
+
+    def _start_transfer(self, d: StartTransfer) -> None:
+        host = self.host
+        st = host.state
+        if st.damaged_end is None or st.damaged_end < d.catch_up_to:
+            # Durably first: from now until our log reaches the leader's end,
+            # this node counts as no copy for promotion (daemon/failover/promote.py).
+            try:
+                host.save_state(st.with_(damaged_end=d.catch_up_to))
+            except NoSpace as e:
+                self._disk_full(str(e))
+                return
+        try:
+            host.transfer.begin(d.offset, d.crc, d.pos)
+        except OSError as e:
+            self._transfer_failed(f"cannot open the transfer's temp file: {e}", e)
+            return
+        self._transfer_t0 = host.clock.now()
+        host.events.event("snapshot_transfer_resumed" if d.pos else "snapshot_transfer_started", offset=d.offset,
+                          bytes=d.size, pos=d.pos, leader=self.leader, our_end=self.core.end,
+                          catch_up_to=d.catch_up_to)
+        if d.pos == d.size:
+            self._install()
+        else:
+            self._fetch_snapshot()
+
+    def _fetch_snapshot(self) -> None:
+        if self.host.link.connected:
+            self.host.link.send(encode_fetch_snapshot(self.core.fetch_snapshot_msg()))
+
+    def _write_chunk(self, d: WriteChunk) -> None:
+        try:
+            self.host.transfer.write(d.pos, d.data)
+        except OSError as e:
+            self._transfer_failed(f"writing the snapshot's temp file failed: {e}", e)
+            return
+        if self.core.chunk_written(len(d.data)):
+            self._install()
+        else:
+            self._fetch_snapshot()
+
+    def _transfer_failed(self, why: str, e: OSError) -> None:
+        host = self.host
+        host.events.error("snapshot_transfer_failed", reason=why, leader=self.leader,
+                          action="free space on this node's disk if it is full; the transfer is tried again")
+        self.core.transfer = None
+        try:
+            host.transfer.abort()
+        except OSError:
+            pass
+        self._backoff(NO_SPACE_BACKOFF_MAX)
+
+    def _install(self) -> None:
+        host = self.host
+        t = self.core.transfer
+        assert t is not None and t.size is not None
+        host.snapshots.cancel("a snapshot from the leader is being installed")
+        try:
+            why = host.transfer.install(t.offset, t.crc, t.size)
+        except OSError as e:
+            raise FsyncFailure(f"installing the snapshot at {t.offset} failed on the disk: {e}") from None
+        self.core.transfer = None
+        if why:
+            host.events.error("snapshot_transfer_failed", offset=t.offset, reason=f"failed its checks: {why}",
+                              leader=self.leader, action="nothing to do: it is fetched again from the start")
+            self._backoff(NO_SPACE_BACKOFF_MIN)
+            return
+        host.events.event("snapshot_installed", offset=t.offset, bytes=t.size, leader=self.leader,
+                          seconds=round(host.clock.now() - self._transfer_t0, 3),
+                          first_segment=t.offset, reason="the leader's log below it is gone or larger than it")
+        # Recovery loads the snapshot and the (empty) log that starts at its offset; we fetch from there.
+        self.transition = Transition(host.state, "installed a snapshot from the leader", reload=True)
 
     def _redirect(self, d: Redirect) -> None:
         if d.leader and d.leader not in self.cfg.names:
@@ -233,6 +315,12 @@ class FollowerRole:
         host = self.host
         if self._refetch_at is not None and self.no_space is not None:
             return  # backing off a full disk: this answer to an older fetch is asked again later
+        if self.core.transfer is not None:
+            # The leader sends log bytes from our end now (another leader, or retention kept them): no transfer.
+            host.events.event("snapshot_transfer_dropped", offset=self.core.transfer.offset, our_end=self.core.end,
+                              reason="the leader sends log bytes from our end")
+            self.core.transfer = None
+            host.transfer.abort()
         st = host.state.before_append(self.core.end, d.epoch_starts)
         if st is not None:
             try:

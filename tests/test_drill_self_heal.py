@@ -43,6 +43,12 @@ def test_drill_rebuild_moves_a_data_directory_aside_and_the_node_rebuilds_from_i
         assert r["lost"] == [] and r["acked"] > 0 and r["logs_identical"] and r["logs_clean"], r
     assert err.count("healed by itself:               yes, in ") == 2, err
     assert "moving leadership off the bootstrap node node1" in err
+    # The leader has a snapshot (the drill takes one if not): the rebuilt node installs it, then fetches the
+    # log from its offset; its log is compared with the others' from there (docs/protocol.md, "Snapshot transfer").
+    for r in (r1, r2):
+        assert r["injected"]["leader_snapshot"] > 0 and r["injected"]["installed_snapshot"] > 0, r["injected"]
+        assert r["injected"]["rebuild_s"] == pytest.approx(r["heal_seconds"], abs=0.01)
+    assert err.count("healed by itself:               yes, in ") == err.count("by installing") // 2 == 2, err
 
 
 def test_drill_damage_injects_the_fault_only_watches_and_reports_truthfully(tmp_path):

@@ -348,3 +348,13 @@ def test_rename_comes_after_the_fsync(tmp_path, monkeypatch):
     monkeypatch.setattr(snap.os, "rename", rename)
     snap.write_file(str(tmp_path / "snapshots"), 1, parts)
     assert calls == ["fsync_file", "rename", "fsync_dir"]
+
+
+def test_snapshot_bytes_0_means_only_on_demand():
+    """snapshot_bytes = 0 (daemon/config.py: "snapshots only on demand"): before the fix `due` held at every
+    turn once anything was committed, so a node with 0 snapshotted after every batch."""
+    from daemon.node.snapshotting import due
+
+    assert not due(False, 5000, 5000, 0, 0, False, 0.0, 1.0)
+    assert due(False, 5000, 5000, 0, 0, True, 0.0, 1.0)  # `zwal snapshot` still takes one
+    assert due(False, 5000, 5000, 0, 4096, False, 0.0, 1.0)

@@ -10,6 +10,7 @@ and compare every log byte for byte.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import random
 import signal
@@ -28,7 +29,7 @@ from daemon.wal import CLEAN
 from daemon.wal.format import header_size
 from daemon.wal.reader import LogOpenError
 from daemon.wal.segments import iter_log_frames as iter_frames, locate, log_size, scan_log as scan_path
-from daemon.wal.segments import sha256_log as sha256_file
+from daemon.wal.segments import log_files
 
 
 @dataclass
@@ -201,6 +202,28 @@ class Load:
         self.stop.set()
         for t in self.threads:
             t.join(60)
+
+
+def first_offset(path: str) -> int:
+    """The first offset a node's log holds (above 0 after a snapshot install or retention)."""
+    return log_files(path)[0][0]
+
+
+def sha256_file(path: str, start: int = 0) -> str:
+    """Digest of the log's bytes from offset `start` on: how replicas are compared byte for byte.
+
+    A node rebuilt from the leader's snapshot holds no log below the
+    snapshot's offset, so logs are compared from the highest first offset."""
+    h = hashlib.sha256()
+    for base, p in log_files(path):
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if base + size <= start:
+                continue
+            f.seek(max(0, start - base))
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def log_records(path: str) -> dict[int, tuple[bytes, bytes | None]]:
@@ -449,11 +472,15 @@ class Drill:
         converge_s = time.monotonic() - t_p
         paths = {n.name: n.data_dir for n in self.cfg.nodes}
         logs_clean, hashes = True, {}
+        try:
+            start = max(first_offset(p) for p in paths.values())
+        except LogOpenError:
+            start = 0
         for n, p in paths.items():
             try:
                 r = scan_path(p)
                 logs_clean &= r.status == CLEAN
-                hashes[n] = sha256_file(p)
+                hashes[n] = sha256_file(p, start)
             except LogOpenError as e:
                 self.say(f"  cannot read {p}: {e}")
                 logs_clean = False
@@ -473,10 +500,14 @@ class Drill:
     def _logs(self) -> tuple[bool, bool]:
         """(every log byte-identical, every log verifies clean)."""
         clean, hashes = True, {}
+        try:
+            start = max(first_offset(n.data_dir) for n in self.cfg.nodes)
+        except LogOpenError:
+            start = 0
         for n in self.cfg.nodes:
             try:
                 clean &= scan_path(n.data_dir).status == CLEAN
-                hashes[n.name] = sha256_file(n.data_dir)
+                hashes[n.name] = sha256_file(n.data_dir, start)
             except LogOpenError as e:
                 self.say(f"  cannot read {n.data_dir}: {e}")
                 clean = False
@@ -542,6 +573,7 @@ class Drill:
         self.say(f"round {rnd}: leader is {leader}; starting {self.clients} clients, then rebuilding {target}")
         load.start()
         time.sleep(self.load_seconds)
+        snap_at = self._leader_snapshot(leader, rnd)
         t_fault = time.monotonic()
         self.scratch.hold(target, signal.SIGTERM)
         data_dir = self.cfg.node(target).data_dir.rstrip("/")
@@ -562,14 +594,35 @@ class Drill:
                 healed, heal_s = True, time.monotonic() - t_fault
                 break
             time.sleep(0.1)
-        note = (f"{target} caught up with {leader} from an empty log" if healed else
+        via = first_offset(self.cfg.node(target).data_dir) if healed else 0
+        how = (f"by installing {leader}'s snapshot at {via} (docs/protocol.md, 'Snapshot transfer'), then the log "
+               "from there" if via else "from an empty log, copying the log from offset 0")
+        note = (f"{target} caught up with {leader} {how}: rebuild took {heal_s:.2f} s" if healed else
                 f"{target} had not caught up with {leader} {self.timeout:.0f} s after its restart")
         time.sleep(min(1.0, self.load_seconds))
         load.finish()
         now = self.healthy() or self._leader()
         self.say(f"round {rnd}: {note}")
         return self._verdict(rnd, "rebuild", leader, now, ledger, t_fault, healed, heal_s, note,
-                             {"node": target, "moved_to": aside, "bootstrap": target == boot})
+                             {"node": target, "moved_to": aside, "bootstrap": target == boot,
+                              "leader_snapshot": snap_at, "installed_snapshot": via, "rebuild_s": round(heal_s, 3)})
+
+    def _leader_snapshot(self, leader: str, rnd: int) -> int:
+        """The leader's newest snapshot, taken now (as `zwal snapshot` does) if it has none: the rebuild fetches it."""
+        st = self.statuses().get(leader) or {}
+        newest = int((st.get("snapshot") or {}).get("newest") or 0)
+        if newest:
+            return newest
+        ep = self.cfg.node(leader).client_endpoint
+        try:
+            with Client([ep], timeout=10.0, deadline=30.0, creds=operator_creds(self.cfg, "admin"),
+                        cluster_id=self.cfg.cluster_id or None) as c:
+                r = c.admin("snapshot", ep, deadline=30.0)
+        except ZwalError as e:
+            self.say(f"round {rnd}: {leader} took no snapshot ({e}): the rebuild copies the log from offset 0")
+            return 0
+        self.say(f"round {rnd}: {leader} took a snapshot at {r['offset']}: the rebuilt node fetches it")
+        return int(r["offset"])
 
     def _leader(self) -> str | None:
         sts = {n: s for n, s in self.statuses().items() if s is not None}

@@ -18,7 +18,7 @@ from daemon.auth.keys import Identity
 from daemon.node.ports import ClientPort, Events, Limited
 from daemon.wire.client import Err, ProtocolError, Request, decode_request, error_reply, split_envelope
 from daemon.wal.format import MAX_FRAME
-from daemon.wire.replication import BadMessage, Fetch, RepairData, decode_fetch, decode_to_leader
+from daemon.wire.replication import BadMessage, Fetch, FetchSnapshot, RepairData, decode_fetch, decode_to_leader
 
 if TYPE_CHECKING:
     from daemon.node.leader_core import Counters
@@ -97,11 +97,12 @@ class OtherCluster:
 
 
 def authorize_fetch(frames: list[bytes], who: Sender, names: list[str], cluster_id: str, counters: "Counters",
-                    events: Events, now: float, repair_max: int = 0) -> Fetch | RepairData | Dropped | OtherCluster:
+                    events: Events, now: float, repair_max: int = 0) -> Fetch | RepairData | FetchSnapshot | Dropped | OtherCluster:
     """A message on the replication endpoint: a fetch this node may act on, or why not.
 
     With `repair_max` > 0 (a leader), repair data of up to that many bytes is
-    taken too (daemon/node/repair.py), under the same key and name checks."""
+    taken too (daemon/node/repair.py), and snapshot fetches (daemon/node/transfer.py), under the same key
+    and name checks."""
     if who is not None and (isinstance(who, _Revoked) or not policy.may_replicate(who.role)):
         # Only node keys replicate: a client or admin key, or a revoked one,
         # gets no log bytes and changes nothing.
@@ -119,8 +120,8 @@ def authorize_fetch(frames: list[bytes], who: Sender, names: list[str], cluster_
         _FORGED_LOG.warn(events, now, "forbidden", key=str(who), op="fetch",
                          reason=f"fetch in the name of {fetch.name!r}")
         return Dropped(f"fetch in the name of {fetch.name!r}")
-    if isinstance(fetch, RepairData):
-        return fetch  # asked for by this leader, by name: the core checks every frame
+    if isinstance(fetch, (RepairData, FetchSnapshot)):
+        return fetch  # repair: asked for by this leader, by name, every frame checked; a snapshot: by name
     if fetch.cluster and cluster_id and fetch.cluster != cluster_id:
         counters.error(Err.WRONG_CLUSTER)
         _WRONG_CLUSTER_LOG.warn(events, now, "wrong_cluster", op="fetch", node=fetch.name, theirs=fetch.cluster,

@@ -24,7 +24,7 @@ from typing import Any, Callable, Union, assert_never
 from daemon.node import answers
 from daemon.node.admission import Dropped, OtherCluster, Sender, authorize_fetch, decode_client
 from daemon.node.leader_core import (AppendRepair, CheckPeers, CompareOwn, Confirmed, Heard, LeaderCore,
-                                     RepairRefused, Reply, SendChunk, SendControl, ServeRead, StepDown)
+                                     RepairRefused, Reply, SendChunk, SendControl, SendSnapshot, ServeRead, StepDown)
 from daemon.node.repair import REPAIR_MAX_BYTES
 from daemon.node.watch import Answer, ServeWatch, Watches
 from daemon.node.ports import FsyncFailure, Host, Limited, SyncResult, Transition
@@ -33,10 +33,10 @@ from daemon.ops.stats import LatencyWindow
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 from daemon.wal.format import iter_frames_in
 from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, Request, WatchRecord, error_reply, ok_reply, watch_reply
-from daemon.wire.replication import Refuse, RepairData, encode
+from daemon.wire.replication import FetchSnapshot, Refuse, RepairData, SnapshotChunk, encode
 
 Action = Union[Reply, ServeRead, SendChunk, SendControl, StepDown, CheckPeers, Confirmed, AppendRepair,
-               RepairRefused, CompareOwn, Heard, Answer, ServeWatch]
+               RepairRefused, CompareOwn, Heard, Answer, ServeWatch, SendSnapshot]
 _EMPTY_CHUNK_LOG = Limited(burst=10)
 
 
@@ -274,6 +274,13 @@ class LeaderRole:
             self._perform([SendControl(frames[:1], Refuse(0, f"this node leads cluster {v.ours}, "
                                                              f"not {v.theirs}: check the cluster file"))])
             return
+        # -- snapshot transfer (daemon/node/transfer.py): what the core decides from --
+        self.core.snap = host.snapshots.offer()
+        self.core.oldest = host.log.oldest
+        self.core.fetch_max = self.cfg.fetch_max_bytes
+        if isinstance(v, FetchSnapshot):
+            self._perform(self.core.on_fetch_snapshot(v, frames[:1], now))
+            return
         self._perform(self.core.on_fetch(v, frames[:1], now))
         self._wake_watches()
 
@@ -309,6 +316,25 @@ class LeaderRole:
                 f"{host.client.waiting(a.envelope[0])} bytes of unread replies; read them, then retry")])
             return
         host.client.send([*a.envelope, body])
+
+    def _send_snapshot(self, a: SendSnapshot) -> None:
+        host = self.host
+        try:
+            data = host.snapshots.port.read_at(a.offset, a.pos, a.n)
+        except OSError as e:
+            data, why = b"", str(e)
+        else:
+            why = f"read {len(data)} of {a.n} bytes"
+        if len(data) != a.n:
+            # Removed (KEEP) or cut short since it was described: the next fetch is offered the newest.
+            host.events.warn("snapshot_chunk_not_sent", follower=a.follower, offset=a.offset, pos=a.pos, reason=why)
+            host.repl.send(a.envelope, encode(Refuse(self.core.epoch, f"snapshot {a.offset} is unreadable here "
+                                                                      f"({why}); fetch again")))
+            return
+        if a.pos == 0:
+            host.events.event("snapshot_transfer_serving", follower=a.follower, offset=a.offset, bytes=a.size)
+        host.repl.send(a.envelope, encode(SnapshotChunk(self.core.epoch, host.name, a.offset, a.crc, a.pos, a.size,
+                                                        data)))
 
     def _send_chunk(self, a: SendChunk) -> None:
         host, core = self.host, self.core
@@ -351,6 +377,8 @@ class LeaderRole:
                                                                         envelope=act.envelope)])
                 case SendChunk():
                     self._send_chunk(act)
+                case SendSnapshot():
+                    self._send_snapshot(act)
                 case SendControl():
                     host.repl.send(act.envelope, encode(act.msg))
                 case StepDown():

@@ -43,7 +43,9 @@ from daemon.wal.format import Record, encode_frame
 from daemon.wire.client import Err, ProtocolError, Request, error_reply, validate_write, write_ok
 from daemon.node.repair import MAX_REPAIR_FAILURES, confirm_quorum, verify_repair
 from daemon.wal.format import Frame
-from daemon.wire.replication import Data, Fetch, FromLeader, Refuse, RepairData, RepairRequest, Truncate
+from daemon.node.transfer import SnapInfo, serve_range, wants_snapshot
+from daemon.wire.replication import (Data, Fetch, FetchSnapshot, FromLeader, Refuse, RepairData, RepairRequest,
+                                     SnapshotNeeded, Truncate)
 
 Envelope = list[bytes]
 
@@ -61,6 +63,19 @@ class SendChunk:
     follower: str
     envelope: Envelope
     offset: int
+
+
+@dataclass(slots=True)
+class SendSnapshot:
+    """Ship bytes [pos, pos + n) of the snapshot at `offset` (pread from the file by the loop, per chunk)."""
+
+    follower: str
+    envelope: Envelope
+    offset: int
+    crc: int
+    pos: int
+    n: int
+    size: int
 
 
 @dataclass(slots=True)
@@ -294,6 +309,11 @@ class LeaderCore:
         self.stepped_down: StepDown | None = None
         self._in_sync_at = float("nan")
         self._in_sync = 0
+        # -- snapshot transfer (daemon/node/transfer.py): the glue keeps these current --
+        self.snap: SnapInfo | None = None  # the newest snapshot this node holds
+        self.oldest = 0  # the oldest offset the log still holds (retention deletes below it)
+        self.transfers: dict[str, float] = {}  # follower -> when it last fetched a snapshot chunk
+        self.fetch_max = 1 << 20
 
     # -- client writes ------------------------------------------------------
 
@@ -572,7 +592,20 @@ class LeaderCore:
             f.acked = offset
             out.extend(self._advance_commit())
         out.extend(self._serve_reads())
-        if offset < self.end:
+        if offset < self.end and wants_snapshot(offset, self.oldest, self.end, self.snap):
+            # Below our oldest offset (or an empty log, for which the snapshot
+            # is smaller than the log): the snapshot, not log bytes.
+            assert self.snap is not None
+            f.parked = None
+            out.append(SendControl(envelope, SnapshotNeeded(self.epoch, self.name, self.snap.offset, self.snap.size,
+                                                            self.snap.crc, self.end)))
+        elif offset < self.oldest:
+            f.parked = None
+            out.append(SendControl(envelope, Refuse(self.epoch, f"offset {offset} is below the oldest offset "
+                                                                f"{self.oldest} this leader keeps and it has no "
+                                                                "snapshot to send")))
+        elif offset < self.end:
+            self.transfers.pop(name, None)
             f.parked = None
             out.append(SendChunk(name, envelope, offset))
         elif fetch.epoch < self.epoch or f.round < self.round:
@@ -583,6 +616,24 @@ class LeaderCore:
             f.parked = envelope
             f.parked_at = now
         return out
+
+    def on_fetch_snapshot(self, req: FetchSnapshot, envelope: Envelope, now: float) -> list[Any]:
+        """A follower asks for a chunk of our snapshot: send it, or offer the newest again if it names another."""
+        if req.epoch > self.epoch:
+            return [CheckPeers(f"follower {req.name} says it is at epoch {req.epoch}")]
+        if req.name not in self.followers:
+            return [SendControl(envelope, Refuse(self.epoch, f"{req.name} is not a node of this cluster"))]
+        rng = serve_range(req, self.snap, self.fetch_max)
+        if rng is None:
+            self.transfers.pop(req.name, None)
+            if self.snap is None:
+                return [SendControl(envelope, Refuse(self.epoch, "this leader has no snapshot to send"))]
+            # Another file (ours was replaced by a newer one, or another leader's): start again.
+            return [SendControl(envelope, SnapshotNeeded(self.epoch, self.name, self.snap.offset, self.snap.size,
+                                                         self.snap.crc, self.end))]
+        assert self.snap is not None
+        self.transfers[req.name] = now
+        return [SendSnapshot(req.name, envelope, self.snap.offset, self.snap.crc, rng[0], rng[1], self.snap.size)]
 
     def revoke(self, names: set[str]) -> None:
         """These followers' keys were revoked: their parked fetches get no answer

@@ -42,6 +42,7 @@ from daemon.node.identity import merge_history
 from daemon.node.snapshot import name_for, snapshot_dir
 from daemon.node.snapshot_writer import production as snapshot_port
 from daemon.node.snapshotting import Snapshotter
+from daemon.node import install
 from daemon.wal import LogCorrupt, WalFsyncError, WalPoisoned
 from daemon.wal.segments import ReplayPointMissing, log_size, open_segments
 from daemon.wire.client import MAX_MESSAGE
@@ -115,6 +116,7 @@ class Node:
         self.scan: ScanResult | None = None
         self.snapshots = Snapshotter(snapshot_port(snapshot_dir(self.me.data_dir)), self.events, cfg.snapshot_bytes,
                                      cfg.retain_bytes)
+        self.transfer = install.FileTransfer(self.me.data_dir, cfg.retry_window_seconds)
         self.started = time.monotonic()
         self.notifier = Notifier()
         self.metrics = Metrics(name, self.me.metrics_port, cfg.metrics_bind)
@@ -233,6 +235,8 @@ class Node:
 
         # -- the newest valid snapshot, then the log after it (daemon/node/snapshot_load.py) --
         self.snapshots.cancel("the log is being recovered again")  # a reload: its temp file is removed below
+        self.transfer.close()
+        install.finish(self.me.data_dir, self.events)  # an interrupted snapshot install: back or forward
         snaps = snapshot_load.candidates(snapshot_dir(self.me.data_dir), self.cfg.retry_window_seconds, self.events)
         while True:
             loaded = next(snaps, None)

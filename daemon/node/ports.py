@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from daemon.wal import retention
     from daemon.node.peers import PeerView
     from daemon.node.snapshotting import Snapshotter
+    from daemon.node.transfer import Partial
 
 Envelope = list[bytes]
 
@@ -103,6 +104,24 @@ class Log(Protocol):
         ...
     def retire(self, upto: int, reason: str) -> None:
         """Delete the sealed segments below `upto` (a segment's base), durably and logged; never while busy."""
+        ...
+
+
+class TransferPort(Protocol):
+    """A follower's snapshot transfer on disk (daemon/node/install.py): moves bytes, decides nothing."""
+
+    def partial(self) -> "Partial | None":
+        """The transfer a stopped process left: its file's offset, crc and bytes so far."""
+        ...
+    def begin(self, offset: int, crc: int, pos: int) -> None:
+        """Open this transfer's temp file keeping its first `pos` bytes; other transfers' files are removed."""
+        ...
+    def write(self, pos: int, data: bytes) -> None: ...
+    def abort(self) -> None:
+        """Give the transfer up (its temp file removed)."""
+        ...
+    def install(self, offset: int, crc: int, size: int) -> str:
+        """fsync, verify the whole file, install it atomically; "" when installed, else why not (file removed)."""
         ...
 
 
@@ -213,6 +232,10 @@ class Host(Protocol):
     @property
     def snapshots(self) -> "Snapshotter":
         """When to snapshot (daemon/node/snapshotting.py) over the node's SnapshotPort; outlives roles."""
+        ...
+    @property
+    def transfer(self) -> TransferPort:
+        """A follower's snapshot transfer on disk (daemon/node/install.py)."""
         ...
     def save_state(self, st: NodeState, patience: float = ...) -> None: ...
     def endpoint_of(self, name: str) -> str | None: ...

@@ -189,6 +189,21 @@ def decode_header(buf: bytes) -> tuple[Header, int]:
     return h, end + 4
 
 
+def header_crc(buf: bytes) -> int:
+    """The header's own checksum (the u32 after the header map): names one snapshot file."""
+    _, pos = decode_header(buf)
+    return int(_CRC.unpack_from(buf, pos - 4)[0])
+
+
+def head_bytes(fd: int) -> bytes:
+    """The fixed part and the header map of the snapshot open at `fd` (pread: the file position is not used)."""
+    fixed = os.pread(fd, _HEAD.size, 0)
+    if len(fixed) < _HEAD.size:
+        return fixed
+    n = _HEAD.unpack_from(fixed, 0)[3]
+    return fixed + os.pread(fd, min(n, MAX_CHUNK) + 4, _HEAD.size)
+
+
 def _chunks(buf: bytes, pos: int, count: int) -> Iterator[tuple[int, object]]:
     for i in range(count):
         if pos + _CHUNK.size > len(buf):

@@ -53,8 +53,9 @@ def check_prefix(h: snap.Header, scan: ScanResult, read_raw: Callable[[int, int]
 
     `oldest` is the first offset the log still holds: when retention deleted
     the segment with the snapshot's last frame (it ended at the snapshot's
-    offset), there is nothing left to compare, and the log after it is
-    what counts."""
+    offset), or the log begins at the snapshot's offset (an installed
+    snapshot, daemon/node/install.py), there is no frame below it to
+    compare: the snapshot is all there is of that prefix."""
     if scan.valid_end < h.offset:
         return f"the log ends at {scan.valid_end}, before the snapshot's offset {h.offset}"
     if scan.replayed_from != h.offset:

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from daemon.node import snapshot as snap
 from daemon.node.kv import KVState, RetryWindow, _Client
 from daemon.node.snapshotting import Written
+from daemon.node.transfer import SnapInfo
 
 
 class _Dir:
@@ -37,6 +38,26 @@ class _Dir:
 
     def move_aside(self, offset: int, why: str) -> str:
         return snap.move_aside(os.path.join(self.directory, snap.name_for(offset)), f".{why}")
+
+    def describe(self, offset: int) -> SnapInfo | None:
+        try:
+            fd = os.open(os.path.join(self.directory, snap.name_for(offset)), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return SnapInfo(offset, os.fstat(fd).st_size, snap.header_crc(snap.head_bytes(fd)))
+        except (OSError, snap.SnapshotError):
+            return None
+        finally:
+            os.close(fd)
+
+    def read_at(self, offset: int, pos: int, n: int) -> bytes:
+        # Opened per chunk: a transfer never keeps a file open that KEEP may remove.
+        fd = os.open(os.path.join(self.directory, snap.name_for(offset)), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, n, pos)
+        finally:
+            os.close(fd)
 
 
 class ForkSnapshots(_Dir):

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from daemon.node.kv import KVState
 from daemon.node.ports import ClientPort, Events, Log
 from daemon.node.retaining import Retainer
+from daemon.node.transfer import SnapInfo
 from daemon.wire.client import Err, error_reply, ok_reply
 
 SNAPSHOT_OP = "snapshot"
@@ -60,6 +61,12 @@ class SnapshotPort(Protocol):
         ...
     def remove(self, offset: int) -> str: ...
     def move_aside(self, offset: int, why: str) -> str: ...
+    def describe(self, offset: int) -> SnapInfo | None:
+        """The snapshot at `offset`'s size and header crc, read from its header (None: gone or unreadable)."""
+        ...
+    def read_at(self, offset: int, pos: int, n: int) -> bytes:
+        """Bytes [pos, pos + n) of the snapshot at `offset`: opened, pread, closed (raises OSError when gone)."""
+        ...
 
 
 def due(busy: bool, kv_end: int, commit: int | None, newest: int, every: int, requested: bool,
@@ -69,7 +76,8 @@ def due(busy: bool, kv_end: int, commit: int | None, newest: int, every: int, re
         return False
     if requested:
         return True
-    return now >= retry_at and kv_end - newest >= every
+    # every = 0: only on demand (daemon/config.py), never "always due".
+    return every > 0 and now >= retry_at and kv_end - newest >= every
 
 
 class Snapshotter:
@@ -86,6 +94,15 @@ class Snapshotter:
         self._client: ClientPort | None = None
         self._retry_at = 0.0
         self._taking: int | None = None
+        self._offer: SnapInfo | None = None
+
+    def offer(self) -> SnapInfo | None:
+        """The newest snapshot a leader offers a follower (snapshot transfer, daemon/node/transfer.py)."""
+        if not self.newest:
+            return None
+        if self._offer is None or self._offer.offset != self.newest:
+            self._offer = self.port.describe(self.newest)
+        return self._offer
 
     def status(self) -> dict[str, Any]:
         return {"snapshot": {"newest": self.newest, "writing": self._taking, "every_bytes": self.every},

@@ -4,7 +4,12 @@ A follower sends `Fetch`; a leader answers with `Data` (a chunk or, with
 `offset` None, a heartbeat), `Truncate` or `Refuse`; a node that does not
 lead answers `NotLeader`. A restarted leader that lost records of its own
 epoch asks a follower that holds them with `RepairRequest`, and the
-follower answers `RepairData` (daemon/node/repair.py). Every decoder checks every field: bytes from the
+follower answers `RepairData` (daemon/node/repair.py). A follower that needs
+bytes the leader no longer holds (below its oldest segment), or a new node
+for which the leader's newest snapshot is smaller than the log below it, is
+answered `SnapshotNeeded`; it then asks `FetchSnapshot` for the file in
+chunks and is answered `SnapshotChunk` (Raft's InstallSnapshot, KRaft's
+FetchSnapshot; daemon/node/transfer.py). Every decoder checks every field: bytes from the
 network become a typed message or a `BadMessage` with a reason, never a
 half-trusted dict.
 """
@@ -118,8 +123,53 @@ class RepairData:
     data: bytes
 
 
-FromLeader = Data | Truncate | Refuse | NotLeader | RepairRequest
-ToLeader = Fetch | RepairData
+@dataclass(frozen=True, slots=True)
+class SnapshotNeeded:
+    """Leader -> follower: the bytes you asked for are not sent as log; fetch my snapshot `offset` first.
+
+    `size` is the snapshot file's length in bytes, `crc` its header's own
+    checksum (the u32 after the header map, daemon/node/snapshot.py), which
+    names one file: a follower resumes a transfer only of the same offset
+    and crc. `end` is the leader's end now: the follower counts as no copy
+    for promotion until its log reaches it (NodeState.damaged_end).
+    """
+
+    epoch: int
+    leader: str
+    offset: int
+    size: int
+    crc: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSnapshot:
+    """Follower -> leader: send me bytes [pos, pos + max) of your snapshot `offset` (whose header crc is `crc`)."""
+
+    name: str
+    epoch: int
+    offset: int
+    crc: int
+    pos: int
+    max: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """Leader -> follower: bytes of snapshot `offset` (header crc `crc`, `size` bytes in all) from `pos`."""
+
+    epoch: int
+    leader: str
+    offset: int
+    crc: int
+    pos: int
+    size: int
+    data: bytes
+
+
+FromLeader = Data | Truncate | Refuse | NotLeader | RepairRequest | SnapshotNeeded | SnapshotChunk
+ToLeader = Fetch | RepairData | FetchSnapshot
+MAX_CRC = 2**32 - 1
 
 
 def _uint(m: dict[str, Any], k: str, *, optional: bool = False) -> Any:
@@ -170,6 +220,25 @@ def encode_fetch(f: Fetch) -> bytes:
     return _pack(m)
 
 
+def encode_fetch_snapshot(f: FetchSnapshot) -> bytes:
+    return _pack({"t": "fetch_snapshot", "name": f.name, "epoch": f.epoch, "offset": f.offset, "crc": f.crc,
+                  "pos": f.pos, "max": f.max})
+
+
+def _crc(m: dict[str, Any]) -> int:
+    v = _uint(m, "crc")
+    if v > MAX_CRC:
+        raise BadMessage(f"field 'crc' must be a 32-bit checksum, got {v!r}")
+    return int(v)
+
+
+def decode_fetch_snapshot(m: dict[str, Any]) -> FetchSnapshot:
+    most = _uint(m, "max")
+    if most == 0:
+        raise BadMessage("a snapshot fetch needs max > 0")
+    return FetchSnapshot(_str(m, "name"), _uint(m, "epoch"), _uint(m, "offset"), _crc(m), _uint(m, "pos"), most)
+
+
 def encode_repair_data(r: RepairData) -> list[bytes]:
     return [_pack({"t": "repair_data", "name": r.name, "epoch": r.epoch, "offset": r.offset}), r.data]
 
@@ -184,6 +253,10 @@ def decode_to_leader(frames: list[bytes], max_data: int) -> ToLeader:
         if not 0 < len(data) <= max_data:
             raise BadMessage(f"repair data must be 1..{max_data} bytes, got {len(data)}")
         return RepairData(_str(m, "name"), _uint(m, "epoch"), _uint(m, "offset"), data)
+    if len(frames) == 2:
+        m = _map(frames[1])
+        if m["t"] == "fetch_snapshot":
+            return decode_fetch_snapshot(m)
     return decode_fetch(frames)
 
 
@@ -219,6 +292,12 @@ def encode(msg: FromLeader) -> list[bytes]:
                        "upto": msg.upto, "max": msg.max})]
     if isinstance(msg, NotLeader):
         return [_pack({"t": "not_leader", "epoch": msg.epoch, "leader": msg.leader})]
+    if isinstance(msg, SnapshotNeeded):
+        return [_pack({"t": "snapshot_needed", "epoch": msg.epoch, "leader": msg.leader, "offset": msg.offset,
+                       "size": msg.size, "crc": msg.crc, "end": msg.end})]
+    if isinstance(msg, SnapshotChunk):
+        return [_pack({"t": "snapshot_chunk", "epoch": msg.epoch, "leader": msg.leader, "offset": msg.offset,
+                       "crc": msg.crc, "pos": msg.pos, "size": msg.size}), msg.data]
     raise AssertionError(f"not a message to a follower: {msg!r}")
 
 
@@ -236,6 +315,13 @@ def decode_from_leader(frames: list[bytes]) -> FromLeader:
         return Data(epoch, _str(m, "leader"), offset, _uint(m, "end"), _uint(m, "commit"),
                     _uint(m, "round", optional=True) or 0, frames[1] if offset is not None else None,
                     _uint(m, "inc", optional=True) or 0)
+    if t == "snapshot_chunk":
+        if len(frames) != 2:
+            raise BadMessage("a snapshot chunk is a header and one frame of bytes")
+        offset, pos, size, data = _uint(m, "offset"), _uint(m, "pos"), _uint(m, "size"), frames[1]
+        if not data or pos + len(data) > size:
+            raise BadMessage(f"a snapshot chunk of {len(data)} bytes at {pos} does not fit in {size} bytes")
+        return SnapshotChunk(epoch, _str(m, "leader"), offset, _crc(m), pos, size, data)
     if len(frames) != 1:
         raise BadMessage(f"a {t!r} message is one frame")
     if t == "truncate":
@@ -250,4 +336,9 @@ def decode_from_leader(frames: list[bytes]) -> FromLeader:
         if not offset < upto or most == 0:
             raise BadMessage(f"a repair request needs offset < upto and max > 0 (got {offset}, {upto}, {most})")
         return RepairRequest(epoch, _str(m, "leader"), offset, upto, most)
+    if t == "snapshot_needed":
+        offset, size, end = _uint(m, "offset"), _uint(m, "size"), _uint(m, "end")
+        if offset == 0 or size == 0 or end < offset:
+            raise BadMessage(f"a snapshot offer needs 0 < offset <= end and size > 0 (got {offset}, {end}, {size})")
+        return SnapshotNeeded(epoch, _str(m, "leader"), offset, size, _crc(m), end)
     raise BadMessage(f"unknown message type {t!r}")

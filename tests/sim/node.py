@@ -25,6 +25,7 @@ from daemon.node import snapshot as snap
 from daemon.node import snapshot_load
 from daemon.node.kv import KVState
 from daemon.node.snapshotting import Snapshotter, Written
+from daemon.node.transfer import SnapInfo
 from daemon.node.leader import LeaderRole
 from daemon.node.leader_core import InvariantViolation
 from daemon.node.peers import PeerView, status_probe
@@ -278,6 +279,7 @@ class SimSnapshots:
         self.aside: list[tuple[int, str]] = []
         self._pending: tuple[int, int, bytes] | None = None  # (write id, offset, bytes)
         self._done: Written | None = None
+        self.offer_transfers = False
 
     @property
     def busy(self) -> bool:
@@ -316,11 +318,45 @@ class SimSnapshots:
         del self.files[offset]
         return snap.name_for(offset)
 
+    def describe(self, offset: int) -> SnapInfo | None:
+        # Snapshot transfer is not modelled yet: the simulated log cannot start
+        # at a snapshot's offset, so this world's leaders offer no snapshot
+        # (LeaderCore then sends log bytes from 0, as before).
+        if not self.offer_transfers:
+            return None
+        data = self.files.get(offset)
+        return SnapInfo(offset, len(data), snap.header_crc(data)) if data is not None else None
+
+    def read_at(self, offset: int, pos: int, n: int) -> bytes:
+        data = self.files.get(offset)
+        if data is None:
+            raise FileNotFoundError(snap.name_for(offset))
+        return data[pos:pos + n]
+
     def move_aside(self, offset: int, why: str) -> str:
         del self.files[offset]
         self.aside.append((offset, why))
         self.node.sim.stats[f"snapshots_{why}"] += 1
         return f"{snap.name_for(offset)}.{why}"
+
+
+class SimTransfer:
+    """The TransferPort: not modelled yet (the simulator's leaders offer no snapshot, SimSnapshots.describe)."""
+
+    def partial(self) -> None:
+        return None
+
+    def begin(self, offset: int, crc: int, pos: int) -> None:
+        raise AssertionError("snapshot transfer is not modelled in the simulator")
+
+    def write(self, pos: int, data: bytes) -> None:
+        raise AssertionError("snapshot transfer is not modelled in the simulator")
+
+    def abort(self) -> None:
+        pass
+
+    def install(self, offset: int, crc: int, size: int) -> str:
+        raise AssertionError("snapshot transfer is not modelled in the simulator")
 
 
 class SimClientPort:
@@ -466,6 +502,7 @@ class SimNode:
         self.link = SimLink(self)
         self.snapshot_files = SimSnapshots(self)
         self.snapshots = Snapshotter(self.snapshot_files, self.events, self.cfg.snapshot_bytes, self.cfg.retain_bytes)
+        self.transfer = SimTransfer()
         # What waits in the sockets until the role reads it.
         self.client_q: deque[tuple[list[bytes], Sender]] = deque()
         self.repl_q: deque[tuple[list[bytes], Sender]] = deque()
