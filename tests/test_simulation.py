@@ -160,10 +160,7 @@ def test_same_seed_same_trace_with_the_new_faults():
     assert runs[0] == runs[1]
 
 
-@pytest.mark.xfail(strict=True, raises=TodaysBug, reason=(
-    "open safety bug (docs/protocol.md, 'Known bug'): a leader resumes writing in its own epoch after a "
-    "recovery cut while an unheard follower holds that epoch's old bytes at the same offsets; after a "
-    "promotion the new leader counts that follower as a prefix. Fix: a new epoch before resuming"))
 @pytest.mark.parametrize("seed", [0, 3])
 def test_a_resumed_leader_never_rewrites_an_epoch_an_unheard_follower_holds(seed):
-    expect_bug(resumed_leader_unheard, "logs-agree", "their logs differ", seed)
+    """Seeds 505659 and 700545 of the long run: logs-agree before a restarted leader heard every follower."""
+    resumed_leader_unheard(seed)

@@ -15,7 +15,7 @@ Invariants it protects (docs/protocol.md):
   OffsetsForLeaderEpoch); a follower ahead of the leader in the leader's own
   epoch is never told to truncate;
 - a restarted leader that cut bytes from its log (`confirming`) takes no
-  writes and truncates nobody until F - K + 1 followers have answered; a
+  writes and truncates nobody until every follower has answered; a
   follower holding records of its epoch that it lost repairs it (frames
   checked, daemon/node/repair.py) and it leads on; only records of another
   epoch it cannot repair make it step down, naming the follower to promote;
@@ -254,11 +254,11 @@ class LeaderCore:
         self.batch_max_bytes = batch_max_bytes
         self.followers = {n: FollowerProgress(n) for n in followers}
         # Followers whose positions this restarted leader (which cut its tail)
-        # has seen; None when there is nothing to confirm. F - K + 1 of them
-        # suffice (Protocol-Aware Recovery, Alagappan et al., FAST 2018): an
-        # acknowledged record is on K followers, so any F - K + 1 include one
-        # that holds it, and the most advanced answer covers every
-        # acknowledged record (daemon/node/repair.py). Those that did not
+        # has seen; None when there is nothing to confirm. All of them are
+        # needed (daemon/node/repair.py confirm_quorum: F - K + 1 would find
+        # every acknowledged record, but resuming in the same epoch with one
+        # unheard let two logs differ after a promotion; Protocol-Aware
+        # Recovery, Alagappan et al., FAST 2018, is the repair). Those that did not
         # answer may hold old, unacknowledged bytes of this epoch beyond the
         # end it resumes at: they are `unheard`, and truncated there.
         self.confirm_need = confirm_quorum(len(followers), ack_replicas)

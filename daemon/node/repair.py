@@ -38,17 +38,21 @@ MAX_REPAIR_FAILURES = 3
 
 
 def confirm_quorum(followers: int, ack_replicas: int) -> int:
-    """How many followers a restarted leader that cut its tail must hear before it decides.
+    """How many followers a restarted leader that cut its tail must hear before it writes again.
 
-    F - K + 1 (at least one of them holds every acknowledged record). With
-    K = 0 nothing is guaranteed to be on any follower: it hears them all,
-    so that it keeps whatever any of them holds.
+    All of them. F - K + 1 would do to find every acknowledged record (any
+    F - K + 1 followers include one of the K that hold it), and this code
+    once stopped there. But the leader then writes new records at the cut
+    offsets in its own epoch, and a follower it has not heard may still hold
+    other, never acknowledged bytes of that epoch at the same offsets: once
+    leadership moves, the next leader's epoch check counts that follower as
+    a prefix, and two logs differ (simulator scenario resumed_leader_unheard;
+    docs/protocol.md). Until such a leader takes a new epoch before it
+    resumes, it hears every follower first. A repair that brings its log
+    back to the end it had (`damaged_end`) needs no answers at all.
     """
-    if followers == 0:
-        return 0
-    if ack_replicas == 0:
-        return followers
-    return max(1, followers - ack_replicas + 1)
+    del ack_replicas  # the rule no longer depends on K
+    return followers
 
 
 def verify_repair(data: bytes, offset: int, epoch: int, claimed_end: int,

@@ -15,10 +15,14 @@ the log after it, without a transfer from the leader.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from daemon.node.ports import Events, Log
+from daemon.ops import logs
 from daemon.wal import retention
 
 PASS_EVERY_S = 1.0
+_SKIPPED = logs.Limited(burst=5)
 
 
 class Retainer:
@@ -34,15 +38,22 @@ class Retainer:
         return {"retention": {"retain_bytes": self.retain_bytes, "deleted_segments": self.deleted_segments,
                               "deleted_bytes": self.deleted_bytes, "kept_because": self.kept_because}}
 
-    def step(self, log: Log, snapshot_offsets: list[int], acked_floor: int | None,
+    def step(self, log: Log, snapshot_offsets: Callable[[], list[int]], acked_floor: int | None,
              transfer_floor: int | None, now: float) -> None:
+        """One pass, at most once a second; `snapshot_offsets` lists the kept snapshots (newest first)
+        and is called only when a pass runs (it reads a directory)."""
         if now < self._next or log.busy:
             return
         self._next = now + PASS_EVERY_S
         segs = log.segments_view()
         if len(segs) < 2:
             return
-        kept = snapshot_offsets[:2]
+        try:
+            kept = snapshot_offsets()[:2]
+        except OSError as e:
+            # Out of descriptors (EMFILE) or a disk error: no pass now, the next one tries again.
+            _SKIPPED.warn("retention_pass_skipped", error=str(e))
+            return
         p = retention.plan(segs, snapshot_offset=min(kept) if kept else None, acked_floor=acked_floor,
                            transfer_floor=transfer_floor, retain_bytes=self.retain_bytes)
         self.kept_because = p.kept_because

@@ -128,7 +128,7 @@ class Snapshotter:
         done = self.port.poll()
         if done is not None:
             self._finished(done, now)
-        self.retainer.step(log, self.port.offsets(), acked_floor, transfer_floor, now)
+        self.retainer.step(log, self.port.offsets, acked_floor, transfer_floor, now)
         if due(self.port.busy, kv.end, commit, self.newest, self.every, bool(self._waiting), self._retry_at, now):
             last_crc = 0
             if kv.last is not None:

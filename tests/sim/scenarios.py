@@ -659,13 +659,15 @@ NEW = {
 
 
 def resumed_leader_unheard(seed: int = 0) -> Sim:
-    """(n) A leader resumes in its own epoch after a recovery cut while a follower that holds the cut
-    record is unheard; then leadership moves before that follower fetches again (5 nodes, K = 2).
+    """(n) A leader restarts after a recovery cut while a follower that holds the cut record is
+    unheard; then leadership moves (5 nodes, K = 2).
 
-    The cut record R was never acknowledged (only n3 had it), so cutting it is allowed. But the
-    leader then writes R' at R's offset in the same epoch; n3 still holds R there, and a later
-    leader's epoch check takes n3's log for a prefix. Today: logs-agree (the open bug in
-    docs/protocol.md, "Known bug"); found by the long seed run (seeds 505659, 700545).
+    The cut record R was never acknowledged (only n3 had it), so cutting it is allowed. Had the
+    leader resumed with the three other followers' answers (F - K + 1), it would write R' at R's
+    offset in the same epoch while n3 still holds R there, and a later leader's epoch check would
+    take n3's log for a prefix (logs-agree; found by the long seed run, seeds 505659 and 700545).
+    Now it hears every follower first: nothing is written while n3 is away, and once n3 is back
+    writes resume and every log agrees after a promotion.
     """
     from .faults import damage_tail
 
@@ -686,10 +688,13 @@ def resumed_leader_unheard(seed: int = 0) -> Sim:
     sim.restart("n1")
     sim.run_for(1.5)
     c2 = sim.client("c2")
+    refused = _writes(sim, c2, 2, prefix="early")
+    assert not any(r and r.get("ok") for r in refused), f"written while n3 is unheard: {refused}"
+    sim.world.net.heal(away)
+    sim.run_for(2.0)
     acked = _writes(sim, c2, 3, prefix="after")
     assert all(r and r["ok"] for r in acked), acked
     sim.crash("n1")
-    sim.world.net.heal(away)
     _promote(sim, "n2", settle=2.0)
     sim.run_for(2.0)
     sim.inv.check_end()
