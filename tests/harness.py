@@ -21,7 +21,6 @@ from daemon import config as config_mod
 from daemon.cli.cmd_cluster import create_keys, mark_first_start, render
 from daemon.ops.ports import free_base_port  # noqa: F401  (tests import it from here)
 from daemon.wal.reader import sha256_file
-from daemon.wal.segments import sha256_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -236,15 +235,37 @@ class Cluster:
             return len(set(ends.values())) == 1
 
         wait_until(same, timeout, f"{names} to reach the same end offset")
-        from daemon.wal.segments import read_all, read_oldest
+        from daemon.wal.segments import log_files
 
-        oldest = {n: read_oldest(self.log_dir(n)) or 0 for n in names}
-        if not any(oldest.values()):
-            hashes = {n: sha256_log(self.log_dir(n)) for n in names}
-        else:
-            start = max(oldest.values())
-            hashes = {n: hashlib.sha256(read_all(self.log_dir(n))[start - oldest[n]:]).hexdigest() for n in names}
-        assert len(set(hashes.values())) == 1, f"logs differ: {hashes}"
+        def held(n: str) -> tuple[int, bytes] | None:
+            """(first offset, bytes) of a node's log, from one listing; None if retention
+            deleted a segment while it was read (a running node prunes by itself)."""
+            files = log_files(self.log_dir(n))
+            try:
+                data = b"".join(open(p, "rb").read() for _, p in files)
+            except FileNotFoundError:
+                return None
+            return files[0][0], data
+
+        hashes: dict[str, str] = {}
+
+        def agree() -> bool:
+            logs: dict[str, tuple[int, bytes]] = {}
+            for n in names:
+                h = held(n)
+                if h is None:
+                    return False
+                logs[n] = h
+            start = max(b for b, _ in logs.values())  # bytes every node still holds
+            hashes.clear()
+            hashes.update({n: hashlib.sha256(d[start - b:]).hexdigest() for n, (b, d) in logs.items()})
+            return len(set(hashes.values())) == 1
+
+        for _ in range(20):  # a segment deleted between two nodes' reads: read again
+            if agree():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"logs differ: {hashes}")
 
     def zwal(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
