@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from daemon.wal.reader import ScanResult
-from daemon.wal.writer import fsync_dir, write_full
+from daemon.wal.writer import fsync_dir, replace_json_durably, write_full
 
 LEADER = "leader"
 FOLLOWER = "follower"
@@ -303,16 +303,7 @@ CLEAN_STOP = "clean-stop.json"
 
 def save_clean_stop(data_dir: str, end: int) -> None:
     """After a clean stop (the log fsynced and closed): the end it stopped at, durably."""
-    path = os.path.join(data_dir, CLEAN_STOP)
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        write_full(fd, json.dumps({"end": end}).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(data_dir)
+    replace_json_durably(os.path.join(data_dir, CLEAN_STOP), {"end": end})
 
 
 def take_clean_stop(data_dir: str) -> int | None:

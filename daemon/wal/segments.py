@@ -36,7 +36,7 @@ from .format import Frame, Record, encode_frame
 from .reader import CLEAN, CORRUPT, TORN, LogOpenError, ScanResult, iter_frames, read_chunk, scan_fd, scan_path
 from .recovery import LogCorrupt, open_log
 from .writer import (SyncFn, WalError, WalFsyncError, WalPoisoned, WalWriteError, WalWriter, WriteFn, fsync_dir,
-                     unsynced_note_path, write_full)
+                     replace_json_durably, unsynced_note_path, write_full)
 
 LOG_DIR = "log"
 LEGACY_LOG = "wal.log"  # the single-file log of zwal before segments
@@ -492,17 +492,8 @@ def migrate_legacy(data_dir: str, hook: MigrateHook | None = None) -> bool:
 
 
 def _write_oldest(log_dir: str, oldest: int) -> None:
-    """Durably record the oldest offset the log keeps (temp file, fsync, rename, dir fsync)."""
-    path = os.path.join(log_dir, OLDEST_NOTE)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        write_full(fd, json.dumps({"oldest": oldest}).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(log_dir)
+    """Durably record the oldest offset the log keeps."""
+    replace_json_durably(os.path.join(log_dir, OLDEST_NOTE), {"oldest": oldest})
 
 
 def read_oldest(log_dir: str) -> int | None:

@@ -89,6 +89,20 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def replace_json_durably(path: str, doc: object) -> None:
+    """Replace the small JSON file `path` atomically and durably: a temporary file
+    written and fsynced, renamed over `path`, then the directory fsynced."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_full(fd, json.dumps(doc).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
 def open_append(path: str, create: bool = True) -> tuple[int, bool]:
     """Open (creating if needed, unless `create` is False) for appending; returns (fd, created)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
