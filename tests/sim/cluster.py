@@ -196,6 +196,8 @@ class Sim:
         flipped = False
         while w.now < until:
             yield Sleep(rng.expovariate(1 / 0.35))
+            if w.now >= until:
+                return  # no fault after the healing began: it would land in the settled cluster
             leader = self.leader()
             pick = rng.choices(
                 ["crash", "pause", "partition", "disconnect", "loss", "slow", "fsync", "flip", "promote",

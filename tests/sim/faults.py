@@ -281,19 +281,6 @@ class FaultSim(Sim):
         return not (self._once & self.COPY_FAULTS) and not any(
             n.disk.flips or n.disk.destroyed for n in self.nodes.values())
 
-    def chaos(self, until: float) -> Gen:
-        """cluster.py's chaos, except that it does nothing once `until` has passed (faults stop at heal_all)."""
-        inner = super().chaos(until)
-        value = None
-        while True:
-            try:
-                cmd = inner.send(value)
-            except StopIteration:
-                return
-            value = yield cmd
-            if self.world.now >= until:
-                return
-
     def heal_all(self) -> None:
         self.healed = True
         super().heal_all()
