@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): the tests pick their own ports, directories and namespaces, and
+# most of their time is spent waiting on real processes and fsync, so two workers halve the suite.
+PYTEST_JOBS ?= 2
 
 .PHONY: setup sysdeps run stop demo check test simulate mutants soak bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
 
@@ -84,7 +87,7 @@ check: setup
 	$(BIN)/mypy
 
 test: setup sysdeps check
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) $(PYTEST_ARGS)
 
 # Deterministic simulation (tests/sim/): a failing seed prints its trace; replay it with
 # cd tests && ../.venv/bin/python -m sim.run --seed N --trace
