@@ -50,6 +50,20 @@ sysdeps:
 			echo "note: missing$$missing (not root or no apt-get): the tests that need them will skip"; \
 		fi; \
 	fi
+	@# etcd 3.4 (Debian's etcd-server) for the automatic-failover tests (docs/failover.md). The tests start
+	@# their own members on their own ports: the package's service is kept from starting (policy-rc.d).
+	@if ! command -v etcd >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing etcd (etcd-server, etcd-client) for the failover tests"; \
+			had=0; [ -e /usr/sbin/policy-rc.d ] && had=1; \
+			[ $$had = 1 ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+			(apt-get install -y -qq etcd-server etcd-client >/dev/null 2>&1 || \
+			 (apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null)); rc=$$?; \
+			[ $$had = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+		else \
+			echo "note: etcd missing (not root or no apt-get): the automatic-failover tests will skip"; \
+		fi; \
+	fi
 
 # A local 3-node cluster (1 leader, 2 followers, ack_replicas = 1) under supervisord, in var/.
 run: setup

@@ -40,6 +40,10 @@ SNAPSHOT_BYTES_MIN = 1024 * 1024
 RETAIN_BYTES = 1024 * 1024 * 1024
 
 
+COORDINATOR_KINDS = ("none", "etcd")
+LEASE_TTL = 3  # seconds: Patroni's ttl is 30 with a 10 s loop; ours fits a log that fails over in seconds
+
+
 class ConfigError(Exception):
     """The cluster file is missing, unreadable or has a wrong key; the message says which."""
 
@@ -61,6 +65,21 @@ class NodeConfig:
     @property
     def state_path(self) -> str:
         return os.path.join(self.data_dir, "node-state.json")
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """[coordinator] (docs/failover.md): who holds the leader lease and allocates epochs."""
+
+    kind: str = "none"  # "none": failover by 'zwal promote'; "etcd": automatic, through etcd
+    endpoints: tuple[str, ...] = ()
+    lease_ttl: int = LEASE_TTL
+    prefix: str = ""  # the etcd keys: <prefix>/leader, <prefix>/epoch; includes the cluster id
+    allow_data_loss: bool = False  # with ack_replicas = 0, fail over anyway (acknowledged writes may be lost)
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,7 @@ class ClusterConfig:
     segment_bytes: int = SEGMENT_BYTES
     snapshot_bytes: int = SNAPSHOT_BYTES
     retain_bytes: int = RETAIN_BYTES
+    coordinator: CoordinatorConfig = CoordinatorConfig()
     extra: dict = field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
@@ -172,7 +192,7 @@ def parse(doc: dict, path: str) -> ClusterConfig:
     raw_nodes = doc.get("node", [])
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise ConfigError(f"{path}: needs at least one [[node]] table")
-    extra = set(doc) - {"cluster", "node"}
+    extra = set(doc) - {"cluster", "node", "coordinator"}
     if extra:
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(extra))}")
     nodes = []
@@ -205,6 +225,7 @@ def parse(doc: dict, path: str) -> ClusterConfig:
            if k in cluster and k not in ("name", "bootstrap_leader", "keys_dir")},
         keys_dir=os.path.join(base, cluster.get("keys_dir", "keys")),
     )
+    cfg = _with_coordinator(cfg, doc.get("coordinator", {}), path)
     if cfg.bootstrap_leader not in seen_names:
         raise ConfigError(f"{path}: bootstrap_leader {cfg.bootstrap_leader!r} is not a node")
     if cfg.fsync_mode not in FSYNC_MODES:
@@ -254,6 +275,40 @@ def parse(doc: dict, path: str) -> ClusterConfig:
                 f"{path}: security = \"curve\" but node(s) {', '.join(missing)} have no public_key; "
                 f"'zwal cluster init' writes them (or copy each node's keys/nodes/<name>.key into its [[node]])")
     return cfg
+
+
+def _with_coordinator(cfg: ClusterConfig, t: object, path: str) -> ClusterConfig:
+    import dataclasses
+
+    where = f"{path} [coordinator]"
+    if not isinstance(t, dict):
+        raise ConfigError(f"{where}: must be a table")
+    known = {"kind": str, "endpoints": list, "lease_ttl": int, "prefix": str, "allow_data_loss": bool}
+    for k, v in t.items():
+        if k not in known:
+            raise ConfigError(f"{where}: unknown key {k!r} (known: {', '.join(sorted(known))})")
+        if not isinstance(v, known[k]) or (isinstance(v, bool) and known[k] is not bool):
+            raise ConfigError(f"{where}: key {k!r} has the wrong type ({type(v).__name__})")
+    kind = t.get("kind", "none")
+    if kind not in COORDINATOR_KINDS:
+        raise ConfigError(f"{where}: kind must be one of {', '.join(COORDINATOR_KINDS)} (got {kind!r})")
+    eps = tuple(t.get("endpoints", []))
+    if kind == "etcd":
+        if not eps or not all(isinstance(e, str) and e.startswith(("http://", "https://")) for e in eps):
+            raise ConfigError(f"{where}: kind = \"etcd\" needs endpoints = [\"http://HOST:2379\", ...] "
+                              "(every member's client URL)")
+        if not cfg.cluster_id:
+            raise ConfigError(f"{where}: kind = \"etcd\" needs [cluster] cluster_id (the etcd keys are "
+                              "per cluster); 'zwal cluster init' writes one")
+    ttl = t.get("lease_ttl", LEASE_TTL)
+    if not 1 <= ttl <= 3600:
+        raise ConfigError(f"{where}: lease_ttl must be 1..3600 seconds (default {LEASE_TTL})")
+    prefix = t.get("prefix", f"/zwal/{cfg.cluster_id}")
+    if kind == "etcd" and cfg.cluster_id not in prefix.split("/"):
+        raise ConfigError(f"{where}: prefix {prefix!r} must contain the cluster id {cfg.cluster_id!r} as one of its "
+                          "parts (for example /zwal/" + cfg.cluster_id + "), so two clusters never share a lease")
+    allow = t.get("allow_data_loss", False)
+    return dataclasses.replace(cfg, coordinator=CoordinatorConfig(kind, eps, ttl, prefix.rstrip("/"), allow))
 
 
 def is_loopback(endpoint: str) -> bool:

@@ -28,6 +28,7 @@ from daemon.node import answers
 from daemon.node.admission import Sender, authorize_fetch, decode_client
 from daemon.node.bootstrap import join_leader
 from daemon.node.repair import repair_reply
+from daemon.node import epochs
 from daemon.node.epochs import may_follow
 from daemon.node.kv import Placed
 from daemon.node.leader_core import Counters
@@ -109,6 +110,44 @@ class FollowerRole:
 
     def on_shutdown(self) -> Transition:
         return Transition(None, "shutdown")
+
+    # -- the election (daemon/failover/coordinator.py, lease.py) ----------------------------
+
+    def on_coordinator(self, ev: Any) -> None:
+        from daemon.failover.coordinator import LeaderIs, LeaseGone, LeaseProven, Won
+
+        match ev:
+            case Won():
+                self._won(ev)
+            case LeaderIs():
+                self.host.peers.ask_now()  # find it now rather than at the next probe
+            case LeaseProven() | LeaseGone():
+                pass
+            case _:
+                raise AssertionError(ev)
+
+    def _won(self, ev: Any) -> None:
+        """etcd gave this node `ev.epoch`: vote for itself and lead by the epoch rules, as `zwal promote` would."""
+        host = self.host
+        names = frozenset(self.cfg.names)
+        d: epochs.Accept | epochs.Refusal | None = None
+        for op, args in ((epochs.FENCE, {"epoch": ev.epoch, "candidate": host.name}),
+                         (epochs.PROMOTE, {"epoch": ev.epoch, "end": ev.end})):
+            d = epochs.decide(op, args, host.state, host.name, names, host.log.end, answers.last_log_epoch(host))
+            if isinstance(d, epochs.Refusal):
+                host.events.warn("election_refused", epoch=ev.epoch, reason=d.message)
+                host.coord.release(f"the epoch rules refused: {d.message}")
+                return
+            if d.state is not None:
+                try:
+                    host.save_state(d.state)
+                except NoSpace as e:
+                    host.coord.release(str(e))
+                    self._disk_full(str(e))
+                    return
+        assert isinstance(d, epochs.Accept)
+        host.events.event("promoted", epoch=ev.epoch, start_offset=host.log.end, by="election", reason=ev.reason)
+        self.transition = Transition(host.state, d.transition or "won the election", reload=d.reload)
 
     def snapshot(self) -> dict[str, Any]:
         return {"role": "follower", "epoch": self.core.epoch, "end": self.core.end, "records": self.host.kv.records,

@@ -8,6 +8,7 @@ with the real client.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -57,7 +58,7 @@ def secure_raw(sock: Any, endpoint: str) -> Any:
 class Cluster:
     def __init__(self, root: str, nodes: int = 3, ack_replicas: int | None = None, *,
                  hosts: dict[str, str] | None = None, wraps: dict[str, list[str]] | None = None,
-                 security: str = "curve", **settings: Any) -> None:
+                 security: str = "curve", coordinator: dict[str, Any] | None = None, **settings: Any) -> None:
         """`hosts` puts a node's endpoints on another address (a network
         namespace's, tests/netns.py); `wraps` prefixes its command line."""
         self.root = root
@@ -76,6 +77,10 @@ class Cluster:
             val = f'"{v}"' if isinstance(v, str) else str(v)
             cluster, count = re.subn(rf"(?m)^{k} = [^#\n]*", f"{k} = {val}  ", cluster)
             assert count == 1, f"unknown cluster setting {k}"
+        if coordinator is not None:  # [coordinator] (docs/failover.md)
+            cluster += "\n[coordinator]\n" + "".join(
+                f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}\n"
+                for k, v in coordinator.items())
         os.makedirs(os.path.join(root, "log"), exist_ok=True)
         self.config = os.path.join(root, "cluster.toml")
         with open(self.config, "w") as f:

@@ -93,6 +93,7 @@ class Driver:
         except zmq.ZMQError as e:
             logs.error("cannot_bind", endpoint=node.me.client_endpoint, reason=str(e))
             return EXIT_FATAL
+        node.start_coordinator(self._wake)
         try:
             node.metrics.start()
         except OSError as e:
@@ -159,6 +160,7 @@ class Driver:
             poller.register(s, zmq.POLLIN)
         link = node.link if isinstance(node.link, ZmqLeaderLink) else None
         polled: Any = None  # the leader link's socket, as registered
+        node.coord.publish(node.state.role, node.state.epoch)
         role.start()
         while role.transition is None:
             if node.stopping:
@@ -178,6 +180,9 @@ class Driver:
             events = dict(poller.poll(int(timeout_ms)))
             if self._wake_r.fileno() in events:
                 self._drain_wake()
+            for ev in node.coord.take():  # the lease and the election (daemon/failover/coordinator.py)
+                if role.transition is None:
+                    role.on_coordinator(ev)
             if log.sock is not None and log.busy and log.sock.fileno() in events:
                 log.collect()
             if polled is not None and polled in events:

@@ -83,6 +83,8 @@ class LeaderRole:
         self._hint_at = 0.0
         self._keys_seen = host.keys_generation
         self.stopping = False  # the driver is waiting out the batch in flight: start no other
+        self._started = host.clock.now()
+        self.fenced = 0  # replies withheld because the lease did not hold (docs/failover.md)
 
     # -- what the driver asks ---------------------------------------------------------
 
@@ -99,6 +101,10 @@ class LeaderRole:
 
     def next_deadline(self, now: float) -> float:
         t = min(self.core.next_deadline(now), self.host.peers.next_at)
+        coord = self.host.coord
+        if coord.enabled:
+            lease = coord.lease
+            t = min(t, lease.deadline if lease.held else self._started + coord.ttl)
         w = self.watches.next_deadline()
         return t if w is None else min(t, w)
 
@@ -115,6 +121,7 @@ class LeaderRole:
         host.peers.maybe_send(now, self.core.epoch)
         self._maybe_start_batch()
         self._check_peers()
+        self._check_lease(now)
         if self.transition is not None:
             return
         self._perform(self.core.tick(now))
@@ -123,6 +130,39 @@ class LeaderRole:
         self._log_follower_changes(now)
         # The leader's KV state holds exactly the committed records (applied at commit).
         host.snapshots.step(host.kv, self.core.commit, host.log, now, acked_floor=self.core.retention_floor(now))
+
+    # -- the lease (daemon/failover/lease.py) ------------------------------------------------
+
+    def _check_lease(self, now: float) -> None:
+        """Patroni's rule: a leader that cannot prove its lease steps down (it has stopped answering already)."""
+        coord = self.host.coord
+        if not coord.enabled or self.transition is not None:
+            return
+        if coord.lease.held and not coord.lease.valid(now):
+            self._self_fence("the leader lease ran out before etcd renewed it")
+        elif not coord.lease.held and now >= self._started + coord.ttl:
+            self._self_fence(f"no leader lease within lease_ttl ({coord.ttl:g} s) of leading")
+
+    def _self_fence(self, reason: str) -> None:
+        self.host.events.error("self_fenced", epoch=self.core.epoch, reason=reason,
+                               action="nothing: the election picks a leader (zwal status shows it)")
+        self.host.coord.release(reason)
+        self._step_down(self.core.epoch, None, reason, loud=True)
+
+    def on_coordinator(self, ev: Any) -> None:
+        from daemon.failover.coordinator import LeaderIs, LeaseGone, LeaseProven, Won
+
+        match ev:
+            case LeaseGone():
+                if ev.epoch == self.core.epoch:
+                    self._self_fence(ev.reason)
+            case LeaseProven() | Won() | LeaderIs():
+                pass
+            case _:
+                raise AssertionError(ev)
+
+    def _lease_holds(self) -> bool:
+        return self.host.coord.lease_ok(self.host.clock.now())
 
     def on_peer_status(self) -> None:
         self._check_peers()
@@ -370,8 +410,21 @@ class LeaderRole:
             act: Action = a
             match act:
                 case Reply():
+                    if act.acked is not None and not self._lease_holds():
+                        # Durable here, perhaps on K followers, but this leader cannot prove
+                        # it still leads: the outcome is unknown, a retry finds it out.
+                        self.fenced += 1
+                        rid, offset = act.acked
+                        host.client.send([*act.envelope, error_reply(
+                            rid, Err.NOT_LEADER, f"{host.name}'s leader lease ran out before the write was "
+                            "acknowledged; retry with the same request id", written=True, offset=offset)])
+                        continue
                     host.client.send([*act.envelope, act.body])
                 case ServeRead():
+                    if not self._lease_holds():
+                        self.fenced += 1
+                        host.client.send([*act.envelope, answers.not_leader(host, act.request.id)])
+                        continue
                     host.client.send([*act.envelope, answers.read_reply(host, act.request, stale=False,
                                                                         linearizable=act.linearizable,
                                                                         envelope=act.envelope)])

@@ -54,6 +54,8 @@ Envelope = list[bytes]
 class Reply:
     envelope: Envelope
     body: bytes
+    # A write's `ok` (request id, offset): the role sends it only while its lease holds (docs/failover.md).
+    acked: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -376,7 +378,7 @@ class LeaderCore:
             if isinstance(found, Known):
                 self.counters.dedup_hits += 1
                 if found.placed.end <= self.commit:
-                    return [Reply(envelope, self._write_ok(req.id, found.placed))]
+                    return [self._ok(envelope, req.id, found.placed)]
                 self.replayed_waits.append((found.placed, [(envelope, req.id)], now + self.timeout))
                 return []
             charge = self.retries.growth(key)
@@ -428,9 +430,10 @@ class LeaderCore:
             "reuse one client id for many writes, or raise retry_budget_bytes in the cluster file",
             written=False)
 
-    def _write_ok(self, request_id: int, placed: Placed) -> bytes:
+    def _ok(self, envelope: Envelope, request_id: int, placed: Placed) -> Reply:
         self.counters.acked += 1
-        return write_ok(request_id, placed.offset, placed.end, placed.epoch)
+        return Reply(envelope, write_ok(request_id, placed.offset, placed.end, placed.epoch),
+                     (request_id, placed.offset))
 
     def take_batch(self) -> list[bytes]:
         """Seal the open batch and return its frames, in order, for one write + fsync."""
@@ -494,12 +497,12 @@ class LeaderCore:
             if p.record.client_id is not None:
                 self.retries.committed((p.record.client_id, p.record.request_id))  # type: ignore[arg-type]
             for env, rid in p.waiters:
-                out.append(Reply(env, self._write_ok(rid, p.placed)))
+                out.append(self._ok(env, rid, p.placed))
         if self.replayed_waits:
             still = []
             for placed, waiters, deadline in self.replayed_waits:
                 if placed.end <= point:
-                    out.extend(Reply(env, self._write_ok(rid, placed)) for env, rid in waiters)
+                    out.extend(self._ok(env, rid, placed) for env, rid in waiters)
                 else:
                     still.append((placed, waiters, deadline))
             self.replayed_waits = still

@@ -37,6 +37,7 @@ from daemon.node.peers import PeerProbe
 from daemon.node.ports import FsyncFailure, Host, NoSpace, StateNotSaved, Transition  # noqa: F401
 from daemon.node.zmq_ports import REPL_SNDHWM, LogEvents, MonotonicClock, NoLink, WalLog, ZmqLeaderLink, ZmqRepl
 from daemon.node.syncer import Syncer
+from daemon.failover.coordinator import NoCoordinator
 from daemon.node import snapshot_load
 from daemon.node.identity import merge_history
 from daemon.node.snapshot import name_for, snapshot_dir
@@ -75,6 +76,7 @@ class Role(Protocol):
     def on_fetch(self, frames: list[bytes], who: Sender) -> None: ...
     def on_leader(self, frames: list[bytes]) -> None: ...
     def on_peer_status(self) -> None: ...
+    def on_coordinator(self, ev: Any) -> None: ...
     def on_shutdown(self) -> Transition: ...
     def snapshot(self) -> dict[str, Any]: ...
 
@@ -128,6 +130,7 @@ class Node:
         self.keys_generation = 0  # bumped on each SIGHUP reload: roles drop what revoked keys left parked
         self.peers: PeerProbe = None  # type: ignore[assignment]  # per role: begin_role
         self.link: ZmqLeaderLink | NoLink = NoLink()
+        self.coord: Any = NoCoordinator()  # the driver starts an EtcdCoordinator once the sockets are bound
         if cfg.security == "curve":
             self.gate = Gate(self.ctx, cfg.keys_dir, secret_path(cfg.keys_dir, "node", name), me=name)
             if self.me.public_key != self.gate.public.decode("ascii"):
@@ -371,6 +374,7 @@ class Node:
             **(self.outbox.stats() if getattr(self, "outbox", None) is not None else {}),
             "uptime": round(time.monotonic() - self.started, 3),
             **self.snapshots.status(),
+            **self.coord.status(time.monotonic()),
         }
 
     def batch_metrics(self, records: int, nbytes: int, append_s: float, fsync_s: float) -> None:
@@ -400,7 +404,28 @@ class Node:
             self.metrics.publish(snapshot())
             self.notifier.status(self.status_line())
 
+    def start_coordinator(self, wake: Callable[[], None]) -> None:
+        """[coordinator] kind = "etcd": the lease and election thread (daemon/failover/coordinator.py)."""
+        if not self.cfg.coordinator.enabled:
+            return
+        from daemon.client.blocking import fetch_statuses
+        from daemon.failover.coordinator import EtcdCoordinator
+
+        targets = [(n.name, n.client_endpoint) for n in self.cfg.nodes]
+
+        def statuses(timeout: float) -> dict[str, dict[str, Any] | None]:
+            return fetch_statuses(targets, timeout, self.creds, self.cfg.cluster_id)
+
+        self.coord = EtcdCoordinator(self.cfg, self.name, statuses, wake)
+        self.coord.start(self.state.role, self.state.epoch)
+        logs.event("coordinator", kind="etcd", endpoints=",".join(self.cfg.coordinator.endpoints),
+                   lease_ttl=self.cfg.coordinator.lease_ttl, prefix=self.cfg.coordinator.prefix)
+
     def close(self, fsync: bool = True) -> None:
+        try:
+            self.coord.close()
+        except Exception:
+            pass
         try:
             # A child left writing would hold on to a temp file the next start removes.
             self.snapshots.cancel("the node is stopping")

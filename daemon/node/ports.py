@@ -202,6 +202,23 @@ class Config(Protocol):
     def snapshot_bytes(self) -> int: ...
 
 
+class Coordinator(Protocol):
+    """The leader lease and the election, off the main loop (daemon/failover/coordinator.py)."""
+
+    enabled: bool
+    ttl: float
+
+    @property
+    def lease(self) -> Any: ...
+    def lease_ok(self, now: float) -> bool:
+        """May a leader decide a write's `ok` or a fresh read now? (always, with kind = "none")"""
+        ...
+    def take(self) -> list[Any]: ...
+    def publish(self, role: str, epoch: int) -> None: ...
+    def release(self, reason: str) -> None: ...
+    def status(self, now: float) -> dict[str, Any]: ...
+
+
 class Host(Protocol):
     """What a role sees of its node: the state that outlives roles, and the ports."""
 
@@ -232,6 +249,10 @@ class Host(Protocol):
     @property
     def snapshots(self) -> "Snapshotter":
         """When to snapshot (daemon/node/snapshotting.py) over the node's SnapshotPort; outlives roles."""
+        ...
+    @property
+    def coord(self) -> "Coordinator":
+        """The leader lease and the election (daemon/failover/coordinator.py); NoCoordinator when manual."""
         ...
     @property
     def transfer(self) -> TransferPort:

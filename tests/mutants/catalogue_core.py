@@ -43,7 +43,7 @@ MUTANTS = [
     Mutant(id="core-reply-before-fsync", file=LC,
            find="self.batch_bytes += len(frame)\n        return []",
            replace="self.batch_bytes += len(frame)\n"
-                   "        return [Reply(envelope, self._write_ok(req.id, Placed(self.end, self.end + len(frame), self.epoch)))]",
+                   "        return [self._ok(envelope, req.id, Placed(self.end, self.end + len(frame), self.epoch))]",
            why="no premature success: a write's reply moved before the fsync that covers it (and before K acks)",
            killers=[SIM]),
     Mutant(id="core-ack-without-prefix-check", file=LC,

@@ -21,6 +21,7 @@ from daemon.auth.keys import Identity
 from daemon.node.admission import REVOKED, Sender
 from daemon.node.bootstrap import Marker, StartFresh, fresh_start
 from daemon.node.identity import LEADER, NodeState, StateRegression, merge_history, regression
+from daemon.failover.coordinator import NoCoordinator
 from daemon.node import snapshot as snap
 from daemon.node import snapshot_load
 from daemon.node.kv import KVState
@@ -503,6 +504,7 @@ class SimNode:
         self.snapshot_files = SimSnapshots(self)
         self.snapshots = Snapshotter(self.snapshot_files, self.events, self.cfg.snapshot_bytes, self.cfg.retain_bytes)
         self.transfer = SimTransfer()
+        self.coord = NoCoordinator()  # [coordinator] kind = "none": the simulator models no etcd (yet)
         # What waits in the sockets until the role reads it.
         self.client_q: deque[tuple[list[bytes], Sender]] = deque()
         self.repl_q: deque[tuple[list[bytes], Sender]] = deque()

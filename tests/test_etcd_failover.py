@@ -1,0 +1,100 @@
+"""Automatic failover through a real 3-member etcd (docs/failover.md): no operator promotes anyone."""
+
+import signal
+import threading
+import time
+
+import pytest
+
+from daemon.client.blocking import Client, ZwalError
+from tests.etcd_cluster import etcd3  # noqa: F401  (fixture)
+from tests.harness import Cluster, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def auto(tmp_path, etcd3):  # noqa: F811
+    c = Cluster(str(tmp_path / "c"), 3, ack_replicas=1,
+                coordinator={"kind": "etcd", "endpoints": etcd3.endpoints, "lease_ttl": 1})
+    c.start_all()
+    try:
+        wait_until(lambda: (st := c.status("node1"))["role"] == "leader" and st.get("lease_remaining_s", 0) > 0,
+                   15, "node1 holding the leader lease")
+        yield c
+    finally:
+        c.close()
+
+
+def test_kill_9_of_the_leader_elects_a_new_one_and_loses_no_acknowledged_write(auto):
+    c = auto
+    cl = c.client(deadline=20.0)
+    acked = {}
+    for i in range(30):
+        acked[f"k{i}"] = cl.set(f"k{i}", b"v%d" % i)
+    c.kill("node1")
+    t0 = time.monotonic()
+    new = wait_until(lambda: next((n for n in ("node2", "node3") if c.status(n, 0.5)["role"] == "leader"), None),
+                     15, "a new leader elected through etcd")
+    r = cl.set("after", b"x")  # accepted by the new leader
+    took = time.monotonic() - t0
+    st = c.status(new)
+    assert st["epoch"] >= 2 and st["lease_holder"] == new
+    for k in acked:
+        assert cl.get(k) == b"v" + k[1:].encode()
+    assert cl.get("after") == b"x" and r.epoch == st["epoch"]
+    assert took < 10, took
+    c.start("node1")  # the old leader comes back as a follower of the new epoch
+    wait_until(lambda: c.status("node1")["role"] == "follower" and c.status("node1")["epoch"] == st["epoch"],
+               15, "node1 following the new leader")
+    c.wait_converged()
+
+
+def test_etcd_lost_the_leader_stops_acknowledging_within_the_lease(auto, etcd3):  # noqa: F811
+    c = auto
+    cl = c.client(deadline=1.5)
+    cl.set("before", b"1")
+    etcd3.stop_all()
+    t0 = time.monotonic()
+    last_ok = t0
+    while time.monotonic() - t0 < 4:
+        try:
+            cl.set("during", b"%f" % time.monotonic())
+            last_ok = time.monotonic()
+        except ZwalError:
+            pass
+        time.sleep(0.05)
+    assert last_ok - t0 <= 1.0, f"a write was acknowledged {last_ok - t0:.2f} s after etcd went (lease_ttl 1 s)"
+    st = c.status("node1")
+    assert st["role"] == "follower", st["role"]
+
+
+def test_a_paused_leader_resumes_and_acknowledges_nothing(auto):
+    c = auto
+    cl = c.client(deadline=20.0)
+    cl.set("a", b"1")
+    c.signal("node1", signal.SIGSTOP)
+    acks_from_old: list[str] = []
+
+    def pinned_writer() -> None:  # requests queue in the paused node's socket
+        with Client([c.endpoint("node1")], config=c.config, timeout=4.0, deadline=4.0) as old:
+            for i in range(3):
+                try:
+                    old.request("set", endpoint=c.endpoint("node1"), deadline=4.0, key=b"stale%d" % i, value=b"v")
+                    acks_from_old.append(f"stale{i}")
+                except ZwalError:
+                    pass
+
+    t = threading.Thread(target=pinned_writer)
+    try:
+        t.start()
+        new = wait_until(lambda: next((n for n in ("node2", "node3") if c.status(n, 0.5)["role"] == "leader"),
+                                      None), 15, "a new leader while node1 is paused")
+        cl.set("b", b"2")
+    finally:
+        c.signal("node1", signal.SIGCONT)
+    t.join(30)
+    assert acks_from_old == [], f"the paused leader acknowledged after it resumed: {acks_from_old}"
+    wait_until(lambda: c.status("node1")["role"] == "follower", 10, "node1 stepping down")
+    assert c.status(new)["role"] == "leader"
+    assert cl.get("b") == b"2" and cl.get("a") == b"1"
