@@ -44,6 +44,16 @@ def test_kill_9_of_the_leader_elects_a_new_one_and_loses_no_acknowledged_write(a
         assert cl.get(k) == b"v" + k[1:].encode()
     assert cl.get("after") == b"x" and r.epoch == st["epoch"]
     assert took < 10, took
+    out = c.zwal("status", "--config", c.config).stdout
+    assert f"coordinator etcd: lease held by {new} (epoch {st['epoch']})" in out, out
+    import urllib.request
+
+    def scrape() -> str | None:
+        t = urllib.request.urlopen(c.metrics_url(new), timeout=2).read().decode()
+        return t if 'zwal_elections_total{node="%s"} 1.0' % new in t else None
+
+    text = wait_until(scrape, 5, "the election in the metrics")
+    assert "zwal_lease_renewals_total" in text and "zwal_lease_remaining_seconds" in text
     c.start("node1")  # the old leader comes back as a follower of the new epoch
     wait_until(lambda: c.status("node1")["role"] == "follower" and c.status("node1")["epoch"] == st["epoch"],
                15, "node1 following the new leader")
@@ -98,3 +108,20 @@ def test_a_paused_leader_resumes_and_acknowledges_nothing(auto):
     wait_until(lambda: c.status("node1")["role"] == "follower", 10, "node1 stepping down")
     assert c.status(new)["role"] == "leader"
     assert cl.get("b") == b"2" and cl.get("a") == b"1"
+
+
+def test_promote_by_hand_is_refused_in_etcd_mode_and_changes_nothing(auto):
+    from daemon.config import load
+    from daemon.failover.promote import operator_creds
+
+    c = auto
+    r = c.zwal("promote", "node2", "--config", c.config)
+    assert r.returncode == 1 and "fails over by itself through etcd" in r.stderr, r.stderr
+    ep = c.endpoint("node2")
+    with Client([ep], timeout=1.0, deadline=1.0, creds=operator_creds(load(c.config), "admin")) as adm:
+        with pytest.raises(ZwalError) as e:
+            adm.admin("fence", ep, deadline=1.0, epoch=2, candidate="node2")
+    assert e.value.code == "refused" and "through etcd" in str(e.value)
+    st = c.status("node2")
+    assert st["role"] == "follower" and st["epoch"] == 1
+    assert c.status("node1")["role"] == "leader"

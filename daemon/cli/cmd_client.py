@@ -234,6 +234,17 @@ def render_status(targets: list[tuple[str, str]], sts: dict[str, dict[str, Any] 
                 )
             if c.get("errors"):
                 lines.append(f"  errors: {', '.join(f'{k}={v}' for k, v in sorted(c['errors'].items()))}")
+    coord = next((st for st in sts.values() if st and st.get("coordinator") == "etcd"), None)
+    if coord is not None:
+        holder = coord.get("lease_holder")
+        lead = next((st for st in sts.values() if st and st.get("name") == holder), None)
+        lines.append("")
+        lines.append("coordinator etcd: " + (
+            f"lease held by {holder} (epoch {coord.get('lease_epoch')}), "
+            + (f"proven for {lead.get('lease_remaining_s', 0):.2f} s more" if lead else "its holder did not answer")
+            + f", lease_ttl {coord.get('lease_ttl'):g} s" if holder else
+            "no lease holder: an election is due (docs/failover.md)")
+            + (f"; etcd error: {coord['coordinator_error']}" if coord.get("coordinator_error") else ""))
     for st in sts.values():
         d = st.get("damaged_end") if st else None
         if isinstance(d, int) and (st.get("end") or 0) < d:  # type: ignore[union-attr]

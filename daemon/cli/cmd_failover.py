@@ -10,11 +10,20 @@ import sys
 from daemon.cli.cmd_log import CLIError, load_cluster
 
 
+# etcd allocates every epoch in that mode (docs/failover.md): a promotion by votes could give one to a second node.
+ETCD_MODE_PROMOTE = ("this cluster fails over by itself through etcd ([coordinator] kind = \"etcd\"): the election "
+                     "picks the most advanced follower when the leader's lease is gone, and 'zwal promote' would "
+                     "allocate an epoch etcd did not. To move the leadership, stop the leader (for example "
+                     "'supervisorctl stop zwal:NODE'); 'zwal status' then shows the new lease holder")
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from daemon.auth.keys import KeyError_
     from daemon.failover.promote import run_promote
 
     cfg = load_cluster(args.config)
+    if cfg.coordinator.enabled:
+        raise CLIError(ETCD_MODE_PROMOTE, 1, "refused")
     try:
         res = run_promote(cfg, args.name, force=args.force, timeout=args.timeout,
                           say=lambda s: print(s, file=sys.stderr), cert=args.cert)

@@ -76,7 +76,7 @@ class NoCoordinator:
     def publish(self, role: str, epoch: int) -> None:
         pass
 
-    def release(self, reason: str) -> None:
+    def release(self, reason: str, self_fence: bool = False) -> None:
         pass
 
     def status(self, now: float) -> dict[str, Any]:
@@ -116,6 +116,7 @@ class EtcdCoordinator:
         self._last_error = ""
         self.renewals = 0
         self.elections = 0
+        self.self_fences = 0
         self._thread = threading.Thread(target=self._run, name="zwal-coordinator", daemon=True)
 
     # -- the main loop's side ---------------------------------------------------------------
@@ -147,9 +148,10 @@ class EtcdCoordinator:
                 self.lease = rules.Lease()  # a new role proves its own lease
             self._role = (role, epoch)
 
-    def release(self, reason: str) -> None:
+    def release(self, reason: str, self_fence: bool = False) -> None:
         """Give the lease back (a leader stepping down, or a won election the node refused)."""
         logs.event("lease_release", reason=reason)
+        self.self_fences += self_fence
         self.lease.lost()
         self._release.set()
 
@@ -158,7 +160,7 @@ class EtcdCoordinator:
         return {"coordinator": "etcd", "lease_holder": h.name if h else None, "lease_epoch": h.epoch if h else None,
                 "lease_remaining_s": round(self.lease.remaining(now), 3), "lease_ttl": self.ttl,
                 "coordinator_error": self._last_error or None,
-                "lease_renewals": self.renewals, "elections": self.elections}
+                "lease_renewals": self.renewals, "elections": self.elections, "self_fences": self.self_fences}
 
     def close(self) -> None:
         self._stop.set()

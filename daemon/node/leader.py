@@ -146,7 +146,7 @@ class LeaderRole:
     def _self_fence(self, reason: str) -> None:
         self.host.events.error("self_fenced", epoch=self.core.epoch, reason=reason,
                                action="nothing: the election picks a leader (zwal status shows it)")
-        self.host.coord.release(reason)
+        self.host.coord.release(reason, self_fence=True)
         self._step_down(self.core.epoch, None, reason, loud=True)
 
     def on_coordinator(self, ev: Any) -> None:

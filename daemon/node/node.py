@@ -401,7 +401,7 @@ class Node:
         if self.gate is not None:
             self.gate.open_connections()  # drain the monitor every turn: its queue stays short
         if self.metrics.due(now):
-            self.metrics.publish(snapshot())
+            self.metrics.publish({**snapshot(), **self.coord.status(now)})
             self.notifier.status(self.status_line())
 
     def start_coordinator(self, wake: Callable[[], None]) -> None:

@@ -33,6 +33,8 @@ class _Snapshot:
             ("zwal_end_offset_bytes", "durable end offset of the local log", "end"),
             ("zwal_commit_offset_bytes", "leader: offset below which writes are acknowledged", "commit"),
             ("zwal_records", "records in the local log's applied state", "records"),
+            ("zwal_lease_remaining_seconds", "etcd coordinator: seconds the leader lease is still proven for",
+             "lease_remaining_s"),
         ):
             if s.get(key) is not None:
                 g = GaugeMetricFamily(name, help_, labels=["node"])
@@ -42,6 +44,9 @@ class _Snapshot:
             ("zwal_records_appended_total", "records appended to the local log", "records_appended"),
             ("zwal_bytes_appended_total", "bytes appended to the local log", "bytes_appended"),
             ("zwal_writes_acknowledged_total", "client writes answered with success", "acked"),
+            ("zwal_lease_renewals_total", "etcd coordinator: leader lease grants and renewals", "lease_renewals"),
+            ("zwal_elections_total", "etcd coordinator: elections this node won", "elections"),
+            ("zwal_self_fence_total", "etcd coordinator: times this leader stopped for want of a lease", "self_fences"),
         ):
             c = CounterMetricFamily(name, help_, labels=["node"])
             c.add_metric([node], float(s.get(key, 0)))
