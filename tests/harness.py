@@ -230,6 +230,11 @@ class Cluster:
                     return n
         return None
 
+    def wait_in_sync(self, leader: str = "node1", timeout: float = 20) -> None:
+        """Every follower is in sync with `leader` (a K >= 1 write right after a start needs it)."""
+        wait_until(lambda: (st := self.status(leader, 1.0)).get("followers") is not None
+                   and all(f.get("in_sync") for f in st["followers"]), timeout, f"the followers in sync with {leader}")
+
     def wait_converged(self, names: list[str] | None = None, timeout: float = 30) -> None:
         """Every named node's log has the same end, and all are byte-identical (from the
         highest oldest offset on, when retention has pruned some of them)."""

@@ -125,3 +125,50 @@ def test_promote_by_hand_is_refused_in_etcd_mode_and_changes_nothing(auto):
     st = c.status("node2")
     assert st["role"] == "follower" and st["epoch"] == 1
     assert c.status("node1")["role"] == "leader"
+
+
+def test_a_batch_that_lands_after_the_lease_ran_out_is_not_acknowledged(tmp_path, etcd3):  # noqa: F811
+    """fdatasync takes 2 s on the leader, so a batch is always on its way to disk when the lease runs out:
+    the reply is decided after the deadline and must not be `ok` (the step-down waits for the batch).
+    One node with ack_replicas = 0 (allow_data_loss): its fsync alone decides the reply."""
+    import shutil
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (make sysdeps installs it as root)")
+    slow = [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=fdatasync", "-e", "inject=fdatasync:delay_exit=2000000"]
+    c = Cluster(str(tmp_path / "c"), 1, ack_replicas=0, wraps={"node1": slow},
+                coordinator={"kind": "etcd", "endpoints": etcd3.endpoints, "lease_ttl": 1, "allow_data_loss": True})
+    try:
+        c.start("node1")
+        wait_until(lambda: (st := c.status("node1"))["role"] == "leader" and st.get("lease_remaining_s", 0) > 0,
+                   30, "node1 holding the leader lease")
+        acks: list[float] = []
+        stop = threading.Event()
+
+        def writer(i: int) -> None:
+            with Client([c.endpoint("node1")], config=c.config, timeout=5.0, deadline=5.0) as w:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    try:
+                        w.request("set", endpoint=c.endpoint("node1"), deadline=5.0, key=b"w%d-%d" % (i, n), value=b"v")
+                        acks.append(time.monotonic())
+                    except ZwalError:
+                        time.sleep(0.05)
+
+        ts = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+        for t in ts:
+            t.start()
+        wait_until(lambda: len(acks) >= 4, 20, "writes acknowledged through the slow disk")
+        etcd3.stop_all()
+        # The last renewal was sent before this, so the lease's deadline is at most TTL - margin from now.
+        from daemon.failover.lease import margin
+        deadline = time.monotonic() + 1 - margin(1)
+        time.sleep(4.5)
+        stop.set()
+        for t in ts:
+            t.join(10)
+        late = [round(a - deadline, 3) for a in acks if a > deadline + 0.2]
+        assert not late, f"acknowledged after the lease ran out (seconds past it): {late}"
+    finally:
+        c.close()

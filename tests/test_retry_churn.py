@@ -65,6 +65,7 @@ def test_a_new_leader_recognises_a_retry_from_before_the_churn(make_cluster):
     record times): after a failover, the retry still gets the original."""
     c = make_cluster(3, ack_replicas=1)
     c.start_all()
+    c.wait_in_sync()  # under load the followers may not have fetched yet: the write would be refused
     s = c.dealer(c.endpoint("node1"))
     keeper = os.urandom(12)
     write = {"id": 5, "op": "set", "key": b"kept", "value": b"once", "cid": keeper}

@@ -84,6 +84,7 @@ class LeaderRole:
         self._keys_seen = host.keys_generation
         self.stopping = False  # the driver is waiting out the batch in flight: start no other
         self._started = host.clock.now()
+        self._fencing = False
         self.fenced = 0  # replies withheld because the lease did not hold (docs/failover.md)
 
     # -- what the driver asks ---------------------------------------------------------
@@ -144,6 +145,9 @@ class LeaderRole:
             self._self_fence(f"no leader lease within lease_ttl ({coord.ttl:g} s) of leading")
 
     def _self_fence(self, reason: str) -> None:
+        if self._fencing:
+            return  # once: the step-down waits for the batch in flight
+        self._fencing = True
         self.host.events.error("self_fenced", epoch=self.core.epoch, reason=reason,
                                action="nothing: the election picks a leader (zwal status shows it)")
         self.host.coord.release(reason, self_fence=True)
