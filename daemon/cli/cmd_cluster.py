@@ -105,7 +105,7 @@ def new_cluster_id() -> str:
 
 def render(dir_: str, nodes: int, base_port: int, ack_replicas: int | None, name: str,
            public_keys: dict[str, str] | None = None, *, hosts: list[str] | None = None,
-           data_root: str | None = None) -> tuple[str, str]:
+           data_root: str | None = None, etcd: "LocalEtcd | list[str] | None" = None) -> tuple[str, str]:
     """The cluster file and supervisord.conf; `public_keys` (from create_keys) turns
     CURVE on, None writes security = "none" (loopback only). `hosts` and
     `data_root`: see layout()."""
@@ -124,9 +124,61 @@ def render(dir_: str, nodes: int, base_port: int, ack_replicas: int | None, name
     cluster_fields = {"name": name, "cluster_id": new_cluster_id(), "ack_replicas": k, "nodes": "".join(node_txt),
                       "security": "curve" if public_keys else "none"}
     cluster = _template("cluster.toml.tmpl").format(**cluster_fields)
+    extra_programs = ""
+    if etcd is not None:
+        eps = etcd.endpoints if isinstance(etcd, LocalEtcd) else etcd
+        cluster += ("\n# Automatic failover: the leader lease and the epochs are held in etcd (docs/failover.md).\n"
+                    "[coordinator]\nkind = \"etcd\"\nendpoints = [" + ", ".join(f'"{e}"' for e in eps) + "]\n"
+                    "lease_ttl = 3\n")
+        if isinstance(etcd, LocalEtcd):
+            extra_programs = etcd.programs()
     sup = _template("supervisord.conf.tmpl").format(dir=os.path.abspath(dir_), programs=",".join(names),
-                                                    program_sections="".join(progs))
+                                                    program_sections="".join(progs)) + extra_programs
     return cluster, sup
+
+
+class LocalEtcd:
+    """A 3-member etcd on 127.0.0.1 for a local cluster with automatic failover (`cluster init --coordinator etcd`)."""
+
+    MEMBERS = 3
+
+    def __init__(self, binary: str, base_port: int) -> None:
+        self.binary = binary
+        self.base = base_port + 30
+        self.names = [f"etcd{i + 1}" for i in range(self.MEMBERS)]
+
+    def client_port(self, i: int) -> int:
+        return self.base + 1 + 2 * i
+
+    def peer_port(self, i: int) -> int:
+        return self.base + 2 + 2 * i
+
+    @property
+    def ports(self) -> list[int]:
+        return [p for i in range(self.MEMBERS) for p in (self.client_port(i), self.peer_port(i))]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.client_port(i)}" for i in range(self.MEMBERS)]
+
+    def programs(self) -> str:
+        initial = ",".join(f"{n}=http://127.0.0.1:{self.peer_port(i)}" for i, n in enumerate(self.names))
+        out = ["\n; A local 3-member etcd for automatic failover (docs/failover.md); it starts before the nodes.\n"
+               f"[group:etcd]\nprograms={','.join(self.names)}\n"]
+        for i, n in enumerate(self.names):
+            out.append(
+                f"\n[program:{n}]\n"
+                f"command={self.binary} --name {n} --data-dir %(here)s/etcd/{n} "
+                f"--listen-client-urls http://127.0.0.1:{self.client_port(i)} "
+                f"--advertise-client-urls http://127.0.0.1:{self.client_port(i)} "
+                f"--listen-peer-urls http://127.0.0.1:{self.peer_port(i)} "
+                f"--initial-advertise-peer-urls http://127.0.0.1:{self.peer_port(i)} "
+                f"--initial-cluster {initial} --initial-cluster-token zwal-local-{self.base} "
+                "--initial-cluster-state new --log-level warn\n"
+                "directory=%(here)s\npriority=100\nautostart=true\nautorestart=true\nstartsecs=1\n"
+                "stopsignal=TERM\nstopwaitsecs=10\nredirect_stderr=true\n"
+                f"stdout_logfile=%(here)s/log/{n}.log\nstdout_logfile_maxbytes=20MB\nstdout_logfile_backups=2\n")
+        return "".join(out)
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -186,10 +238,35 @@ def cmd_init(args: argparse.Namespace) -> int:
     keys_dir = os.path.join(d, "keys")
     if os.path.exists(keys_dir):
         raise CLIError(f"{keys_dir} already exists: refusing to overwrite keys (remove {d} to start afresh)")
+    etcd: LocalEtcd | list[str] | None = None
+    if args.etcd_endpoints and args.coordinator != "etcd":
+        raise CLIError("--etcd-endpoints goes with --coordinator etcd", 2)
+    if args.coordinator == "etcd":
+        if args.etcd_endpoints:
+            etcd = [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
+            bad = [e for e in etcd if not e.startswith(("http://", "https://"))]
+            if bad or not etcd:
+                raise CLIError(f"--etcd-endpoints: {', '.join(bad) or 'none given'}: give client URLs, "
+                               "http://HOST:2379,...", 2)
+        elif hosts:
+            raise CLIError("--coordinator etcd with --hosts needs --etcd-endpoints (the etcd cluster the hosts "
+                           "reach); a local etcd is only written for a local cluster", 2)
+        else:
+            import shutil
+
+            binary = shutil.which("etcd")
+            if binary is None:
+                raise CLIError("--coordinator etcd: no etcd binary on PATH for the local etcd (Debian: "
+                               "apt-get install etcd-server; or give --etcd-endpoints of an etcd you run)", 1)
+            etcd = LocalEtcd(binary, args.base_port)
+            for port in etcd.ports:
+                if port_in_use(port):
+                    raise CLIError(f"port {port} (the local etcd's) is already in use on 127.0.0.1: choose other "
+                                   "ports with --base-port, or stop that program", 1)
     if not hosts:
         check_ports_free(layout(nodes, args.base_port, None, None))
     cluster, sup = render(d, nodes, args.base_port, args.ack_replicas, args.name,
-                          create_keys(d, nodes), hosts=hosts, data_root=args.data_root)
+                          create_keys(d, nodes), hosts=hosts, data_root=args.data_root, etcd=etcd)
     with open(cluster_path, "w") as f:
         f.write(cluster)
     if not hosts:
@@ -201,6 +278,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         mark_first_start(cfg)
     print(f"wrote {cluster_path} ({len(cfg.nodes)} node(s), ack_replicas = {cfg.ack_replicas})"
           + ("" if hosts else f" and {sup_path}"))
+    if cfg.coordinator.enabled:
+        print("failover:  automatic, through etcd at " + ", ".join(cfg.coordinator.endpoints)
+              + (" (a local 3-member etcd in supervisord.conf)" if isinstance(etcd, LocalEtcd) else "")
+              + "; docs/failover.md")
     print(f"keys:      {keys_dir}/ (nodes/, clients/client.key_secret, admins/admin.key_secret; "
           "CurveZMQ on every socket, docs/security.md)")
     if hosts:
@@ -311,6 +392,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--data-root", metavar="PATH", default=None,
                    help="absolute folder holding each node's data directory, PATH/<node> "
                    "(e.g. /var/lib/zwal, what the systemd unit writes); default: DIR/<node>")
+    i.add_argument("--coordinator", choices=("none", "etcd"), default="none",
+                   help="'etcd': automatic failover through etcd (docs/failover.md). A local cluster also gets a "
+                   "3-member etcd under supervisord (ports BASE+31..BASE+36, data in DIR/etcd/; needs the etcd "
+                   "binary: Debian's etcd-server); with --hosts, give --etcd-endpoints (default: %(default)s, "
+                   "failover by 'zwal promote')")
+    i.add_argument("--etcd-endpoints", metavar="URL,...", default=None,
+                   help="with --coordinator etcd: the client URLs of an etcd cluster you run "
+                   "(http://HOST:2379,...) instead of a local one")
     i.set_defaults(func=cmd_init)
 
     b = cs.add_parser(
