@@ -64,6 +64,14 @@ sysdeps:
 			echo "note: etcd missing (not root or no apt-get): the automatic-failover tests will skip"; \
 		fi; \
 	fi
+	@# promtool (Debian's prometheus) checks deploy/prometheus/zwal-alerts.yml; its service is kept from starting too.
+	@if ! command -v promtool >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing promtool (prometheus) for the alert-rule test"; \
+		had=0; [ -e /usr/sbin/policy-rc.d ] && had=1; \
+		[ $$had = 1 ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; rc=$$?; \
+		[ $$had = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	fi
 
 # A local 3-node cluster (1 leader, 2 followers, ack_replicas = 1) under supervisord, in var/.
 run: setup

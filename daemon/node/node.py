@@ -401,7 +401,9 @@ class Node:
         if self.gate is not None:
             self.gate.open_connections()  # drain the monitor every turn: its queue stays short
         if self.metrics.due(now):
-            self.metrics.publish({**snapshot(), **self.coord.status(now)})
+            d = self.state.damaged_end
+            damaged = int(d is not None and self.writer is not None and self.writer.end < d)
+            self.metrics.publish({**snapshot(), **self.coord.status(now), "damaged": damaged})
             self.notifier.status(self.status_line())
 
     def start_coordinator(self, wake: Callable[[], None]) -> None:

@@ -33,6 +33,8 @@ class _Snapshot:
             ("zwal_end_offset_bytes", "durable end offset of the local log", "end"),
             ("zwal_commit_offset_bytes", "leader: offset below which writes are acknowledged", "commit"),
             ("zwal_records", "records in the local log's applied state", "records"),
+            ("zwal_damaged", "1 while recovery has cut this node's log and it has not caught up past the cut",
+             "damaged"),
             ("zwal_lease_remaining_seconds", "etcd coordinator: seconds the leader lease is still proven for",
              "lease_remaining_s"),
         ):
