@@ -670,14 +670,17 @@ class Drill:
         probe = 0
         with Client([n.client_endpoint for n in self.cfg.nodes], timeout=0.5, deadline=1.0,
                     creds=operator_creds(self.cfg)) as c:
-            while time.monotonic() < until:
+            def saw_cut() -> bool:
                 # Its recovery saw the damage: it cut the record and saved the bytes aside.
                 seg, rel = locate(path, last.offset)
                 saved = sorted(glob.glob(f"{seg}.torn-{rel}*"))
-                if saved and not cut_seen:
-                    cut_seen = True
+                if saved:
                     injected["saved_to"] = saved[0]
                     self.say(f"round {rnd}: {leader}'s recovery cut its damaged last record (saved to {saved[0]})")
+                return bool(saved)
+
+            while time.monotonic() < until:
+                cut_seen = cut_seen or saw_cut()
                 probe += 1
                 try:
                     r = c.set(f"drill-heal-{tag}-{probe}".encode(), b"1")
@@ -689,6 +692,10 @@ class Drill:
                 except ZwalError:
                     c.close()
                 time.sleep(0.2)
+            # Another node may lead before the damaged one has finished its recovery: wait for it too.
+            while not cut_seen and time.monotonic() < until + 10:
+                cut_seen = saw_cut()
+                time.sleep(0.1)
         injected.update(node=leader, record_offset=last.offset, record_end=last.end, recovery_cut_seen=cut_seen)
         if healed:
             note = "a leader accepts writes again" + (f" ({new})" if new else "")
