@@ -53,5 +53,18 @@ def test_init_with_etcd_runs_a_cluster_that_fails_over_by_itself(tmp_path):
             assert c.get("k") == b"v1" and c.get("k2") == b"v2"
         out = subprocess.run([*ZWAL, "status", "--config", cfg], capture_output=True, text=True, timeout=30).stdout
         assert f"coordinator etcd: lease held by {second}" in out, out
+        assert ctl(conf, "start", f"zwal:{first}").returncode == 0
+        # The drill of automatic failover: it kills, then pauses, the leader under load and promotes nobody.
+        r = subprocess.run([*ZWAL, "drill", "--auto", "--config", cfg, "--fault", "kill,pause", "--rounds", "2",
+                            "--seconds", "1", "--timeout", "45", "--json"], capture_output=True, text=True,
+                           timeout=240)
+        import json
+        doc = json.loads(r.stdout)
+        assert r.returncode == 0 and doc["ok"], (r.stdout, r.stderr[-3000:])
+        assert [x["fault"] for x in doc["rounds"]] == ["kill", "pause"]
+        for x in doc["rounds"]:
+            assert x["auto"] and x["healed_by_itself"] and x["overlaps"] == [] and x["lost"] == []
+            assert x["acked"] > 0 and 0 < x["promote_seconds"] < 30, x
+        assert "promote:" not in r.stderr  # nobody ran zwal promote
     finally:
         ctl(conf, "shutdown")

@@ -34,3 +34,34 @@ def test_a_retry_appended_twice_is_reported():
     log = {0: (b"drill-a", b"1"), 40: (b"drill-a", b"1")}
     c = check_ledger(lg, log, lambda k: b"1")
     assert c.lost == [] and c.duplicated == [b"drill-a"]
+
+
+def test_two_leaders_acknowledging_at_overlapping_times_are_reported():
+    from daemon.failover.drill import check_leaders
+
+    # Epoch 1's last write was sent at 5.0, after epoch 2 had acknowledged one at 4.0: both led at once.
+    both = [Ack(b"drill-a", b"1", 0, 1, 1.0, 1.1), Ack(b"drill-b", b"2", 50, 2, 3.0, 4.0),
+            Ack(b"drill-c", b"3", 40, 1, 5.0, 5.2)]
+    out = check_leaders(both)
+    assert len(out) == 1 and "epoch 1 acknowledged b'drill-c'" in out[0] and "epoch 2" in out[0]
+    # A reply of epoch 1 that only arrives after epoch 2's first ok (a paused leader's, decided before the
+    # pause) is no overlap: it was sent before.
+    late = [Ack(b"drill-a", b"1", 0, 1, 1.0, 9.0), Ack(b"drill-b", b"2", 50, 2, 3.0, 4.0)]
+    assert check_leaders(late) == []
+
+
+def test_drill_auto_refuses_a_cluster_without_etcd_and_faults_it_does_not_drill(tmp_path):
+    import subprocess
+    import sys
+
+    zwal = [sys.executable, "-m", "daemon.cli"]
+    r = subprocess.run([*zwal, "drill", "--auto"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--auto drills a running cluster that fails over through etcd" in r.stderr, r.stderr
+    r = subprocess.run([*zwal, "drill", "--auto", "--config", str(tmp_path / "c.toml"), "--fault", "damage"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--fault damage is not drilled with --auto" in r.stderr, r.stderr
+    d = str(tmp_path / "c")
+    assert subprocess.run([*zwal, "cluster", "init", d], capture_output=True, timeout=60).returncode == 0
+    r = subprocess.run([*zwal, "drill", "--auto", "--config", f"{d}/cluster.toml"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "needs [coordinator] kind = \"etcd\"" in r.stderr, r.stderr

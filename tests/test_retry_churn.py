@@ -46,6 +46,7 @@ def test_a_retry_after_5000_one_off_client_ids_gets_the_original_offset(make_clu
     c.start_all()
     leader = c.leader()
     assert leader is not None
+    c.wait_in_sync(leader)  # under load the followers may not have fetched yet: the first write would be refused
     s = c.dealer(c.endpoint(leader))
     keeper = os.urandom(12)
     write = {"id": 1, "op": "set", "key": b"kept", "value": b"once", "cid": keeper}

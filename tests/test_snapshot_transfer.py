@@ -135,7 +135,9 @@ def test_kill_9_during_a_transfer_then_restart_completes_it(make_cluster):
     wait_until(lambda: _events(c, follower, "snapshot_installed"), 60, "the snapshot install after the restart")
     resumed = _events(c, follower, "snapshot_transfer_resumed")
     if held < int(_events(c, follower, "snapshot_installed")[-1]["bytes"]):
-        assert resumed and int(resumed[-1]["pos"]) == held, (resumed, held)
+        # The first resume after the restart starts where the killed process left off (under load a
+        # chunk request can time out later and resume again, further on).
+        assert resumed and int(resumed[0]["pos"]) == held, (resumed, held)
     wait_until(lambda: c.status(follower)["end"] == c.status(leader)["end"], 30, f"{follower} to catch up")
     assert _log_bytes_from(c, follower, s) == _log_bytes_from(c, leader, s)
     assert [b for b, _ in list_segments(c.log_dir(follower))][0] == s

@@ -70,7 +70,7 @@ def _report_doc(r) -> dict[str, object]:
             "reads_checked": r.reads, "linearizable": r.verdict.ok,
             "linearizability_undecided": bool(r.verdict.ok and r.verdict.unknown),
             "healed_by_itself": r.healed_by_itself, "heal_seconds": round(r.heal_s, 3), "heal_note": r.heal_note,
-            "injected": r.injected}
+            "injected": r.injected, "auto": r.auto, "overlaps": r.overlaps}
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -78,7 +78,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     import tempfile
 
     from daemon.cli.cmd_log import FromEnv
-    from daemon.failover.drill import NEEDS_ROOT, NEEDS_SCRATCH, SOAK_FAULTS, Drill, DrillError
+    from daemon.failover.drill import AUTO_FAULTS, NEEDS_ROOT, NEEDS_SCRATCH, SOAK_FAULTS, Drill, DrillError
     from daemon.failover.faults import FaultUnavailable
 
     # With --json, progress goes to stderr and stdout holds one JSON document.
@@ -91,6 +91,15 @@ def cmd_drill(args: argparse.Namespace) -> int:
     faults = parse_faults(args.fault) if args.fault else (list(SOAK_FAULTS) if args.soak else ["kill"])
     needs_scratch = [f for f in faults if f in NEEDS_SCRATCH]
     needs_root = [f for f in faults if f in NEEDS_ROOT]
+    if args.auto:
+        if args.config is None:
+            raise CLIError("--auto drills a running cluster that fails over through etcd: give --config (or set "
+                           "$ZWAL_CONFIG), e.g. the cluster 'zwal cluster init DIR --coordinator etcd' sets up; the "
+                           "drill's own scratch cluster has no etcd", 2)
+        other = [f for f in faults if f not in AUTO_FAULTS]
+        if other:
+            raise CLIError(f"--auto drills {', '.join(AUTO_FAULTS)} (the election's own faults); --fault "
+                           f"{','.join(other)} is not drilled with --auto yet", 2)
     if isinstance(args.config, FromEnv):
         if needs_scratch:
             print(f"zwal: not using $ZWAL_CONFIG ({args.config}): --fault {','.join(needs_scratch)} runs on a "
@@ -137,8 +146,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
             scratch.close()
             raise CLIError(f"cannot build the scratch cluster: {e}", 1) from None
     try:
-        d = Drill(cfg, clients=args.clients, load_seconds=args.seconds, timeout=args.timeout, say=say,
-                  scratch=scratch)
+        try:
+            d = Drill(cfg, clients=args.clients, load_seconds=args.seconds, timeout=args.timeout, say=say,
+                      scratch=scratch, auto=args.auto)
+        except DrillError as e:
+            raise CLIError(str(e), 2) from None
         seed = args.seed if args.seed is not None else random.randrange(1 << 31)
         try:
             if args.soak:
@@ -239,6 +251,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "ack_replicas = 0 is refused at once (exit 2): its promotions are refused without --force. Exit 0 "
         "passed; 1 on any loss or failed step; 2 for a usage or cluster-file error.",
         epilog="  zwal drill --config var/cluster.toml --rounds 3\n"
+        "  zwal drill --auto --config c/cluster.toml --fault kill,pause --rounds 2   # etcd elects; nobody promotes\n"
         "  zwal drill --fault kill,pause --rounds 2              # a scratch cluster, K = 1\n"
         "  zwal drill --config var/cluster.toml --json           # progress on stderr, the verdict on stdout",
     )
@@ -253,6 +266,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "from its peers), damage (stop the leader, flip bytes in its last record, start it; the drill "
                    "does not promote, it reports whether the cluster healed by itself). rebuild and damage run "
                    "on a scratch cluster, no root needed. Default: kill")
+    d.add_argument("--auto", action="store_true",
+                   help="the cluster fails over by itself through etcd ([coordinator] kind = \"etcd\"): the drill "
+                   "causes the fault and promotes nobody, measures the time from the fault to an elected leader "
+                   "that accepts a write, and checks that no two leaders acknowledged writes at overlapping times. "
+                   "Needs --config; faults kill and pause")
     d.add_argument("--soak", type=float, metavar="MINUTES",
                    help="mix the faults at random for this long; stop at the first violation and print how to rerun")
     d.add_argument("--seed", type=int, help="seed of the soak's random choice of faults")

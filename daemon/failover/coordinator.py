@@ -31,6 +31,7 @@ class LeaseProven:
     epoch: int
     sent_at: float
     ttl: int
+    gen: int = 0  # the release generation the thread saw before it sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,9 @@ class NoCoordinator:
     def publish(self, role: str, epoch: int) -> None:
         pass
 
+    def heartbeat(self, now: float, problem: str | None = None) -> None:
+        pass
+
     def release(self, reason: str, self_fence: bool = False) -> None:
         pass
 
@@ -107,6 +111,13 @@ class EtcdCoordinator:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._role: tuple[str, int] = ("follower", 0)  # published by the main loop
         self._release = threading.Event()
+        # Each release() starts a new generation; a proof from an older one is ignored (a keepalive in
+        # flight when the main loop gave the lease up must not bring it back: review finding 1).
+        self._gen = 0
+        # The main loop's last turn and what it said of its health (review finding 2: a leader whose loop
+        # or disk is stuck, or which cannot commit, must not keep the lease by the thread's renewals).
+        self._beat: tuple[float, str | None] = (clock(), None)
+        self._not_renewing = ""
         self._stop = threading.Event()
         self._lease_id = 0  # the etcd lease this node holds, 0 if none
         self._led = 0  # the epoch that lease is for
@@ -117,6 +128,7 @@ class EtcdCoordinator:
         self.renewals = 0
         self.elections = 0
         self.self_fences = 0
+        self._step_gen = 0
         self._thread = threading.Thread(target=self._run, name="zwal-coordinator", daemon=True)
 
     # -- the main loop's side ---------------------------------------------------------------
@@ -136,8 +148,11 @@ class EtcdCoordinator:
                 ev = self._events.get_nowait()
             except queue.Empty:
                 return out
-            if isinstance(ev, LeaseProven) and ev.epoch == self._role[1]:
-                self.lease.proven(ev.sent_at, ev.ttl)
+            if isinstance(ev, LeaseProven):
+                if ev.gen != self._gen:
+                    continue  # sent before a release: that lease is given up for good
+                if ev.epoch == self._role[1]:
+                    self.lease.proven(ev.sent_at, ev.ttl)
             elif isinstance(ev, LeaseGone):
                 self.lease.lost()
             out.append(ev)
@@ -147,13 +162,19 @@ class EtcdCoordinator:
             if role != "leader" or epoch != self._role[1]:
                 self.lease = rules.Lease()  # a new role proves its own lease
             self._role = (role, epoch)
+        self._beat = (self.clock(), None)
+
+    def heartbeat(self, now: float, problem: str | None = None) -> None:
+        """The main loop turned at `now`; `problem` says why this leader should not keep its lease."""
+        self._beat = (now, problem)
 
     def release(self, reason: str, self_fence: bool = False) -> None:
         """Give the lease back (a leader stepping down, or a won election the node refused)."""
         logs.event("lease_release", reason=reason)
         self.self_fences += self_fence
         self.lease.lost()
-        self._release.set()
+        self._release.set()  # first: a thread that sees the new generation sees the release too
+        self._gen += 1
 
     def status(self, now: float) -> dict[str, Any]:
         h = self._holder
@@ -208,6 +229,7 @@ class EtcdCoordinator:
             self.etcd.revoke(lid)
 
     def _step(self) -> float | None:
+        self._step_gen = self._gen  # before the release check (release() sets the flag, then the generation)
         role, epoch = self._role
         if self._release.is_set():
             self._release.clear()
@@ -220,6 +242,15 @@ class EtcdCoordinator:
             self._revoke()  # stepped down (or never took the leadership it won)
             return None
         if role == "leader":
+            why = self._unfit()
+            if why:
+                if why != self._not_renewing:
+                    logs.warn("lease_not_renewed", epoch=epoch, reason=why,
+                              action="nothing: the lease runs out, this leader steps down and the election "
+                                     "picks another")
+                self._not_renewing = why
+                return None
+            self._not_renewing = ""
             if self._lease_id:
                 self._renew()
             else:
@@ -227,11 +258,32 @@ class EtcdCoordinator:
             return None
         return self._watch(epoch)
 
+    def _outwait(self, lid: int, until: float) -> float | None:
+        """Keep lease `lid` alive until `until`; the send time of the last keepalive, None if stopped."""
+        sent = self.clock()
+        while True:
+            left = until - self.clock()
+            if left <= 0:
+                return sent
+            if self._stop.wait(min(rules.renew_interval(self.ttl), left)):
+                return None
+            sent = self.clock()
+            self.etcd.keepalive(lid)  # LeaseLost: _run drops the lease, and the next election runs
+
+    def _unfit(self) -> str:
+        """Why the leader's lease must not be renewed now ("" if it may)."""
+        at, problem = self._beat
+        silent = self.clock() - at
+        if silent > rules.usable(self.ttl):
+            return f"the main loop has not turned for {silent:.2f} s"
+        return problem or ""
+
     def _renew(self) -> None:
+        gen = self._step_gen
         sent = self.clock()
         ttl = self.etcd.keepalive(self._lease_id)
         self.renewals += 1
-        self._post(LeaseProven(self._led, sent, ttl))
+        self._post(LeaseProven(self._led, sent, ttl, gen))
 
     def _txn(self, epoch: int, expect_mod: int) -> tuple[bool, float, int, int]:
         sent = self.clock()
@@ -271,7 +323,7 @@ class EtcdCoordinator:
             self._lease_id, self._led = lid, epoch
             logs.event("lease_taken", epoch=epoch, ttl=ttl)
             self.renewals += 1
-            self._post(LeaseProven(epoch, sent, ttl))
+            self._post(LeaseProven(epoch, sent, ttl, self._step_gen))
 
     def _watch(self, epoch: int) -> float | None:
         """A follower: who holds the key; with none, the election's rules."""
@@ -294,13 +346,33 @@ class EtcdCoordinator:
         if isinstance(d, rules.Wait):
             logs.event("election_wait", reason=d.reason)
             return min(0.5, self.ttl / 4)
+        missing_at = self.clock()
         ok, sent, lid, ttl = self._txn(d.epoch, ek.mod_revision if ek else 0)
         if not ok:
             return 0.05
         self._lease_id, self._led, self._won_at = lid, d.epoch, self.clock()
+        wait = rules.old_lease_wait(sts, max(self.ttl, float(ttl)))
+        if wait > 0:
+            down = sorted(n for n, s in sts.items() if s is None or s.get("role") == "leader")
+            logs.event("election_grace", epoch=d.epoch, seconds=wait,
+                       reason=f"{', '.join(down)} did not answer or answered as leader: waiting out any old "
+                              "lease before reading the copies again (docs/failover.md)")
+            last = self._outwait(lid, missing_at + wait)
+            if last is None:
+                return None
+            sent = last
+            sts = self.statuses(min(1.0, self.ttl / 2))
+            again = rules.candidate(self.name, sts, self.ack_replicas, self.allow_data_loss, d.epoch - 1)
+            # Still this node; the others may already report d.epoch (a follower follows etcd's key).
+            if not (isinstance(again, rules.Stand) and again.epoch <= d.epoch + 1):
+                why = again.reason if isinstance(again, rules.Wait) else f"the epoch would be {again.epoch}"
+                logs.event("election_abandoned", epoch=d.epoch, reason=why)
+                self._revoke()
+                return 0.05
+            self._won_at = self.clock()
         self.elections += 1
         logs.event("election_won", epoch=d.epoch, ttl=ttl, reason=d.reason)
         me = sts.get(self.name) or {}
         self._post(Won(d.epoch, int(me.get("end") or 0), d.reason))
-        self._post(LeaseProven(d.epoch, sent, ttl))
+        self._post(LeaseProven(d.epoch, sent, ttl, self._step_gen))
         return None

@@ -38,6 +38,8 @@ class Ack:
     value: bytes
     offset: int
     epoch: int
+    invoked: float = 0.0  # monotonic: when the client sent it ...
+    done: float = 0.0  # ... and when it read the `ok`
 
 
 @dataclass
@@ -118,6 +120,33 @@ def check_ledger(ledger: Ledger, log_records: dict[int, tuple[bytes, bytes | Non
     return Check(len(ledger.acked), lost, present, len(ledger.unacked) - present, duplicated)
 
 
+def check_leaders(acked: list[Ack]) -> list[str]:
+    """No two leaders acknowledged writes at overlapping times (pure).
+
+    An old leader's lease ends before a newer epoch exists, so every write it
+    acknowledged was decided before the newer leader's first `ok`. A write
+    acknowledged in epoch e that the client sent only after it had read an
+    `ok` of a later epoch e' was decided while both led: that is the
+    violation. (A reply of epoch e that arrives late is not: it may have been
+    decided before the pause that delayed it.)"""
+    first_done: dict[int, Ack] = {}
+    last_sent: dict[int, Ack] = {}
+    for a in acked:
+        if a.epoch not in first_done or a.done < first_done[a.epoch].done:
+            first_done[a.epoch] = a
+        if a.epoch not in last_sent or a.invoked > last_sent[a.epoch].invoked:
+            last_sent[a.epoch] = a
+    out = []
+    epochs = sorted(first_done)
+    for i, e in enumerate(epochs):
+        for later in epochs[i + 1:]:
+            a, b = last_sent[e], first_done[later]
+            if a.invoked > b.done:
+                out.append(f"epoch {e} acknowledged {a.key!r} (sent {a.invoked - b.done:.3f} s after epoch {later} "
+                           f"had acknowledged {b.key!r}): two leaders at once")
+    return out
+
+
 class Load:
     """Clients writing unique keys until stopped, recording every answer."""
 
@@ -164,8 +193,9 @@ class Load:
                 t0 = time.monotonic()
                 try:
                     r = c.set(key, value)
-                    self.ledger.ok(Ack(key, value, r.offset, r.epoch))
-                    self.ledger.op(Op(key, "set", value, t0, time.monotonic(), f"c{i}"))
+                    t1 = time.monotonic()
+                    self.ledger.ok(Ack(key, value, r.offset, r.epoch, t0, t1))
+                    self.ledger.op(Op(key, "set", value, t0, t1, f"c{i}"))
                 except ZwalError as e:
                     self.ledger.fail(key, value, e.code)
                     # It may still take effect (a timeout, too few replicas yet): indeterminate.
@@ -252,6 +282,8 @@ class RoundReport:
     heal_s: float = 0.0
     heal_note: str = ""
     injected: dict[str, Any] = field(default_factory=dict)  # what the fault did, for the record
+    overlaps: list[str] = field(default_factory=list)  # check_leaders: two leaders acknowledging at once
+    auto: bool = False  # the cluster elected its leader itself (etcd); the drill promoted nobody
 
     def passed(self, k: int) -> bool:
         return not self.failures(k)
@@ -269,7 +301,9 @@ class RoundReport:
             why.append(f"{len(self.check.lost)} acknowledged write(s) lost")
         if not self.verdict.ok and k != 0:
             why.append("reads not linearizable")
-        if self.fault in SELF_HEALING and not self.healed_by_itself:
+        if self.overlaps:
+            why.append(f"two leaders acknowledged writes at overlapping times ({len(self.overlaps)})")
+        if (self.fault in SELF_HEALING or self.auto) and not self.healed_by_itself:
             why.append(f"did not heal by itself ({self.heal_note})")
         return why
 
@@ -278,6 +312,8 @@ class RoundReport:
         what = {"kill": "killed (SIGKILL)", "pause": "paused (SIGSTOP, then SIGCONT after the promotion)",
                 "partition": "cut off from its followers (then healed)",
                 "disk": "stopped by its failing disk (then given room)"}.get(self.fault, self.fault)
+        if self.auto:
+            what = what.replace("the promotion", "the election")
         if self.fault == "rebuild":
             head = (f"round {self.round}: {self.injected.get('node')} rebuilt from its peers (data directory moved "
                     f"to {self.injected.get('moved_to')}) under load; {self.new_leader} leads epoch {self.epoch}")
@@ -285,6 +321,9 @@ class RoundReport:
             head = (f"round {self.round}: leader {self.old_leader} stopped, {self.injected.get('bytes')} byte(s) "
                     f"flipped in its last record (offset {self.injected.get('record_offset')}), restarted; "
                     + (f"{self.new_leader} leads epoch {self.epoch}" if self.healed_by_itself else "no promotion"))
+        elif self.auto:
+            head = (f"round {self.round}: leader {self.old_leader} {what}, {self.new_leader} leads epoch "
+                    f"{self.epoch} ({self.heal_note})")
         else:
             head = f"round {self.round}: leader {self.old_leader} {what}, {self.new_leader} promoted to epoch {self.epoch}"
         healed = (f"yes, in {self.heal_s:.2f} s" if self.healed_by_itself else "NO") + (
@@ -297,6 +336,8 @@ class RoundReport:
             f"  unacknowledged but present:     {c.unacked_present}",
             f"  unacknowledged and absent:      {c.unacked_absent}",
             f"  written twice (retry dupes):    {len(c.duplicated)}",
+            f"  time to elect:                  {self.promote_s:.2f} s (fault -> new leader accepts writes)"
+            if self.auto else
             f"  time to promote:                {self.promote_s:.2f} s (fault -> new leader accepts writes)"
             if self.fault not in SELF_HEALING else "  time to promote:                - (the drill promotes nobody in this mode)",
             f"  time to converge:               {self.converge_s:.2f} s "
@@ -308,7 +349,9 @@ class RoundReport:
             "  reads and writes linearizable:  "
             + ("yes" if self.verdict.ok and not self.verdict.unknown else
                "undecided (search budget ran out)" if self.verdict.ok else "NO"),
+            f"  one leader at a time:           {'NO' if self.overlaps else 'yes'}",
         ]
+        lines.extend(f"  OVERLAP: {x}" for x in self.overlaps[:5])
         lines.extend(f"  LOST: {x}" for x in c.lost[:20])
         if not self.verdict.ok:
             lines.append("  NOT LINEARIZABLE: " + self.verdict.message.replace("\n", "\n    "))
@@ -321,6 +364,8 @@ FAULTS = ("kill", "pause", "partition", "disk", "rebuild", "damage")
 NEEDS_SCRATCH = ("partition", "disk", "rebuild", "damage")
 NEEDS_ROOT = ("partition", "disk")
 SOAK_FAULTS = ("kill", "pause", "partition", "disk")
+# The faults `zwal drill --auto` causes on a cluster that fails over through etcd (it promotes nobody).
+AUTO_FAULTS = ("kill", "pause")
 # Faults after which the cluster must recover with no operator action: the drill only watches.
 SELF_HEALING = ("rebuild", "damage")
 
@@ -346,13 +391,19 @@ class Drill:
     """
 
     def __init__(self, cfg: ClusterConfig, *, clients: int = 4, load_seconds: float = 3.0,
-                 timeout: float = 60.0, say: Callable[[str], None] = print, scratch: Any = None) -> None:
+                 timeout: float = 60.0, say: Callable[[str], None] = print, scratch: Any = None,
+                 auto: bool = False) -> None:
         if cfg.ack_replicas == 0:
             # Every promotion would be refused (run_promote needs --force with K = 0), so a
             # round could only retry until its timeout: refuse up front, with the reason.
             raise DrillError(f"{cfg.path}: ack_replicas = 0: no follower is guaranteed to hold every acknowledged "
                              "write, so promotion is refused without --force and the drill cannot pass; set "
                              "ack_replicas to 1 or more")
+        if auto and cfg.coordinator.kind != "etcd":
+            raise DrillError(f"{cfg.path}: --auto drills automatic failover, which needs [coordinator] kind = "
+                             f"\"etcd\" (this cluster's is {cfg.coordinator.kind!r}: failover is by 'zwal promote'); "
+                             "leave out --auto, or set up a cluster with 'zwal cluster init DIR --coordinator etcd'")
+        self.auto = auto
         self.cfg = cfg
         self.clients = clients
         self.load_seconds = load_seconds
@@ -427,8 +478,8 @@ class Drill:
             self.say(f"round {rnd}: {leader}'s disk failed; it exited with code {codes[0]}")
         else:
             raise DrillError(f"unknown fault {fault!r}")
+        res = self._await_election(leader, int(st["epoch"]), pid, t_kill, load) if self.auto else None
         # Promote as soon as the followers answer; the supervisor restarts the old node meanwhile.
-        res = None
         while res is None or not res.ok:
             sts = self.statuses()
             # The node `zwal promote` accepts, else the most advanced (its refusal then says why).
@@ -491,9 +542,30 @@ class Drill:
         errors: dict[str, int] = {}
         for _, _, why in ledger.unacked:
             errors[why] = errors.get(why, 0) + 1
+        with ledger.lock:
+            overlaps = check_leaders(list(ledger.acked))
         return RoundReport(rnd, leader, new, res.epoch, check, promote_s, converge_s, identical, logs_clean, errors,
-                           fault, ledger.reads, check_reads(ledger), False, promote_s,
-                           f"the drill promoted {new}, as an operator would")
+                           fault, ledger.reads, check_reads(ledger), self.auto, promote_s,
+                           (f"etcd's election chose {new}" if res.message == "elected" else res.message)
+                           + "; the drill promoted nobody" if self.auto else
+                           f"the drill promoted {new}, as an operator would", overlaps=overlaps, auto=self.auto)
+
+    def _await_election(self, old: str, old_epoch: int, old_pid: int, t_fault: float, load: Load) -> Promoted:
+        """Wait, promoting nobody, for a leader that etcd's lease names: of a newer epoch, or the old leader's
+        node restarted by its supervisor within the TTL, which finds its own key and keeps leading its epoch."""
+        while True:
+            for n, s in self.statuses().items():
+                if s and s["role"] == "leader" and s.get("lease_holder") == n and (
+                        s["epoch"] > old_epoch or s.get("pid") != old_pid):
+                    return Promoted(True, n, int(s["epoch"]), "elected" if s["epoch"] > old_epoch else
+                                    f"{n} restarted and kept its lease")
+            if time.monotonic() - t_fault > self.timeout:
+                load.finish()
+                sts = self.statuses()
+                roles = ", ".join(f"{n} {s['role']} epoch {s['epoch']}" if s else f"{n} down" for n, s in sts.items())
+                raise DrillError(f"no node was elected within {self.timeout:.0f} s of the fault on {old} ({roles}); "
+                                 "the nodes' logs say why (grep election_)")
+            time.sleep(0.1)
 
     # -- faults the cluster must heal from by itself -----------------------------------------
 
@@ -542,9 +614,11 @@ class Drill:
         for _, _, why in ledger.unacked:
             errors[why] = errors.get(why, 0) + 1
         st = (self.statuses().get(new) or {}) if new else {}
+        with ledger.lock:
+            overlaps = check_leaders(list(ledger.acked))
         return RoundReport(rnd, old, new or "-", int(st.get("epoch") or 0), check, 0.0, converge_s,
                            identical and converged, clean, errors, fault, ledger.reads, check_reads(ledger),
-                           healed, heal_s, note, injected)
+                           healed, heal_s, note, injected, overlaps=overlaps)
 
     def _round_rebuild(self, rnd: int) -> RoundReport:
         """Stop a node, move its data directory aside (kept), start it under load: it must rebuild from its peers.

@@ -46,6 +46,18 @@ def renew_interval(ttl: float) -> float:
     return max(0.05, (ttl - margin(ttl)) / 3)
 
 
+def usable(ttl: float) -> float:
+    """The part of a lease a leader may use: a main loop silent this long, or a batch this long on its way
+    to disk, could not have used the lease it would renew (the thread stops renewing)."""
+    return ttl - margin(ttl)
+
+
+def stuck_commit_s(ttl: float) -> float:
+    """How long a leader may go with fewer than K followers in sync before it stops renewing (a leader cut
+    off from its followers but not from etcd would otherwise keep the lease, and no election could run)."""
+    return 2.0 * ttl
+
+
 @dataclass(slots=True)
 class Lease:
     """What the leader's main loop knows of its lease: the deadline, on its monotonic clock."""
@@ -146,3 +158,18 @@ def candidate(me: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
         return Wait(f"{pick} is the one to lead")
     top = max([etcd_epoch, 1, *(s["epoch"] for s in reachable.values())])
     return Stand(top + 1, f"{me} is the most advanced follower the copies vouch for")
+
+
+def old_lease_wait(statuses: dict[str, dict[str, Any] | None], ttl: float) -> float:
+    """How long the winner of an election waits, keeping its own lease, before it reads the copies again.
+
+    The old leader's lease ended before etcd let its key go, if etcd keeps time: its last keepalive was
+    sent before etcd expired the lease, and its deadline is that send time + TTL - margin. An etcd that
+    revokes leases early (etcd#15247: a leader stuck on a slow fdatasync; fixed by etcd#16822, backported
+    to 3.4 and 3.5) breaks that, and the old leader could acknowledge writes after the statuses were
+    read. So, unless every node answered and none as a leader, the winner waits one TTL from when it
+    found the key gone (no old lease reaches past that: it was renewed before the key went), then
+    decides again on fresh statuses. Chubby's new master waits out the old master's lease the same way."""
+    if all(s is not None and s.get("role") != "leader" for s in statuses.values()):
+        return 0.0
+    return ttl

@@ -101,7 +101,7 @@ def admin(host: Host, req: Request, pending: Transition | None) -> tuple[bytes, 
         host.events.warn("admin_refused", op=req.op, epoch=(req.args or {}).get("epoch"), code=Err.REFUSED,
                          reason=msg)
         return error_reply(req.id, Err.REFUSED, msg), None
-    if host.coord.enabled and req.op in (epochs.FENCE, epochs.PROMOTE):
+    if host.coord.enabled and req.op in (epochs.FENCE, epochs.PROMOTE, epochs.FOLLOW):
         # One epoch space: etcd allocates every epoch (docs/failover.md); a vote here could lead a second node.
         msg = (f"{host.name}'s cluster fails over through etcd: {req.op} by hand is refused (nothing changed); "
                "the election picks the leader, 'zwal status' shows it")

@@ -85,6 +85,8 @@ class LeaderRole:
         self.stopping = False  # the driver is waiting out the batch in flight: start no other
         self._started = host.clock.now()
         self._fencing = False
+        self._busy_since: float | None = None  # the first turn that saw the batch in flight
+        self._short_since: float | None = None  # the first turn with fewer than K followers in sync
         self.fenced = 0  # replies withheld because the lease did not hold (docs/failover.md)
 
     # -- what the driver asks ---------------------------------------------------------
@@ -125,6 +127,7 @@ class LeaderRole:
         self._check_lease(now)
         if self.transition is not None:
             return
+        self._beat(now)
         self._perform(self.core.tick(now))
         self._wake_watches()
         self._perform(self.watches.tick(now, self.core.commit, self.core.epoch))
@@ -143,6 +146,28 @@ class LeaderRole:
             self._self_fence("the leader lease ran out before etcd renewed it")
         elif not coord.lease.held and now >= self._started + coord.ttl:
             self._self_fence(f"no leader lease within lease_ttl ({coord.ttl:g} s) of leading")
+
+    def _beat(self, now: float) -> None:
+        """Tell the coordinator this loop turned, and whether this leader is fit to keep its lease: not with
+        a batch stuck on its way to disk, nor cut off from the K followers a commit needs (a leader in
+        that state keeps the lease from a node that could lead; docs/failover.md, "A leader that is stuck")."""
+        coord = self.host.coord
+        if not coord.enabled:
+            return
+        from daemon.failover import lease as rules
+
+        busy = self.host.log.busy
+        self._busy_since = (self._busy_since if self._busy_since is not None else now) if busy else None
+        core = self.core
+        short = core.k > 0 and core.in_sync(now) < core.k
+        self._short_since = (self._short_since if self._short_since is not None else now) if short else None
+        problem = None
+        if self._busy_since is not None and now - self._busy_since > rules.usable(coord.ttl):
+            problem = f"a batch has been on its way to disk for {now - self._busy_since:.2f} s"
+        elif self._short_since is not None and now - self._short_since > rules.stuck_commit_s(coord.ttl):
+            problem = (f"only {core.in_sync(now)} follower(s) in sync for {now - self._short_since:.1f} s, "
+                       f"ack_replicas = {core.k}: this leader cannot commit")
+        coord.heartbeat(now, problem)
 
     def _self_fence(self, reason: str) -> None:
         if self._fencing:
