@@ -120,8 +120,11 @@ def test_promote_by_hand_is_refused_in_etcd_mode_and_changes_nothing(auto):
     from daemon.failover.promote import operator_creds
 
     c = auto
-    r = c.zwal("promote", "node2", "--config", c.config)
-    assert r.returncode == 1 and "fails over by itself through etcd" in r.stderr, r.stderr
+    r = c.zwal("promote", "node2", "--force", "--config", c.config)
+    assert r.returncode == 2 and "--force has no meaning" in r.stderr, r.stderr
+    for who, why in (("node1", "node1 already leads epoch 1"), ("node9", "node9 is not a node of this cluster")):
+        r = c.zwal("promote", who, "--config", c.config)
+        assert r.returncode == 1 and why in r.stderr, r.stderr
     ep = c.endpoint("node2")
     with Client([ep], timeout=1.0, deadline=1.0, creds=operator_creds(load(c.config), "admin")) as adm:
         with pytest.raises(ZwalError) as e:
@@ -303,3 +306,73 @@ def test_an_etcd_that_revokes_the_lease_early_loses_no_acknowledged_write(auto, 
     assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost, e.g. {lost[:5]}"
     assert "event=self_fenced" in open(c.node_log("node1")).read()  # it learned of the revoke and stopped
     assert c.status(new)["lease_holder"] == new
+
+
+def test_promote_in_etcd_mode_is_a_switchover_under_load_that_loses_no_acknowledged_write(auto):
+    """zwal promote NAME moves the lease: the leader pauses writes until NAME holds all of its log, names NAME
+    in etcd, gives its lease up; the election picks NAME (docs/failover.md, "Switchover")."""
+    import json
+
+    c = auto
+    acked: dict[bytes, bytes] = {}
+    stop = threading.Event()
+
+    def writer(i: int) -> None:
+        with Client([c.endpoint(n) for n in c.names], config=c.config, timeout=1.0, deadline=10.0) as w:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                k, v = b"s%d-%d" % (i, n), b"v%d" % n
+                try:
+                    w.set(k, v)
+                    acked[k] = v
+                except ZwalError:
+                    time.sleep(0.01)
+
+    ts = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    try:
+        wait_until(lambda: len(acked) >= 50, 20, "writes flowing through node1")
+        r = c.zwal("promote", "node3", "--config", c.config, "--json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["ok"] and doc["name"] == "node3" and doc["epoch"] >= 2 and doc["switchover"], doc
+        before = len(acked)
+        wait_until(lambda: len(acked) > before + 20, 20, "writes resuming on node3")
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(15)
+    st = c.status("node3")
+    assert st["role"] == "leader" and st["lease_holder"] == "node3" and st["epoch"] == doc["epoch"]
+    assert c.status("node1")["role"] == "follower"
+    c.wait_converged()
+    cl = c.client(deadline=20.0)
+    lost = [k for k, v in acked.items() if cl.get(k) != v]
+    assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert "event=handoff " in open(c.node_log("node1")).read()
+    assert "switchover's target" in open(c.node_log("node3")).read()
+
+
+def test_a_switchover_to_a_follower_that_cannot_catch_up_is_abandoned_and_changes_nothing(auto):
+    from daemon.config import load
+    from daemon.failover.promote import operator_creds
+
+    c = auto
+    cl = c.client(deadline=10.0)
+    cl.set("before", "1")
+    c.signal("node3", signal.SIGSTOP)
+    try:
+        cl.set("while-node3-sleeps", "1")  # K = 1: node2's copy commits it; node3 has not fetched it
+        ep = c.endpoint("node1")
+        with Client([ep], timeout=8.0, deadline=8.0, creds=operator_creds(load(c.config), "admin")) as adm:
+            with pytest.raises(ZwalError) as e:
+                adm.admin("handoff", ep, deadline=8.0, to="node3", timeout=1.0)
+        assert e.value.code == "refused" and "node3 did not hold all of node1's log" in str(e.value), e.value
+        assert "nothing changed, node1 leads on" in str(e.value)
+        st = c.status("node1")
+        assert st["role"] == "leader" and st["epoch"] == 1 and st["lease_holder"] == "node1"
+        assert cl.set("after", "1").epoch == 1  # writes resumed on node1
+    finally:
+        c.signal("node3", signal.SIGCONT)

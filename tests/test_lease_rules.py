@@ -60,3 +60,22 @@ def test_the_leader_key_is_never_trusted_blindly():
                  b'{"name": "a", "epoch": true}'):
         assert decode_holder(junk) is None
     assert decode_epoch(None) == 0 and decode_epoch(b"x") == 0 and decode_epoch(b"12") == 12
+
+
+def test_a_switchover_target_stands_only_when_the_copies_vouch_for_it():
+    from daemon.failover.lease import encode_handoff, handoff_for
+
+    # The old leader node1 stepped down at epoch 2 with its whole log on node2 and node3.
+    sts = {"node1": st("follower", 2, 500, 2, led_epoch=2), "node2": st("follower", 2, 500, 2),
+           "node3": st("follower", 2, 500, 2)}
+    d = candidate("node3", sts, 1, False, 2, prefer="node3")
+    assert isinstance(d, Stand) and d.epoch == 3 and "switchover" in d.reason
+    assert candidate("node2", sts, 1, False, 2, prefer="node3") == Wait("node3 is the one to lead")
+    # node3 fell behind before the election: the usual pick leads, never a copy that may miss a write.
+    behind = {**sts, "node3": st("follower", 2, 400, 2)}
+    assert isinstance(candidate("node3", behind, 1, False, 2, prefer="node3"), Wait)
+    assert candidate("node3", behind, 1, False, 2) == candidate("node3", behind, 1, False, 2, prefer="node3")
+    # A handoff counts only for the election after the epoch it was made in.
+    b = encode_handoff("node3", "node1", 2)
+    assert handoff_for(b, 2) == "node3" and handoff_for(b, 3) is None
+    assert handoff_for(b"{not json", 2) is None and handoff_for(None, 2) is None

@@ -10,11 +10,11 @@ import sys
 from daemon.cli.cmd_log import CLIError, load_cluster
 
 
-# etcd allocates every epoch in that mode (docs/failover.md): a promotion by votes could give one to a second node.
-ETCD_MODE_PROMOTE = ("this cluster fails over by itself through etcd ([coordinator] kind = \"etcd\"): the election "
-                     "picks the most advanced follower when the leader's lease is gone, and 'zwal promote' would "
-                     "allocate an epoch etcd did not. To move the leadership, stop the leader (for example "
-                     "'supervisorctl stop zwal:NODE'); 'zwal status' then shows the new lease holder")
+# etcd allocates every epoch in that mode (docs/failover.md): a promotion by votes could give one to a second node,
+# so there `zwal promote NAME` is a switchover: the leader hands its lease to NAME, and the election picks NAME.
+ETCD_MODE_FORCE = ("--force has no meaning when the cluster fails over through etcd ([coordinator] kind = \"etcd\"): "
+                   "'zwal promote NAME' moves the lease to NAME only when the copies vouch for it, and the election "
+                   "picks the leader by itself when the old one is gone")
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     cfg = load_cluster(args.config)
     if cfg.coordinator.enabled:
-        raise CLIError(ETCD_MODE_PROMOTE, 1, "refused")
+        return _switchover(cfg, args)
     try:
         res = run_promote(cfg, args.name, force=args.force, timeout=args.timeout,
                           say=lambda s: print(s, file=sys.stderr), cert=args.cert)
@@ -34,6 +34,29 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ok": True, "name": res.name, "epoch": res.epoch, "start_offset": res.start_offset,
                           "message": res.message, "warnings": res.warnings, "seconds": round(res.seconds, 3)}))
+    else:
+        print(f"promoted: {res.message} ({res.seconds:.2f} s)")
+    return 0
+
+
+def _switchover(cfg, args: argparse.Namespace) -> int:
+    """etcd mode: move the lease to NAME (daemon/failover/switchover.py)."""
+    from daemon.auth.keys import KeyError_
+    from daemon.failover.switchover import run_switchover
+
+    if args.force:
+        raise CLIError(ETCD_MODE_FORCE, 2, "usage")
+    try:
+        res = run_switchover(cfg, args.name, timeout=args.timeout, catch_up=args.catch_up,
+                             say=lambda s: print(s, file=sys.stderr), cert=args.cert)
+    except KeyError_ as e:
+        raise CLIError(f"{e} (promote needs an admin certificate: --cert FILE)", 2, "credentials") from None
+    if not res.ok:
+        raise CLIError(f"refusing to promote {args.name}: {res.message}", 1, "refused")
+    if args.json:
+        print(json.dumps({"ok": True, "name": res.name, "epoch": res.epoch, "start_offset": res.start_offset,
+                          "message": res.message, "warnings": [], "seconds": round(res.seconds, 3),
+                          "switchover": True}))
     else:
         print(f"promoted: {res.message} ({res.seconds:.2f} s)")
     return 0
@@ -222,6 +245,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "when fewer than a majority of the nodes answer, or when ack_replicas = 0 (without --force). A refusal "
         "names another node only if promoting it would succeed. If another promotion runs at the same time and "
         "the votes split, it retries once at a higher epoch after a short random pause. "
+        "On a cluster that fails over through etcd ([coordinator] kind = \"etcd\") it is a switchover instead: "
+        "the leader stops taking writes, waits until NAME holds all of its log (--catch-up), names NAME in etcd "
+        "and gives its lease up; the election then picks NAME if the same rules accept it (docs/failover.md). "
         "Progress goes to stderr. Exit 0 promoted; 1 refused (the message says why); 2 for a usage, "
         "cluster-file or certificate error.",
         epilog="  zwal status --config mycluster/cluster.toml          # which follower is the most advanced\n"
@@ -232,6 +258,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="cluster file")
     p.add_argument("--cert", help="admin certificate (default: the cluster's keys/admins/admin.key_secret)")
     p.add_argument("--force", action="store_true", help="promote even when the checks fail (may lose acknowledged writes)")
+    p.add_argument("--catch-up", type=float, default=10.0, metavar="SECONDS",
+                   help="etcd mode: how long the leader waits, with writes paused, for NAME to hold all of its log "
+                   "before it gives up the switchover (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each node (default: %(default)s)")
     p.add_argument("--json", action="store_true",
                    help='print one JSON document on stdout: {"ok": true, "name", "epoch", "start_offset", "message", '

@@ -83,6 +83,9 @@ class NoCoordinator:
     def release(self, reason: str, self_fence: bool = False) -> None:
         pass
 
+    def hand_off(self, to: str, epoch: int, reason: str) -> None:
+        raise AssertionError("no lease to hand off without a coordinator")  # the leader refuses first
+
     def status(self, now: float) -> dict[str, Any]:
         return {"coordinator": "none"}
 
@@ -129,6 +132,7 @@ class EtcdCoordinator:
         self.elections = 0
         self.self_fences = 0
         self._step_gen = 0
+        self._handoff: tuple[str, int] | None = None  # set by hand_off, put in etcd before the revoke
         self._thread = threading.Thread(target=self._run, name="zwal-coordinator", daemon=True)
 
     # -- the main loop's side ---------------------------------------------------------------
@@ -175,6 +179,11 @@ class EtcdCoordinator:
         self.lease.lost()
         self._release.set()  # first: a thread that sees the new generation sees the release too
         self._gen += 1
+
+    def hand_off(self, to: str, epoch: int, reason: str) -> None:
+        """A switchover: give the lease up (at once, as release) and, first in etcd, name `to` for the election."""
+        self._handoff = (to, epoch)
+        self.release(reason)
 
     def status(self, now: float) -> dict[str, Any]:
         h = self._holder
@@ -233,6 +242,11 @@ class EtcdCoordinator:
         role, epoch = self._role
         if self._release.is_set():
             self._release.clear()
+            ho, self._handoff = self._handoff, None
+            if ho is not None:
+                # Before the revoke: the followers that find the key gone find the handoff too.
+                self.etcd.put(rules.handoff_key(self.prefix), rules.encode_handoff(ho[0], self.name, ho[1]))
+                logs.event("handoff_put", to=ho[0], epoch=ho[1])
             self._revoke()
             return None
         if self._lease_id and (role != "leader" or epoch != self._led):
@@ -341,8 +355,10 @@ class EtcdCoordinator:
             return None  # a node just started: a leader restarting beside it takes its key back first
         sts = self.statuses(min(1.0, self.ttl / 2))  # read after the key was found missing
         ek = self.etcd.get(rules.epoch_key(self.prefix))
+        ho = self.etcd.get(rules.handoff_key(self.prefix))
+        prefer = rules.handoff_for(ho.value if ho else None, rules.decode_epoch(ek.value if ek else None))
         d = rules.candidate(self.name, sts, self.ack_replicas, self.allow_data_loss,
-                            rules.decode_epoch(ek.value if ek else None))
+                            rules.decode_epoch(ek.value if ek else None), prefer)
         if isinstance(d, rules.Wait):
             logs.event("election_wait", reason=d.reason)
             return min(0.5, self.ttl / 4)
@@ -362,7 +378,7 @@ class EtcdCoordinator:
                 return None
             sent = last
             sts = self.statuses(min(1.0, self.ttl / 2))
-            again = rules.candidate(self.name, sts, self.ack_replicas, self.allow_data_loss, d.epoch - 1)
+            again = rules.candidate(self.name, sts, self.ack_replicas, self.allow_data_loss, d.epoch - 1, prefer)
             # Still this node; the others may already report d.epoch (a follower follows etcd's key).
             if not (isinstance(again, rules.Stand) and again.epoch <= d.epoch + 1):
                 why = again.reason if isinstance(again, rules.Wait) else f"the epoch would be {again.epoch}"

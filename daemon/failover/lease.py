@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.failover.promote import deposed_leaders, most_advanced, promotable
+from daemon.failover.promote import accepts, deposed_leaders, most_advanced, promotable
 
 # The part of the TTL never used: margin = max(MIN_MARGIN_S, MARGIN_FRACTION x TTL).
 MARGIN_FRACTION = 0.2
@@ -90,6 +90,26 @@ def epoch_key(prefix: str) -> str:
     return f"{prefix}/epoch"
 
 
+def handoff_key(prefix: str) -> str:
+    """A switchover's request: {to, from, epoch}; the election after `epoch` prefers `to` (docs/failover.md)."""
+    return f"{prefix}/handoff"
+
+
+def encode_handoff(to: str, frm: str, epoch: int) -> bytes:
+    return json.dumps({"to": to, "from": frm, "epoch": epoch}, sort_keys=True).encode()
+
+
+def handoff_for(b: bytes | None, etcd_epoch: int) -> str | None:
+    """The node a handoff names, if it was made by the leader of `etcd_epoch` (the election now due)."""
+    try:
+        d = json.loads(b) if b else None
+    except ValueError:
+        return None
+    if isinstance(d, dict) and isinstance(d.get("to"), str) and d.get("epoch") == etcd_epoch:
+        return str(d["to"])
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Holder:
     name: str
@@ -133,7 +153,7 @@ class Wait:
 
 
 def candidate(me: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: int, allow_data_loss: bool,
-              etcd_epoch: int) -> Stand | Wait:
+              etcd_epoch: int, prefer: str | None = None) -> Stand | Wait:
     """Should `me` stand in an election now? `statuses`: every node's, read after the key was found missing.
 
     The rules are `zwal promote`'s, without --force: `promotable` names the
@@ -141,6 +161,8 @@ def candidate(me: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
     damaged node counting as a copy, ties by name; a majority must answer.
     With ack_replicas = 0 no follower is sure to hold every acknowledged
     write, so only `allow_data_loss` elects (the most advanced follower).
+    `prefer` (a switchover's target) stands instead of that pick when the
+    same rules accept it: `zwal promote prefer` would, without --force.
     """
     reachable = {n: s for n, s in statuses.items() if s is not None}
     if len(reachable) < len(statuses) // 2 + 1:
@@ -152,11 +174,15 @@ def candidate(me: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
         pick = most_advanced(statuses)
     else:
         pick = promotable(statuses, ack_replicas, deposed_leaders(statuses))
+        if prefer is not None and prefer != pick and accepts(prefer, statuses, ack_replicas):
+            pick = prefer
     if pick is None:
         return Wait("no follower is sure to hold every acknowledged write yet (zwal promote's rules)")
     if pick != me:
         return Wait(f"{pick} is the one to lead")
     top = max([etcd_epoch, 1, *(s["epoch"] for s in reachable.values())])
+    if me == prefer:
+        return Stand(top + 1, f"{me} is the switchover's target, and the copies vouch for it")
     return Stand(top + 1, f"{me} is the most advanced follower the copies vouch for")
 
 

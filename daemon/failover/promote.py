@@ -239,6 +239,15 @@ def promotable(statuses: dict[str, dict[str, Any] | None], ack_replicas: int,
     return None
 
 
+def accepts(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: int) -> bool:
+    """Would `zwal promote name` (without --force) accept `name` now: an answering follower with no problem?"""
+    st = statuses.get(name)
+    if st is None or st["role"] != "follower":
+        return False
+    a = _assess(name, statuses, ack_replicas, deposed_leaders(statuses))
+    return isinstance(a, _Assessment) and not a.problems
+
+
 def is_damaged(st: dict[str, Any]) -> bool:
     """The node's recovery cut bytes from its log and it has not caught up past its old end since."""
     d = st.get("damaged_end")

@@ -101,6 +101,12 @@ def admin(host: Host, req: Request, pending: Transition | None) -> tuple[bytes, 
         host.events.warn("admin_refused", op=req.op, epoch=(req.args or {}).get("epoch"), code=Err.REFUSED,
                          reason=msg)
         return error_reply(req.id, Err.REFUSED, msg), None
+    if req.op == epochs.HANDOFF:
+        # Only the leader hands off (daemon/node/leader.py); here the node is not leading.
+        msg = (f"{host.name} is a {host.state.role} (epoch {host.state.epoch}), not the leader: a handoff is "
+               "asked of the leader ('zwal promote NAME' finds it)")
+        host.events.warn("admin_refused", op=req.op, code=Err.REFUSED, reason=msg)
+        return error_reply(req.id, Err.REFUSED, msg), None
     if host.coord.enabled and req.op in (epochs.FENCE, epochs.PROMOTE, epochs.FOLLOW):
         # One epoch space: etcd allocates every epoch (docs/failover.md); a vote here could lead a second node.
         msg = (f"{host.name}'s cluster fails over through etcd: {req.op} by hand is refused (nothing changed); "

@@ -39,6 +39,7 @@ MAX_EPOCH_STEP = 1 << 16
 FENCE = "fence"
 FOLLOW = "follow"
 PROMOTE = "promote"
+HANDOFF = "handoff"  # etcd mode: the leader moves its lease to a named follower (daemon/node/leader.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,11 @@ Invariants:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Union, assert_never
 
-from daemon.node import answers
+from daemon.node import answers, epochs
 from daemon.node.admission import Dropped, OtherCluster, Sender, authorize_fetch, decode_client
 from daemon.node.leader_core import (AppendRepair, CheckPeers, CompareOwn, Confirmed, Heard, LeaderCore,
                                      RepairRefused, Reply, SendChunk, SendControl, SendSnapshot, ServeRead, StepDown)
@@ -38,6 +39,15 @@ from daemon.wire.replication import FetchSnapshot, Refuse, RepairData, SnapshotC
 Action = Union[Reply, ServeRead, SendChunk, SendControl, StepDown, CheckPeers, Confirmed, AppendRepair,
                RepairRefused, CompareOwn, Heard, Answer, ServeWatch, SendSnapshot]
 _EMPTY_CHUNK_LOG = Limited(burst=10)
+
+
+@dataclass(slots=True)
+class Handoff:
+    to: str
+    envelope: list[bytes]
+    rid: int
+    t0: float
+    deadline: float
 
 
 class LeaderRole:
@@ -88,6 +98,7 @@ class LeaderRole:
         self._busy_since: float | None = None  # the first turn that saw the batch in flight
         self._short_since: float | None = None  # the first turn with fewer than K followers in sync
         self.fenced = 0  # replies withheld because the lease did not hold (docs/failover.md)
+        self._handoff: Handoff | None = None  # a switchover under way (zwal promote NAME in etcd mode)
 
     # -- what the driver asks ---------------------------------------------------------
 
@@ -128,6 +139,7 @@ class LeaderRole:
         if self.transition is not None:
             return
         self._beat(now)
+        self._handoff_step(now)
         self._perform(self.core.tick(now))
         self._wake_watches()
         self._perform(self.watches.tick(now, self.core.commit, self.core.epoch))
@@ -168,6 +180,63 @@ class LeaderRole:
             problem = (f"only {core.in_sync(now)} follower(s) in sync for {now - self._short_since:.1f} s, "
                        f"ack_replicas = {core.k}: this leader cannot commit")
         coord.heartbeat(now, problem)
+
+    # -- a switchover (etcd mode; docs/failover.md, "Switchover") --------------------------------
+
+    def _handoff_begin(self, envelope: list[bytes], req: Request, now: float) -> None:
+        """`zwal promote NAME` in etcd mode: stop taking writes, wait until NAME holds all of this log, then put
+        the handoff in etcd and give the lease up; the election then picks NAME if the copies allow it."""
+        host, core = self.host, self.core
+        args = req.args or {}
+        to, timeout = args.get("to"), args.get("timeout", 10.0)
+
+        def refuse(msg: str) -> None:
+            host.events.warn("admin_refused", op=req.op, code=Err.REFUSED, reason=msg)
+            host.client.send([*envelope, error_reply(req.id, Err.REFUSED, msg)])
+
+        if not host.coord.enabled:
+            return refuse(f"{host.name}'s cluster fails over by 'zwal promote' (fence and promote), not through "
+                          "etcd: there is no lease to hand off")
+        if type(timeout) not in (int, float) or not 0.1 <= timeout <= 600:
+            return refuse("args.timeout must be a number of seconds in 0.1..600")
+        if to == host.name:
+            return refuse(f"{host.name} already leads epoch {core.epoch}")
+        if not isinstance(to, str) or to not in core.followers:
+            return refuse(f"{to!r} is not a follower of {host.name} (nodes: {', '.join(self.cfg.names)})")
+        if self._handoff is not None:
+            return refuse(f"a handoff to {self._handoff.to} is already under way")
+        if self._fencing or not self._lease_holds():
+            return refuse(f"{host.name} does not hold its lease now; the election picks the leader")
+        f = core.followers[to]
+        if now - f.last_seen > core.timeout:
+            return refuse(f"{to} is not in sync with {host.name} (last heard {now - f.last_seen:.1f} s ago); "
+                          "nothing changed. 'zwal status' shows when it is, then retry")
+        self._handoff = Handoff(to, envelope, req.id, now, now + float(timeout))
+        host.events.event("handoff_started", epoch=core.epoch, to=to, end=core.end, acked=f.acked,
+                          reason="writes wait until it holds all of this log")
+
+    def _handoff_step(self, now: float) -> None:
+        h = self._handoff
+        if h is None:
+            return
+        host, core = self.host, self.core
+        f = core.followers[h.to]
+        caught_up = (f.acked >= core.end and core.commit >= core.end and not core.batch and not host.log.busy
+                     and now - f.last_seen <= core.timeout)
+        if caught_up and self._lease_holds():
+            self._handoff = None
+            reason = f"handed the leadership to {h.to}"
+            host.events.event("handoff", epoch=core.epoch, to=h.to, end=core.end, seconds=round(now - h.t0, 3))
+            host.coord.hand_off(h.to, core.epoch, reason)  # the main loop's lease ends first: no ok after this
+            host.client.send([*h.envelope, ok_reply(h.rid, to=h.to, end=core.end, epoch=core.epoch,
+                                                    **{"from": host.name})])
+            self._step_down(core.epoch, None, reason)
+        elif now >= h.deadline or not self._lease_holds():
+            self._handoff = None
+            msg = (f"{h.to} did not hold all of {host.name}'s log within {now - h.t0:.1f} s (acknowledged "
+                   f"{f.acked} of {core.end}); nothing changed, {host.name} leads on")
+            host.events.warn("handoff_abandoned", epoch=core.epoch, to=h.to, reason=msg)
+            host.client.send([*h.envelope, error_reply(h.rid, Err.REFUSED, msg)])
 
     def _self_fence(self, reason: str) -> None:
         if self._fencing:
@@ -220,6 +289,9 @@ class LeaderRole:
         if req.op == SNAPSHOT_OP:
             host.snapshots.request(host.client, envelope, req.id, host.kv)
             return
+        if req.op == epochs.HANDOFF and self.transition is None:
+            self._handoff_begin(envelope, req, now)
+            return
         if req.op in ADMIN_OPS:
             # The batch in flight lands (or fails) first, so every client is
             # told the truth about `written` before the role changes.
@@ -233,7 +305,11 @@ class LeaderRole:
         if self.transition is not None:
             host.client.send([*envelope, answers.not_leader(host, req.id)])
             return
-        if req.op in WRITE_OPS:
+        if req.op in WRITE_OPS and self._handoff is not None:
+            host.client.send([*envelope, error_reply(
+                req.id, Err.NOT_LEADER, f"{host.name} is handing the leadership to {self._handoff.to}; retry there "
+                "shortly", leader=None, leader_endpoint=None, epoch=core.epoch)])
+        elif req.op in WRITE_OPS:
             self._perform(core.admit_write(req, envelope, now))
         elif req.op == "status":
             host.client.send([*envelope, ok_reply(req.id, status=self._status(now))])

@@ -23,7 +23,7 @@ RETRY_WINDOW = 1024
 
 WRITE_OPS = ("set", "del")
 READ_OPS = ("get", "status", "ping", "watch")
-ADMIN_OPS = ("promote", "follow", "fence", "snapshot")
+ADMIN_OPS = ("promote", "follow", "fence", "snapshot", "handoff")
 OPS = WRITE_OPS + READ_OPS + ADMIN_OPS
 
 
