@@ -29,7 +29,8 @@ def require_etcd() -> str:
 
 
 class EtcdCluster:
-    def __init__(self, root: str, members: int = 3) -> None:
+    def __init__(self, root: str, members: int = 3, host: str = "127.0.0.1") -> None:
+        self.host = host  # another address (a network namespace's bridge) lets a test cut nodes off from etcd
         self.bin = require_etcd()
         base = free_base_port(span=2 * members + 2)
         self.names = [f"e{i}" for i in range(members)]
@@ -37,12 +38,12 @@ class EtcdCluster:
         self.peer_port = {n: base + 2 + 2 * i for i, n in enumerate(self.names)}
         self.root = root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.initial = ",".join(f"{n}=http://127.0.0.1:{self.peer_port[n]}" for n in self.names)
+        self.initial = ",".join(f"{n}=http://{host}:{self.peer_port[n]}" for n in self.names)
         self.token = f"zwal-test-{base}"
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{self.client_port[n]}" for n in self.names]
+        return [f"http://{self.host}:{self.client_port[n]}" for n in self.names]
 
     def start(self, name: str | None = None) -> None:
         for n in ([name] if name else self.names):
@@ -51,10 +52,10 @@ class EtcdCluster:
             log = open(os.path.join(self.root, f"{n}.log"), "ab")
             self.procs[n] = subprocess.Popen(
                 [self.bin, "--name", n, "--data-dir", data,
-                 "--listen-client-urls", f"http://127.0.0.1:{self.client_port[n]}",
-                 "--advertise-client-urls", f"http://127.0.0.1:{self.client_port[n]}",
-                 "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port[n]}",
-                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port[n]}",
+                 "--listen-client-urls", f"http://{self.host}:{self.client_port[n]}",
+                 "--advertise-client-urls", f"http://{self.host}:{self.client_port[n]}",
+                 "--listen-peer-urls", f"http://{self.host}:{self.peer_port[n]}",
+                 "--initial-advertise-peer-urls", f"http://{self.host}:{self.peer_port[n]}",
                  "--initial-cluster", self.initial, "--initial-cluster-token", self.token,
                  "--initial-cluster-state", "new",
                  "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error"],

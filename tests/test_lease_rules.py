@@ -79,3 +79,16 @@ def test_a_switchover_target_stands_only_when_the_copies_vouch_for_it():
     b = encode_handoff("node3", "node1", 2)
     assert handoff_for(b, 2) == "node3" and handoff_for(b, 3) is None
     assert handoff_for(b"{not json", 2) is None and handoff_for(None, 2) is None
+
+
+def test_a_node_cut_off_from_etcd_counts_as_a_copy_but_is_not_the_pick():
+    # node1 led epoch 1, was cut off from etcd, self-fenced: the most advanced, but it cannot take the key.
+    cut = st("follower", 1, 500, led_epoch=1, coordinator_error="no etcd endpoint answered")
+    sts = {"node1": cut, "node2": st("follower", 1, 480), "node3": st("follower", 1, 450)}
+    d = candidate("node2", sts, 1, False, 1)
+    assert isinstance(d, Stand) and d.epoch == 2
+    assert candidate("node3", sts, 1, False, 1) == Wait("node2 is the one to lead")
+    # Its copy still counts: a follower behind what the copies vouch for is not picked instead.
+    only = {"node1": st("follower", 1, 500, coordinator_error="x"), "node2": st("follower", 1, 480), "node3": None}
+    w = candidate("node2", only, 1, False, 1)
+    assert isinstance(w, Wait) and "node1 cannot reach etcd" in w.reason, w

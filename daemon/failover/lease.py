@@ -167,17 +167,21 @@ def candidate(me: str, statuses: dict[str, dict[str, Any] | None], ack_replicas:
     reachable = {n: s for n, s in statuses.items() if s is not None}
     if len(reachable) < len(statuses) // 2 + 1:
         return Wait(f"only {len(reachable)} of {len(statuses)} nodes answered; an election needs a majority")
+    # A node that cannot reach etcd cannot take the key: it still counts as a copy, but the pick is another
+    # (else an old leader cut off from etcd, fenced and the most advanced, would be waited for for ever).
+    no_etcd = frozenset(n for n, s in reachable.items() if s.get("coordinator_error"))
     if ack_replicas == 0:
         if not allow_data_loss:
             return Wait("ack_replicas = 0: automatic failover is off (set allow_data_loss = true in [coordinator] "
                         "to fail over anyway, losing what only the old leader held)")
-        pick = most_advanced(statuses)
+        pick = most_advanced({n: s for n, s in statuses.items() if n not in no_etcd})
     else:
-        pick = promotable(statuses, ack_replicas, deposed_leaders(statuses))
-        if prefer is not None and prefer != pick and accepts(prefer, statuses, ack_replicas):
+        pick = promotable(statuses, ack_replicas, deposed_leaders(statuses), exclude=no_etcd)
+        if prefer is not None and prefer != pick and prefer not in no_etcd and accepts(prefer, statuses, ack_replicas):
             pick = prefer
     if pick is None:
-        return Wait("no follower is sure to hold every acknowledged write yet (zwal promote's rules)")
+        return Wait("no follower is sure to hold every acknowledged write yet (zwal promote's rules)"
+                    + (f"; {', '.join(sorted(no_etcd))} cannot reach etcd" if no_etcd else ""))
     if pick != me:
         return Wait(f"{pick} is the one to lead")
     top = max([etcd_epoch, 1, *(s["epoch"] for s in reachable.values())])

@@ -229,9 +229,12 @@ def decide(name: str, statuses: dict[str, dict[str, Any] | None], ack_replicas: 
 
 
 def promotable(statuses: dict[str, dict[str, Any] | None], ack_replicas: int,
-               old_leaders: frozenset[str] = frozenset(), exclude: str | None = None) -> str | None:
-    """The most advanced answering follower decide() accepts without --force (ties by name), or None."""
-    fol = {n: s for n, s in statuses.items() if s is not None and s["role"] == "follower" and n != exclude}
+               old_leaders: frozenset[str] = frozenset(), exclude: str | frozenset[str] | None = None) -> str | None:
+    """The most advanced answering follower decide() accepts without --force (ties by name), or None.
+
+    `exclude`: nodes that may not be the pick (they still count as copies)."""
+    out = frozenset([exclude]) if isinstance(exclude, str) else (exclude or frozenset())
+    fol = {n: s for n, s in statuses.items() if s is not None and s["role"] == "follower" and n not in out}
     for n, _ in _ranked(fol):
         a = _assess(n, statuses, ack_replicas, old_leaders)
         if isinstance(a, _Assessment) and not a.problems:

@@ -14,7 +14,10 @@ processes are started with `ip netns exec`. Faults:
 - `cut_from_clients(a)`: a blackhole route in the root namespace only, so
   the node still talks to its peers (bridged traffic between namespaces
   does not pass the root namespace's routing);
-- `link(a, up)`: the node's veth down or up (a flapping cable).
+- `link(a, up)`: the node's veth down or up (a flapping cable);
+- `cut_from_service(a)`: a blackhole route in the node's namespace to the
+  bridge's second address, 10.A.B.2 (`service_ip`), where a test runs a
+  shared service such as etcd: the node loses etcd and nothing else.
 
 Needs root and iproute2; `Net.make` raises FaultUnavailable saying why.
 """
@@ -46,6 +49,8 @@ class Net:
         a, b = random.randrange(100, 250), random.randrange(1, 250)
         self.subnet = f"10.{a}.{b}"
         self.gateway = f"{self.subnet}.1"
+        self.service_ip = f"{self.subnet}.2"  # a second address on the bridge, in the root namespace
+        self._service_cuts: set[str] = set()
         self.bridge = f"zb{self.tag}"
         self.names = list(names)
         self.ns = {n: f"zw{self.tag}n{i}" for i, n in enumerate(names, 1)}
@@ -71,6 +76,7 @@ class Net:
     def up(self) -> None:
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _ip("addr", "add", f"{self.service_ip}/32", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         for n in self.names:
             ns, v = self.ns[n], self.veth[n]
@@ -129,6 +135,16 @@ class Net:
             _ip("route", "del", "blackhole", f"{self.ip[a]}/32", check=False)
             self._client_cuts.discard(a)
 
+    def cut_from_service(self, a: str) -> None:
+        if a not in self._service_cuts:
+            _ip("-n", self.ns[a], "route", "add", "blackhole", f"{self.service_ip}/32")
+            self._service_cuts.add(a)
+
+    def heal_service(self, a: str) -> None:
+        if a in self._service_cuts:
+            _ip("-n", self.ns[a], "route", "del", "blackhole", f"{self.service_ip}/32", check=False)
+            self._service_cuts.discard(a)
+
     def link(self, a: str, up: bool) -> None:
         _ip("link", "set", f"{self.veth[a]}a", "up" if up else "down")
 
@@ -137,5 +153,7 @@ class Net:
             self.heal(a, b)
         for a in list(self._client_cuts):
             self.heal_clients(a)
+        for a in list(self._service_cuts):
+            self.heal_service(a)
         for n in self.names:
             self.link(n, True)
