@@ -123,9 +123,10 @@ class FollowerRole:
                 # etcd allocated that epoch to that node by compare-and-swap: follow it now (durably first).
                 # The epoch also fences an old leader this node still fetched from. The new leader may not
                 # lead yet (it is waiting out an old lease): the fetches are refused until it does.
-                if ev.name != self.host.name and ev.epoch > self.core.epoch:
+                if ev.name != self.host.name and (ev.epoch > self.core.epoch
+                                                  or (ev.epoch == self.core.epoch and self.leader is None)):
                     self._follow(ev.epoch, ev.name, f"etcd's leader key names {ev.name} at epoch {ev.epoch}")
-                self.host.peers.ask_now()  # find it now rather than at the next probe
+                    self.host.peers.ask_now()  # find it now rather than at the next probe
             case LeaseProven() | LeaseGone():
                 pass
             case _:
@@ -176,7 +177,7 @@ class FollowerRole:
         """Adopt a newer epoch (durably first) and, if named, a new leader. False: not adopted."""
         host = self.host
         st = host.state
-        if leader == host.name and epoch > st.epoch:
+        if leader == host.name:
             # A peer names this node leader of an epoch it does not lead (a follower of etcd's key while this
             # node waits out an old lease): it leads that epoch only by its own promotion, never as a follower.
             return True

@@ -105,7 +105,8 @@ def new_cluster_id() -> str:
 
 def render(dir_: str, nodes: int, base_port: int, ack_replicas: int | None, name: str,
            public_keys: dict[str, str] | None = None, *, hosts: list[str] | None = None,
-           data_root: str | None = None, etcd: "LocalEtcd | list[str] | None" = None) -> tuple[str, str]:
+           data_root: str | None = None, etcd: "LocalEtcd | list[str] | None" = None,
+           lease_ttl: int = 3) -> tuple[str, str]:
     """The cluster file and supervisord.conf; `public_keys` (from create_keys) turns
     CURVE on, None writes security = "none" (loopback only). `hosts` and
     `data_root`: see layout()."""
@@ -129,7 +130,7 @@ def render(dir_: str, nodes: int, base_port: int, ack_replicas: int | None, name
         eps = etcd.endpoints if isinstance(etcd, LocalEtcd) else etcd
         cluster += ("\n# Automatic failover: the leader lease and the epochs are held in etcd (docs/failover.md).\n"
                     "[coordinator]\nkind = \"etcd\"\nendpoints = [" + ", ".join(f'"{e}"' for e in eps) + "]\n"
-                    "lease_ttl = 3\n")
+                    f"lease_ttl = {lease_ttl}\n")
         if isinstance(etcd, LocalEtcd):
             extra_programs = etcd.programs()
     sup = _template("supervisord.conf.tmpl").format(dir=os.path.abspath(dir_), programs=",".join(names),
@@ -174,7 +175,10 @@ class LocalEtcd:
                 f"--listen-peer-urls http://127.0.0.1:{self.peer_port(i)} "
                 f"--initial-advertise-peer-urls http://127.0.0.1:{self.peer_port(i)} "
                 f"--initial-cluster {initial} --initial-cluster-token zwal-local-{self.base} "
-                "--initial-cluster-state new --log-level warn\n"
+                # A 50 ms heartbeat and a 500 ms election timeout (local members: sub-millisecond round
+                # trips): etcd then grants a lease of 1 s as asked (it raises any TTL below 1.5 x the
+                # election timeout; docs/failover.md, "The TTL etcd grants").
+                "--initial-cluster-state new --heartbeat-interval 50 --election-timeout 500 --log-level warn\n"
                 "directory=%(here)s\npriority=100\nautostart=true\nautorestart=true\nstartsecs=1\n"
                 "stopsignal=TERM\nstopwaitsecs=10\nredirect_stderr=true\n"
                 f"stdout_logfile=%(here)s/log/{n}.log\nstdout_logfile_maxbytes=20MB\nstdout_logfile_backups=2\n")
@@ -241,6 +245,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     etcd: LocalEtcd | list[str] | None = None
     if args.etcd_endpoints and args.coordinator != "etcd":
         raise CLIError("--etcd-endpoints goes with --coordinator etcd", 2)
+    if args.lease_ttl != 3 and args.coordinator != "etcd":
+        raise CLIError("--lease-ttl goes with --coordinator etcd", 2)
+    if not 1 <= args.lease_ttl <= 3600:
+        raise CLIError("--lease-ttl must be between 1 and 3600 seconds", 2)
     if args.coordinator == "etcd":
         if args.etcd_endpoints:
             etcd = [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
@@ -266,7 +274,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     if not hosts:
         check_ports_free(layout(nodes, args.base_port, None, None))
     cluster, sup = render(d, nodes, args.base_port, args.ack_replicas, args.name,
-                          create_keys(d, nodes), hosts=hosts, data_root=args.data_root, etcd=etcd)
+                          create_keys(d, nodes), hosts=hosts, data_root=args.data_root, etcd=etcd,
+                          lease_ttl=args.lease_ttl)
     with open(cluster_path, "w") as f:
         f.write(cluster)
     if not hosts:
@@ -397,6 +406,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "3-member etcd under supervisord (ports BASE+31..BASE+36, data in DIR/etcd/; needs the etcd "
                    "binary: Debian's etcd-server); with --hosts, give --etcd-endpoints (default: %(default)s, "
                    "failover by 'zwal promote')")
+    i.add_argument("--lease-ttl", type=int, default=3, metavar="SECONDS",
+                   help="with --coordinator etcd: the leader lease's [coordinator] lease_ttl; a leader stops "
+                   "acknowledging within this long of losing etcd, and a new one is elected about this long after "
+                   "the old one is lost (default: %(default)s)")
     i.add_argument("--etcd-endpoints", metavar="URL,...", default=None,
                    help="with --coordinator etcd: the client URLs of an etcd cluster you run "
                    "(http://HOST:2379,...) instead of a local one")

@@ -14,6 +14,7 @@ simulator): leases always hold, nothing is posted.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -133,6 +134,7 @@ class EtcdCoordinator:
         self.self_fences = 0
         self._step_gen = 0
         self._handoff: tuple[str, int] | None = None  # set by hand_off, put in etcd before the revoke
+        self._told_at = -math.inf  # when LeaderIs was last posted
         self._thread = threading.Thread(target=self._run, name="zwal-coordinator", daemon=True)
 
     # -- the main loop's side ---------------------------------------------------------------
@@ -344,8 +346,10 @@ class EtcdCoordinator:
         kv = self.etcd.get(rules.leader_key(self.prefix))
         if kv is not None:
             h = rules.decode_holder(kv.value)
-            if h is not None and h != self._holder:
-                self._holder = h
+            if h is not None and (h != self._holder or self.clock() - self._told_at >= self.ttl / 2):
+                # Again every TTL/2: the main loop drops events while its role changes, and a follower
+                # must have adopted the holder's epoch before the holder's second read of the copies.
+                self._holder, self._told_at = h, self.clock()
                 self._post(LeaderIs(h.name, h.epoch))
             return min(0.5, self.ttl / 4)
         self._holder = None

@@ -198,8 +198,10 @@ def old_lease_wait(statuses: dict[str, dict[str, Any] | None], ttl: float) -> fl
     revokes leases early (etcd#15247: a leader stuck on a slow fdatasync; fixed by etcd#16822, backported
     to 3.4 and 3.5) breaks that, and the old leader could acknowledge writes after the statuses were
     read. So, unless every node answered and none as a leader, the winner waits one TTL from when it
-    found the key gone (no old lease reaches past that: it was renewed before the key went), then
-    decides again on fresh statuses. Chubby's new master waits out the old master's lease the same way."""
+    found the key gone (no old lease proven before the key went reaches past that), then decides again
+    on fresh statuses. Chubby's new master waits out the old master's lease the same way. (The bug's
+    other form, keepalives still answered after the expiry, is stopped by the followers adopting the
+    winner's epoch from etcd: docs/failover.md, "An etcd that revokes early".)"""
     if all(s is not None and s.get("role") != "leader" for s in statuses.values()):
         return 0.0
     return ttl

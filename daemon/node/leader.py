@@ -95,7 +95,7 @@ class LeaderRole:
         self.stopping = False  # the driver is waiting out the batch in flight: start no other
         self._started = host.clock.now()
         self._fencing = False
-        self._busy_since: float | None = None  # the first turn that saw the batch in flight
+        self._busy_since: float | None = None  # when the batch now in flight was handed to the disk
         self._short_since: float | None = None  # the first turn with fewer than K followers in sync
         self.fenced = 0  # replies withheld because the lease did not hold (docs/failover.md)
         self._handoff: Handoff | None = None  # a switchover under way (zwal promote NAME in etcd mode)
@@ -168,10 +168,15 @@ class LeaderRole:
             return
         from daemon.failover import lease as rules
 
-        busy = self.host.log.busy
-        self._busy_since = (self._busy_since if self._busy_since is not None else now) if busy else None
+        if not self.host.log.busy:
+            self._busy_since = None
         core = self.core
         short = core.k > 0 and core.in_sync(now) < core.k
+        # Only when the other nodes could elect a leader that does better: this one reaches no majority (itself
+        # and its in-sync followers), and the others are one. A cluster that is short of followers everywhere
+        # (K = 2 with one of 3 down; 2 nodes, one down) keeps its leader: handing the lease on would only flap.
+        n = len(self.cfg.names)
+        short = short and 1 + core.in_sync(now) < n // 2 + 1 <= n - 1
         self._short_since = (self._short_since if self._short_since is not None else now) if short else None
         problem = None
         if self._busy_since is not None and now - self._busy_since > rules.usable(coord.ttl):
@@ -337,6 +342,9 @@ class LeaderRole:
         if (self.core.batch and not self.host.log.busy and self.transition is None and not self._after_batch
                 and not self.stopping):
             frames = self.core.take_batch()
+            # The batch's own start: under steady load the next batch starts as this one lands, and a
+            # clock kept from the first busy turn would call a healthy disk stuck (review, 2026-12-04).
+            self._busy_since = self.host.clock.now()
             self.host.log.append(b"".join(frames), len(frames), self.on_batch_done)
 
     def on_batch_done(self, r: SyncResult) -> None:
@@ -596,6 +604,7 @@ class LeaderRole:
                 host.save_state(after)
             self._perform(self.core.repaired(r.end, host.clock.now()))
 
+        self._busy_since = host.clock.now()
         host.log.append(a.data, a.records, done)
 
     def _log_follower_changes(self, now: float) -> None:
