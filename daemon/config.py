@@ -76,6 +76,9 @@ class CoordinatorConfig:
     lease_ttl: int = LEASE_TTL
     prefix: str = ""  # the etcd keys: <prefix>/leader, <prefix>/epoch; includes the cluster id
     allow_data_loss: bool = False  # with ack_replicas = 0, fail over anyway (acknowledged writes may be lost)
+    # The election's winner waits out an old lease etcd may have ended early (etcd#15247); off only for an
+    # etcd with the fix (docs/failover.md, "An etcd that revokes early").
+    early_revoke_guard: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -283,7 +286,8 @@ def _with_coordinator(cfg: ClusterConfig, t: object, path: str) -> ClusterConfig
     where = f"{path} [coordinator]"
     if not isinstance(t, dict):
         raise ConfigError(f"{where}: must be a table")
-    known = {"kind": str, "endpoints": list, "lease_ttl": int, "prefix": str, "allow_data_loss": bool}
+    known = {"kind": str, "endpoints": list, "lease_ttl": int, "prefix": str, "allow_data_loss": bool,
+             "early_revoke_guard": bool}
     for k, v in t.items():
         if k not in known:
             raise ConfigError(f"{where}: unknown key {k!r} (known: {', '.join(sorted(known))})")
@@ -308,7 +312,8 @@ def _with_coordinator(cfg: ClusterConfig, t: object, path: str) -> ClusterConfig
         raise ConfigError(f"{where}: prefix {prefix!r} must contain the cluster id {cfg.cluster_id!r} as one of its "
                           "parts (for example /zwal/" + cfg.cluster_id + "), so two clusters never share a lease")
     allow = t.get("allow_data_loss", False)
-    return dataclasses.replace(cfg, coordinator=CoordinatorConfig(kind, eps, ttl, prefix.rstrip("/"), allow))
+    guard = t.get("early_revoke_guard", True)
+    return dataclasses.replace(cfg, coordinator=CoordinatorConfig(kind, eps, ttl, prefix.rstrip("/"), allow, guard))
 
 
 def is_loopback(endpoint: str) -> bool:

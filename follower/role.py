@@ -44,6 +44,7 @@ from .core import (AdoptEpoch, Append, Decision, FollowerCore, Redirect, Refetch
 
 NO_SPACE_BACKOFF_MIN = 0.2  # seconds before asking again when the disk is full (doubling up to the max)
 NO_SPACE_BACKOFF_MAX = 1.0
+REDIRECT_RETRY_S = 0.1  # seconds before fetching again from a node that answered not_leader
 
 
 class FollowerRole:
@@ -359,6 +360,9 @@ class FollowerRole:
             self._follow(d.epoch, d.leader, f"{self.leader} redirected us")
         else:
             self.host.peers.ask_now()
+            # Ask again soon rather than after the leader's silence: the node we follow may be about to lead
+            # (an election's winner waiting out an old lease answers not_leader until it does).
+            self._backoff(REDIRECT_RETRY_S)
 
     def _append(self, d: Append) -> None:
         host = self.host

@@ -50,7 +50,7 @@ class Clock:
 
 def coordinator(ttl: int = 1) -> tuple[EtcdCoordinator, ScriptedEtcd, Clock]:
     cfg = SimpleNamespace(ack_replicas=1, coordinator=SimpleNamespace(
-        lease_ttl=ttl, prefix="/zwal/t", allow_data_loss=False, endpoints=("http://127.0.0.1:1",)))
+        lease_ttl=ttl, prefix="/zwal/t", allow_data_loss=False, early_revoke_guard=True, endpoints=("http://127.0.0.1:1",)))
     clock = Clock()
     c = EtcdCoordinator(cfg, "node1", lambda timeout: {}, lambda: None, clock=clock)
     etcd = ScriptedEtcd()
@@ -128,7 +128,7 @@ class Stop:
 def candidate_node2(reads: list[dict]) -> tuple[EtcdCoordinator, ScriptedEtcd, Clock, list[float]]:
     """node2, a follower that finds the leader key gone; `reads` are the statuses it gets, one per read."""
     cfg = SimpleNamespace(ack_replicas=1, coordinator=SimpleNamespace(
-        lease_ttl=1, prefix="/zwal/t", allow_data_loss=False, endpoints=("http://127.0.0.1:1",)))
+        lease_ttl=1, prefix="/zwal/t", allow_data_loss=False, early_revoke_guard=True, endpoints=("http://127.0.0.1:1",)))
     clock = Clock()
     read_at: list[float] = []
 
@@ -174,6 +174,17 @@ def test_no_wait_when_every_node_answered_and_none_as_leader():
     c, etcd, clock, read_at = candidate_node2([
         {"node1": follower(300, led_epoch=1), "node2": follower(400), "node3": follower(300)},
     ])
+    c._step()
+    assert len(read_at) == 1 and ("keepalive", 77) not in etcd.calls
+    assert [e.epoch for e in c.take() if isinstance(e, Won)] == [2]
+
+
+def test_with_the_guard_off_the_winner_does_not_wait():
+    # [coordinator] early_revoke_guard = false: for an etcd with the fix for etcd#15247 only.
+    c, etcd, clock, read_at = candidate_node2([
+        {"node1": None, "node2": follower(400), "node3": follower(300)},
+    ])
+    c.early_revoke_guard = False
     c._step()
     assert len(read_at) == 1 and ("keepalive", 77) not in etcd.calls
     assert [e.epoch for e in c.take() if isinstance(e, Won)] == [2]

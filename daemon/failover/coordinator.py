@@ -107,6 +107,7 @@ class EtcdCoordinator:
         self.prefix = c.prefix
         self.ack_replicas = cfg.ack_replicas
         self.allow_data_loss = c.allow_data_loss
+        self.early_revoke_guard = c.early_revoke_guard
         self.etcd = EtcdClient(list(c.endpoints), timeout=min(1.0, max(0.2, self.ttl / 4)))
         self.statuses = statuses
         self.wake = wake
@@ -357,7 +358,7 @@ class EtcdCoordinator:
             return None
         if self.clock() - self._started < self.ttl:
             return None  # a node just started: a leader restarting beside it takes its key back first
-        sts = self.statuses(min(1.0, self.ttl / 2))  # read after the key was found missing
+        sts = self.statuses(max(0.25, min(1.0, self.ttl / 4)))  # read after the key was found missing
         ek = self.etcd.get(rules.epoch_key(self.prefix))
         ho = self.etcd.get(rules.handoff_key(self.prefix))
         prefer = rules.handoff_for(ho.value if ho else None, rules.decode_epoch(ek.value if ek else None))
@@ -371,7 +372,7 @@ class EtcdCoordinator:
         if not ok:
             return 0.05
         self._lease_id, self._led, self._won_at = lid, d.epoch, self.clock()
-        wait = rules.old_lease_wait(sts, max(self.ttl, float(ttl)))
+        wait = rules.old_lease_wait(sts, max(self.ttl, float(ttl))) if self.early_revoke_guard else 0.0
         if wait > 0:
             down = sorted(n for n, s in sts.items() if s is None or s.get("role") == "leader")
             logs.event("election_grace", epoch=d.epoch, seconds=wait,
@@ -381,7 +382,7 @@ class EtcdCoordinator:
             if last is None:
                 return None
             sent = last
-            sts = self.statuses(min(1.0, self.ttl / 2))
+            sts = self.statuses(max(0.25, min(1.0, self.ttl / 4)))
             again = rules.candidate(self.name, sts, self.ack_replicas, self.allow_data_loss, d.epoch - 1, prefer)
             # Still this node; the others may already report d.epoch (a follower follows etcd's key).
             if not (isinstance(again, rules.Stand) and again.epoch <= d.epoch + 1):
