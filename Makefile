@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # most of their time is spent waiting on real processes and fsync, so two workers halve the suite.
 PYTEST_JOBS ?= 2
 
-.PHONY: setup sysdeps run stop demo check test simulate mutants soak bench bench-reads bench-setup bench-engine bench-quick bench-profile clean help
+.PHONY: setup sysdeps run stop demo check test simulate mutants soak bench bench-bulk bench-reads bench-setup bench-engine bench-quick bench-profile clean help
 
 help:
 	@echo "make run    - set up .venv and start a local 3-node cluster under supervisord (in var/)"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench-profile - where a zwal leader's time goes under 64 clients (py-spy)"
 	@echo "make bench-engine  - engine benchmark against the disk's fsync floor"
 	@echo "make bench-reads   - what a ReadIndex get costs: 3 nodes, K=1 vs K=0, at 1 and 64 clients"
+	@echo "make bench-bulk    - the batch op (Client.set_many) on 1 and 3 nodes beside redis-benchmark -P 16"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -144,6 +145,10 @@ bench-engine: setup
 
 bench-reads: setup
 	$(BIN)/python bench/reads.py
+
+BULK_ARGS ?=
+bench-bulk: setup
+	$(BIN)/python bench/bulk.py $(BULK_ARGS)
 
 bench: bench-setup
 	$(BIN)/python bench/run.py

@@ -35,7 +35,7 @@ from daemon.node.leader_core import Counters
 from daemon.node.ports import FsyncFailure, Host, NoSpace, SyncResult, Transition
 from daemon.node.snapshotting import SNAPSHOT_OP
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
-from daemon.wire.client import WRITE_OPS, ok_reply
+from daemon.wire.client import BATCH_OP, WRITE_OPS, ok_reply
 from daemon.wire.replication import (BadMessage, Fetch, NotLeader, RepairRequest, decode_from_leader, encode,
                                      encode_fetch, encode_fetch_snapshot, encode_repair_data)
 
@@ -455,7 +455,7 @@ class FollowerRole:
         if decoded is None:
             return
         envelope, req = decoded
-        if req.op in WRITE_OPS or req.op == "watch":
+        if req.op in WRITE_OPS or req.op in ("watch", BATCH_OP):
             # A watch streams committed records: only the leader knows the commit point.
             host.client.send([*envelope, answers.not_leader(host, req.id)])
         elif req.op == "status":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 ROLES = ("node", "client", "admin")
 
-CLIENT_OPS = frozenset({"set", "del", "get", "status", "ping", "watch"})
+CLIENT_OPS = frozenset({"set", "del", "batch", "get", "status", "ping", "watch"})
 ADMIN_OPS = CLIENT_OPS | {"fence", "promote", "follow", "snapshot", "handoff"}
 NODE_CLIENT_OPS = frozenset({"status", "ping"})
 

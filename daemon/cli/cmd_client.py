@@ -14,7 +14,7 @@ from daemon import config as config_mod
 from daemon.client.blocking import (Client, NoLeader, NotEnoughReplicas, OffsetCompacted, Unavailable, ZwalError,
                                     fetch_statuses)
 from daemon.cli.cmd_log import CLIError
-from daemon.wal.format import MAX_VALUE
+from daemon.wal.format import MAX_KEY, MAX_VALUE
 
 
 def _endpoints(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -132,7 +132,48 @@ def read_value(args: argparse.Namespace) -> bytes:
     return data
 
 
+def read_batch(stream: Any) -> list[tuple[bytes, bytes]]:
+    """`zwal set --batch`: one write per line, KEY, a tab (or spaces), VALUE; blank lines skipped. Every line
+    is checked before anything is sent."""
+    items: list[tuple[bytes, bytes]] = []
+    for n, raw in enumerate(stream, 1):
+        line = raw.rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        parts = line.split(b"\t", 1) if b"\t" in line else line.split(None, 1)
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise CLIError(f"stdin line {n}: expected KEY<tab>VALUE (or KEY VALUE); nothing was written", 2,
+                           "bad_input")
+        key, value = parts
+        if len(key) > MAX_KEY or len(value) > MAX_VALUE:
+            raise CLIError(f"stdin line {n}: a key is 1..{MAX_KEY} bytes and a value 1..{MAX_VALUE}; nothing was "
+                           "written", 2, "invalid_record")
+        items.append((key, value))
+    if not items:
+        raise CLIError("--batch read no KEY VALUE lines from stdin; nothing was written", 2, "bad_input")
+    return items
+
+
 def cmd_set(args: argparse.Namespace) -> int:
+    if args.batch:
+        if args.key is not None or args.value is not None or args.value_file is not None:
+            raise CLIError("--batch reads KEY<tab>VALUE lines from stdin: give no KEY, VALUE or --value-file", 2)
+        items = read_batch(sys.stdin.buffer)
+        with _client(args) as c:
+            try:
+                res = c.set_many(items)
+            except ZwalError as e:
+                raise CLIError(f"{e}; of the {len(items)} writes, those before the failure may have been applied: "
+                               "check with 'zwal get KEY' before running this again (a new command sends new "
+                               "requests and may write a second copy)", 1, e.code) from None
+        if args.json:
+            _emit({"ok": True, "op": "batch", "writes": len(res), "first_offset": res[0].offset,
+                   "end": res[-1].end, "epoch": res[-1].epoch})
+        else:
+            print(f"ok writes={len(res)} first_offset={res[0].offset} end={res[-1].end} epoch={res[-1].epoch}")
+        return 0
+    if args.key is None:
+        raise CLIError("zwal set KEY VALUE: give KEY (or --batch to read KEY<tab>VALUE lines from stdin)", 2)
     return _write(args, read_value(args))
 
 
@@ -417,11 +458,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         epilog="  zwal set user:1 alice --config var/cluster.toml\n"
         "  zwal set photo - < photo.jpg                 # value from stdin, exactly these bytes\n"
         "  zwal set photo --value-file photo.jpg\n"
-        "  zwal set user:1 alice --json                 # {\"ok\": true, \"op\": \"set\", \"offset\": ...}")
-    s.add_argument("key", metavar="KEY")
+        "  zwal set user:1 alice --json                 # {\"ok\": true, \"op\": \"set\", \"offset\": ...}\n"
+        "  printf 'k1\\tv1\\nk2\\tv2\\n' | zwal set --batch  # many writes, few messages (the batch op)")
+    s.add_argument("key", metavar="KEY", nargs="?")
     s.add_argument("value", metavar="VALUE", nargs="?",
                    help="the value as text; '-' reads it from stdin (to store a literal '-', pipe it in)")
     s.add_argument("--value-file", metavar="FILE", help="read the value from FILE (binary-safe), instead of VALUE")
+    s.add_argument("--batch", action="store_true",
+                   help="read KEY<tab>VALUE lines (or KEY VALUE) from stdin and write them with the batch op: "
+                   "each its own record, up to 1024 in a message, in the order given; every line is checked "
+                   "before anything is sent. Prints the count, the first offset, the end and the epoch")
     _common(s, '{"ok": true, "op": "set", "key", "offset", "end", "epoch"}')
     s.set_defaults(func=cmd_set)
     d = sub.add_parser("del", help="delete KEY durably",

@@ -15,12 +15,13 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import msgpack
 import zmq
 
-from daemon.wire.client import MAX_MESSAGE, WATCH_DEFAULT_BYTES, Err, WatchRecord, decode_watch_reply
+from daemon.wire.client import (BATCH_OP, MAX_BATCH, MAX_MESSAGE, WATCH_DEFAULT_BYTES, Err, WatchRecord, batch_request,
+                                decode_watch_reply)
 from daemon.auth.creds import Credentials, Plain
 
 
@@ -229,6 +230,10 @@ def dealer(ctx: zmq.Context, endpoint: str, hwm: int | None = None, creds: Crede
     return s
 
 
+# A batch message stays well inside what a node takes in one message (ZMQ_MAXMSGSIZE = MAX_MESSAGE).
+BATCH_BYTES = MAX_MESSAGE // 2
+
+
 class Client:
     """Blocking client. Not thread-safe: use one per thread.
 
@@ -396,6 +401,32 @@ class Client:
     def delete(self, key: bytes | str) -> WriteResult:
         r = self.request("del", key=_b(key))
         return WriteResult(r["offset"], r["end"], r["epoch"])
+
+    def set_many(self, items: Iterable[tuple[bytes | str, bytes | str | None]]) -> list[WriteResult]:
+        """Write many records with few messages: the `batch` op (docs/protocol.md), each (key, value) its own
+        record with its own offset and request id; a value of None deletes the key. In log order, one result
+        per item. A batch that fails part-way is retried whole with the same ids, so a write that landed is
+        answered with its original offset, never written twice; an error that is not retryable is raised
+        after the writes before it in the batch may have landed (their results are in the error's reply)."""
+        out: list[WriteResult] = []
+        chunk: list[tuple[int, str, bytes, bytes | None]] = []
+        size = 0
+        for key, value in items:
+            k, v = _b(key), (None if value is None else _b(value))
+            n = len(k) + (len(v) if v is not None else 0) + 32
+            if chunk and (len(chunk) >= MAX_BATCH or size + n > BATCH_BYTES):
+                out.extend(self._batch(chunk))
+                chunk, size = [], 0
+            chunk.append((next(self._ids), "set" if v is not None else "del", k, v))
+            size += n
+        if chunk:
+            out.extend(self._batch(chunk))
+        return out
+
+    def _batch(self, writes: list[tuple[int, str, bytes, bytes | None]]) -> list[WriteResult]:
+        m = batch_request(0, self.client_id, writes)
+        r = self.request(BATCH_OP, cid=self.client_id, writes=m["writes"])
+        return [WriteResult(x["offset"], x["end"], x["epoch"]) for x in r["results"]]
 
     def watch(self, from_offset: int = 0, *, follow: bool = True, wait: float = 5.0,
               max_bytes: int = WATCH_DEFAULT_BYTES) -> Iterator[WatchRecord]:

@@ -18,9 +18,12 @@ Invariants:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Union, assert_never
+
+import msgpack
 
 from daemon.node import answers, epochs
 from daemon.node.admission import Dropped, OtherCluster, Sender, authorize_fetch, decode_client
@@ -33,12 +36,27 @@ from daemon.node.snapshotting import SNAPSHOT_OP
 from daemon.ops.stats import LatencyWindow
 from daemon.wal import WalFsyncError, WalPoisoned, WalWriteError
 from daemon.wal.format import iter_frames_in
-from daemon.wire.client import ADMIN_OPS, WRITE_OPS, Err, Request, WatchRecord, error_reply, ok_reply, watch_reply
+from daemon.wire.client import (ADMIN_OPS, BATCH_OP, WRITE_OPS, Err, ProtocolError, Request, WatchRecord, batch_reply,
+                                error_reply, ok_reply, validate_write, watch_reply)
 from daemon.wire.replication import FetchSnapshot, Refuse, RepairData, SnapshotChunk, encode
 
 Action = Union[Reply, ServeRead, SendChunk, SendControl, StepDown, CheckPeers, Confirmed, AppendRepair,
                RepairRefused, CompareOwn, Heard, Answer, ServeWatch, SendSnapshot]
 _EMPTY_CHUNK_LOG = Limited(burst=10)
+
+
+# The first envelope frame of a batch's writes inside the leader: their replies are collected into one (never a
+# ROUTER identity: those never start with a zero byte). The second frame is the batch's token.
+BATCH_MARK = b"\x00zwal-batch"
+
+
+@dataclass(slots=True)
+class BatchReplies:
+    """A `batch` request on its way: the client's envelope, its id, its writes' ids, the replies so far."""
+    envelope: list[bytes]
+    rid: int
+    ids: list[int]
+    results: dict[int, dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -99,6 +117,8 @@ class LeaderRole:
         self._short_since: float | None = None  # the first turn with fewer than K followers in sync
         self.fenced = 0  # replies withheld because the lease did not hold (docs/failover.md)
         self._handoff: Handoff | None = None  # a switchover under way (zwal promote NAME in etcd mode)
+        self._batches: dict[bytes, BatchReplies] = {}  # `batch` requests whose writes are not all answered
+        self._batch_tokens = itertools.count(1)
 
     # -- what the driver asks ---------------------------------------------------------
 
@@ -185,6 +205,37 @@ class LeaderRole:
             problem = (f"only {core.in_sync(now)} follower(s) in sync for {now - self._short_since:.1f} s, "
                        f"ack_replicas = {core.k}: this leader cannot commit")
         coord.heartbeat(now, problem)
+
+    # -- a batch of writes (docs/protocol.md, "batch") ------------------------------------------
+
+    def _admit_batch(self, envelope: list[bytes], req: Request, now: float) -> None:
+        """Every write of the batch is checked first (bad input changes nothing), then each is admitted as if
+        it came alone, under the batch's client id; their replies come back through _batch_part."""
+        host, core = self.host, self.core
+        writes = req.writes or []
+        for i, w in enumerate(writes):
+            try:
+                validate_write(w)
+            except ProtocolError as e:
+                core.counters.error(e.code)
+                host.client.send([*envelope, error_reply(req.id, e.code, f"writes[{i}]: {e}; nothing was written",
+                                                         written=False)])
+                return
+        token = next(self._batch_tokens).to_bytes(8, "big")
+        self._batches[token] = BatchReplies(envelope, req.id, [w.id for w in writes], {})
+        marker = [BATCH_MARK, token]
+        for w in writes:
+            self._perform(core.admit_write(w, marker, now))
+
+    def _batch_part(self, token: bytes, body: bytes) -> None:
+        b = self._batches.get(token)
+        if b is None:
+            return
+        r = msgpack.unpackb(body, raw=False)
+        b.results[r["id"]] = r
+        if len(b.results) == len(b.ids):
+            del self._batches[token]
+            self.host.client.send([*b.envelope, batch_reply(b.rid, [b.results[i] for i in b.ids])])
 
     # -- a switchover (etcd mode; docs/failover.md, "Switchover") --------------------------------
 
@@ -309,6 +360,14 @@ class LeaderRole:
             host.peers.ask_now()
         if self.transition is not None:
             host.client.send([*envelope, answers.not_leader(host, req.id)])
+            return
+        if req.op == BATCH_OP:
+            if self._handoff is not None:
+                host.client.send([*envelope, error_reply(
+                    req.id, Err.NOT_LEADER, f"{host.name} is handing the leadership to {self._handoff.to}; retry "
+                    "there shortly", leader=None, leader_endpoint=None, epoch=core.epoch)])
+            else:
+                self._admit_batch(envelope, req, now)
             return
         if req.op in WRITE_OPS and self._handoff is not None:
             host.client.send([*envelope, error_reply(
@@ -523,16 +582,19 @@ class LeaderRole:
             act: Action = a
             match act:
                 case Reply():
+                    body = act.body
                     if act.acked is not None and not self._lease_holds():
                         # Durable here, perhaps on K followers, but this leader cannot prove
                         # it still leads: the outcome is unknown, a retry finds it out.
                         self.fenced += 1
                         rid, offset = act.acked
-                        host.client.send([*act.envelope, error_reply(
+                        body = error_reply(
                             rid, Err.NOT_LEADER, f"{host.name}'s leader lease ran out before the write was "
-                            "acknowledged; retry with the same request id", written=True, offset=offset)])
-                        continue
-                    host.client.send([*act.envelope, act.body])
+                            "acknowledged; retry with the same request id", written=True, offset=offset)
+                    if act.envelope[0] == BATCH_MARK:
+                        self._batch_part(act.envelope[1], body)
+                    else:
+                        host.client.send([*act.envelope, body])
                 case ServeRead():
                     if not self._lease_holds():
                         self.fenced += 1

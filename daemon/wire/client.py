@@ -22,9 +22,12 @@ MAX_MESSAGE = MAX_VALUE + MAX_KEY + 4096
 RETRY_WINDOW = 1024
 
 WRITE_OPS = ("set", "del")
+BATCH_OP = "batch"  # up to MAX_BATCH writes in one message, each its own record (docs/protocol.md, "batch")
 READ_OPS = ("get", "status", "ping", "watch")
 ADMIN_OPS = ("promote", "follow", "fence", "snapshot", "handoff")
-OPS = WRITE_OPS + READ_OPS + ADMIN_OPS
+OPS = WRITE_OPS + (BATCH_OP,) + READ_OPS + ADMIN_OPS
+# A batch's writes each take a request id of the client's retry window: never more than the window.
+MAX_BATCH = RETRY_WINDOW
 
 
 class Err:
@@ -72,6 +75,7 @@ class Request:
     args: dict | None = None  # admin ops only
     cluster: str | None = None  # the cluster_id the sender means (None: not said)
     watch: "Watch | None" = None  # op "watch" only
+    writes: "list[Request] | None" = None  # op "batch" only: each a set or del with its own id
 
     def record(self) -> Record:
         rid = self.id if self.client_id is not None else None
@@ -100,7 +104,9 @@ def _bin(m: dict, k: str, required: bool) -> bytes | None:
     raise ProtocolError(Err.BAD_REQUEST, f"field {k!r} must be bytes or a string")
 
 
-_FIELDS = frozenset({"id", "op", "key", "value", "cid", "epoch", "args", "cluster", "from", "max_bytes", "wait_ms"})
+_FIELDS = frozenset({"id", "op", "key", "value", "cid", "epoch", "args", "cluster", "from", "max_bytes", "wait_ms",
+                     "writes"})
+_BATCH_ITEM_FIELDS = frozenset({"id", "op", "key", "value"})
 _WATCH_FIELDS = ("from", "max_bytes", "wait_ms")
 
 # -- watch (docs/protocol.md, "watch") ------------------------------------------------
@@ -233,6 +239,10 @@ def decode_request(body: bytes) -> Request:
             extra_w = [k for k in _WATCH_FIELDS if k in m]
             if extra_w:
                 raise ProtocolError(Err.BAD_REQUEST, f"field(s) {extra_w} belong to op 'watch' only")
+        if op == BATCH_OP:
+            req.writes = _decode_batch(m, req.client_id)
+        elif "writes" in m:
+            raise ProtocolError(Err.BAD_REQUEST, "field 'writes' belongs to op 'batch' only")
         if op == "set" or op == "del" or op == "get":
             req.key = _bin(m, "key", True)
         if op == "set":
@@ -251,6 +261,57 @@ def decode_request(body: bytes) -> Request:
     except ProtocolError as e:
         e.request_id = rid
         raise
+
+
+def _decode_batch(m: dict, cid: bytes | None) -> list[Request]:
+    """A batch's writes: 1..MAX_BATCH maps {id, op, key, value}, distinct ids, under the batch's `cid`."""
+    if cid is None:
+        raise ProtocolError(Err.BAD_REQUEST, "op 'batch' needs field 'cid': each write's retry id is (cid, its id)")
+    if "key" in m or "value" in m:
+        raise ProtocolError(Err.BAD_REQUEST, "op 'batch' takes its keys and values in 'writes'")
+    ws = m.get("writes")
+    if type(ws) is not list or not 1 <= len(ws) <= MAX_BATCH:
+        raise ProtocolError(Err.BAD_REQUEST, f"field 'writes' must be a list of 1..{MAX_BATCH} writes")
+    out: list[Request] = []
+    seen: set[int] = set()
+    for i, w in enumerate(ws):
+        if type(w) is not dict or not _BATCH_ITEM_FIELDS.issuperset(w):
+            raise ProtocolError(Err.BAD_REQUEST, f"writes[{i}] must be a map of id, op, key and value")
+        wid, wop = _uint(w, "id"), w.get("op")
+        if wop not in WRITE_OPS:
+            raise ProtocolError(Err.BAD_REQUEST, f"writes[{i}]: op must be one of {', '.join(WRITE_OPS)}")
+        if wid in seen:
+            raise ProtocolError(Err.BAD_REQUEST, f"writes[{i}]: request id {wid} appears twice in the batch")
+        seen.add(wid)
+        r = Request(wid, wop, key=_bin(w, "key", True), client_id=cid)
+        if wop == "set":
+            r.value = _bin(w, "value", True)
+        elif "value" in w:
+            raise ProtocolError(Err.BAD_REQUEST, f"writes[{i}]: del takes no value")
+        out.append(r)
+    return out
+
+
+def batch_request(request_id: int, cid: bytes, writes: list[tuple[int, str, bytes, bytes | None]]) -> dict[str, Any]:
+    """The request map for op "batch" (the client adds `epoch` and `cluster`): writes are (id, op, key, value)."""
+    items = []
+    for wid, wop, key, value in writes:
+        d: dict[str, Any] = {"id": wid, "op": wop, "key": key}
+        if value is not None:
+            d["value"] = value
+        items.append(d)
+    return {"id": request_id, "op": BATCH_OP, "cid": cid, "writes": items}
+
+
+def batch_reply(request_id: int, results: list[dict[str, Any]]) -> bytes:
+    """One reply for a whole batch: each write's own reply, in the batch's order. `ok` only if every write's
+    is; else the first failure's `error` and `message`, with how many failed."""
+    bad = [r for r in results if not r.get("ok")]
+    if not bad:
+        return _pack({"id": request_id, "ok": True, "results": results})
+    return encode({"id": request_id, "ok": False, "error": bad[0].get("error"),
+                   "message": f"{len(bad)} of {len(results)} writes failed, the first: {bad[0].get('message')}",
+                   "results": results})
 
 
 def validate_write(req: Request) -> Record:
