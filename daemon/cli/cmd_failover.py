@@ -18,45 +18,29 @@ ETCD_MODE_FORCE = ("--force has no meaning when the cluster fails over through e
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    """A promotion by votes; in etcd mode a switchover, which moves the lease (daemon/failover/switchover.py)."""
     from daemon.auth.keys import KeyError_
     from daemon.failover.promote import run_promote
-
-    cfg = load_cluster(args.config)
-    if cfg.coordinator.enabled:
-        return _switchover(cfg, args)
-    try:
-        res = run_promote(cfg, args.name, force=args.force, timeout=args.timeout,
-                          say=lambda s: print(s, file=sys.stderr), cert=args.cert)
-    except KeyError_ as e:
-        raise CLIError(f"{e} (promote needs an admin certificate: --cert FILE)", 2, "credentials") from None
-    if not res.ok:
-        raise CLIError(f"refusing to promote {args.name}: {res.message}", 1, "refused")
-    if args.json:
-        print(json.dumps({"ok": True, "name": res.name, "epoch": res.epoch, "start_offset": res.start_offset,
-                          "message": res.message, "warnings": res.warnings, "seconds": round(res.seconds, 3)}))
-    else:
-        print(f"promoted: {res.message} ({res.seconds:.2f} s)")
-    return 0
-
-
-def _switchover(cfg, args: argparse.Namespace) -> int:
-    """etcd mode: move the lease to NAME (daemon/failover/switchover.py)."""
-    from daemon.auth.keys import KeyError_
     from daemon.failover.switchover import run_switchover
 
-    if args.force:
+    cfg = load_cluster(args.config)
+    switchover = cfg.coordinator.enabled
+    if switchover and args.force:
         raise CLIError(ETCD_MODE_FORCE, 2, "usage")
+    say = lambda s: print(s, file=sys.stderr)  # noqa: E731
     try:
-        res = run_switchover(cfg, args.name, timeout=args.timeout, catch_up=args.catch_up,
-                             say=lambda s: print(s, file=sys.stderr), cert=args.cert)
+        if switchover:
+            res = run_switchover(cfg, args.name, timeout=args.timeout, catch_up=args.catch_up, say=say, cert=args.cert)
+        else:
+            res = run_promote(cfg, args.name, force=args.force, timeout=args.timeout, say=say, cert=args.cert)
     except KeyError_ as e:
         raise CLIError(f"{e} (promote needs an admin certificate: --cert FILE)", 2, "credentials") from None
     if not res.ok:
         raise CLIError(f"refusing to promote {args.name}: {res.message}", 1, "refused")
     if args.json:
-        print(json.dumps({"ok": True, "name": res.name, "epoch": res.epoch, "start_offset": res.start_offset,
-                          "message": res.message, "warnings": [], "seconds": round(res.seconds, 3),
-                          "switchover": True}))
+        doc = {"ok": True, "name": res.name, "epoch": res.epoch, "start_offset": res.start_offset,
+               "message": res.message, "warnings": res.warnings, "seconds": round(res.seconds, 3)}
+        print(json.dumps({**doc, "switchover": True} if switchover else doc))
     else:
         print(f"promoted: {res.message} ({res.seconds:.2f} s)")
     return 0

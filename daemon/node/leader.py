@@ -213,9 +213,10 @@ class LeaderRole:
         it came alone, under the batch's client id; their replies come back through _batch_part."""
         host, core = self.host, self.core
         writes = req.writes or []
+        recs = []
         for i, w in enumerate(writes):
             try:
-                validate_write(w)
+                recs.append(validate_write(w))
             except ProtocolError as e:
                 core.counters.error(e.code)
                 host.client.send([*envelope, error_reply(req.id, e.code, f"writes[{i}]: {e}; nothing was written",
@@ -224,8 +225,8 @@ class LeaderRole:
         token = next(self._batch_tokens).to_bytes(8, "big")
         self._batches[token] = BatchReplies(envelope, req.id, [w.id for w in writes], {})
         marker = [BATCH_MARK, token]
-        for w in writes:
-            self._perform(core.admit_write(w, marker, now))
+        for w, rec in zip(writes, recs):
+            self._perform(core.admit_write(w, marker, now, rec))
 
     def _batch_part(self, token: bytes, body: bytes) -> None:
         b = self._batches.get(token)

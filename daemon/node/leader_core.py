@@ -338,13 +338,15 @@ class LeaderCore:
             self._in_sync = sum(1 for f in self.followers.values() if now - f.last_seen <= self.timeout)
         return self._in_sync
 
-    def admit_write(self, req: Request, envelope: Envelope, now: float) -> list[Reply]:
-        """Validate a write and queue it for the next batch, or answer at once."""
-        try:
-            rec = validate_write(req)
-        except ProtocolError as e:
-            self.counters.error(e.code)
-            return [Reply(envelope, error_reply(req.id, e.code, str(e)))]
+    def admit_write(self, req: Request, envelope: Envelope, now: float, rec: Record | None = None) -> list[Reply]:
+        """Validate a write and queue it for the next batch, or answer at once. `rec`: the record of `req`,
+        already validated (a batch checks all of its writes before it admits any)."""
+        if rec is None:
+            try:
+                rec = validate_write(req)
+            except ProtocolError as e:
+                self.counters.error(e.code)
+                return [Reply(envelope, error_reply(req.id, e.code, str(e)))]
         if self.confirming is not None:
             self.counters.error(Err.NOT_ENOUGH_REPLICAS)
             return [Reply(envelope, error_reply(

@@ -9,8 +9,8 @@ T = "tests/test_batch.py::"
 
 MUTANTS = [
     Mutant(id="batch-not-checked-first", file=LEADER,
-           find="        for i, w in enumerate(writes):\n            try:\n                validate_write(w)",
-           replace="        for i, w in enumerate(writes[:0]):\n            try:\n                validate_write(w)",
+           find="                recs.append(validate_write(w))",
+           replace="                recs.append(None)",
            why="bad input changes nothing: one bad write refuses its batch before any of it is written",
            killers=[T + "test_bad_input_in_a_batch_changes_nothing"]),
     Mutant(id="batch-duplicate-ids-taken", file=WIRE,
