@@ -150,10 +150,10 @@ def test_a_stale_answer_that_carries_its_own_damaged_flag_is_judged_by_it():
     trips are needed); without the flag and without a status taken before the read, the
     answer is not trusted."""
     c = Client(["tcp://127.0.0.1:9"])
-    assert c._damaged({"damaged": True}, "tcp://127.0.0.1:9", None, 0.0) is not None
-    assert c._damaged({"damaged": False}, "tcp://127.0.0.1:9", None, 0.0) is None
-    assert c._damaged({}, "tcp://127.0.0.1:9", None, 0.0) is not None
-    assert c._damaged({}, "tcp://127.0.0.1:9", {"name": "n", "end": 5, "damaged_end": 9}, 0.0).startswith("damaged")
+    assert c._run(c._damaged({"damaged": True}, "tcp://127.0.0.1:9", None)) is not None
+    assert c._run(c._damaged({"damaged": False}, "tcp://127.0.0.1:9", None)) is None
+    assert c._run(c._damaged({}, "tcp://127.0.0.1:9", None)) is not None
+    assert c._run(c._damaged({}, "tcp://127.0.0.1:9", {"name": "n", "end": 5, "damaged_end": 9})).startswith("damaged")
 
 
 def test_a_write_without_an_answer_says_its_outcome_is_unknown(make_cluster):

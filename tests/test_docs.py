@@ -28,12 +28,11 @@ def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
-@pytest.mark.slow
-def test_client_md_example_runs_against_a_real_cluster(tmp_path):
+def _run_in_walkthrough_cluster(tmp_path, code: str) -> str:
+    """Run `code` from the folder that holds the walkthrough's cluster (3 nodes, K = 1, in ./mycluster,
+    CURVE keys as cluster init makes them); its stdout."""
     from harness import Cluster
 
-    (code,) = _python_blocks(_section(open(CLIENT_MD).read(), "Example"))
-    # The walkthrough's cluster: 3 nodes, K = 1, in ./mycluster, CURVE keys as cluster init makes them.
     c = Cluster(str(tmp_path / "mycluster"), 3, 1)
     try:
         c.start_all()
@@ -41,14 +40,33 @@ def test_client_md_example_runs_against_a_real_cluster(tmp_path):
         r = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env, capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
-        out = r.stdout
-        assert "user:1 written at offset 0, ends at " in out
-        assert re.search(r"read b'alice' from node1 at offset \d+, linearizable=True", out), out
-        assert "refused: invalid_record" in out
-        assert re.search(r"node1 is leader in epoch 1, log end \d+", out), out
-        assert "as expected: unavailable" in out
+        return r.stdout
     finally:
         c.close()
+
+
+@pytest.mark.slow
+def test_client_md_example_runs_against_a_real_cluster(tmp_path):
+    (code,) = _python_blocks(_section(open(CLIENT_MD).read(), "Example"))
+    out = _run_in_walkthrough_cluster(tmp_path, code)
+    assert "user:1 written at offset 0, ends at " in out
+    assert re.search(r"read b'alice' from node1 at offset \d+, linearizable=True", out), out
+    assert "refused: invalid_record" in out
+    assert re.search(r"node1 is leader in epoch 1, log end \d+", out), out
+    assert "as expected: unavailable" in out
+
+
+@pytest.mark.slow
+def test_client_md_asyncclient_example_runs_against_a_real_cluster(tmp_path):
+    (code,) = _python_blocks(_section(open(CLIENT_MD).read(), "`AsyncClient`: the same client for asyncio"))
+    out = _run_in_walkthrough_cluster(tmp_path, code)
+    offsets = [int(x) for x in re.search(r"batch at offsets \[(\d+), (\d+), (\d+)\]", out).groups()]
+    assert offsets == sorted(offsets) and offsets[0] > 0, out
+    watched = re.findall(r"watched (\w+) (\S+) at (\d+)", out)
+    assert [(op, k) for op, k, _ in watched] == [("set", "user:1"), ("set", "user:2"), ("set", "user:3"),
+                                                 ("del", "user:1")], out
+    assert [int(o) for _, _, o in watched][1:] == offsets, out
+    assert "20 concurrent writes at 20 distinct offsets" in out, out
 
 
 def _documented_errors() -> dict[str, tuple[str, bool]]:

@@ -1,4 +1,5 @@
-"""The Python client: a blocking `Client` and a pipelined load generator.
+"""The Python client: a blocking `Client`, an asyncio `AsyncClient` (the same rules: core.py), and a
+pipelined load generator.
 
 Each wire error code maps to one exception class (`error_from_reply`).
 """
@@ -28,10 +29,11 @@ from daemon.client.blocking import (
     ZwalError,
     error_from_reply,
 )
+from daemon.client.aio import AsyncClient
 from daemon.wire.client import WatchRecord
 
 __all__ = [
-    "BadOffset", "OffsetCompacted", "WatchRecord",
+    "AsyncClient", "BadOffset", "OffsetCompacted", "WatchRecord",
     "BadRequest", "Busy", "Client", "Forbidden", "WrongCluster", "FsyncFailed", "InvalidRecord", "NoLeader", "NoSpace", "NotEnoughReplicas", "NotLeader",
     "ReadResult", "Refused", "ShuttingDown", "StaleEpoch", "Unavailable", "UnknownOp", "WriteFailed",
     "WriteResult", "ZwalError", "error_from_reply",

@@ -4,7 +4,7 @@ for a new, empty log. Each is killed by a real-process test in tests/test_cli_tr
 
 from tests.mutants.model import Mutant
 
-BC = "daemon/client/blocking.py"
+BC = "daemon/client/core.py"
 CC = "daemon/cli/cmd_client.py"
 CL = "daemon/cli/cmd_log.py"
 T = "tests/test_cli_truth.py::"
