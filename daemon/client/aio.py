@@ -100,7 +100,7 @@ class AsyncClient(ClientCore):
                     action = steps.send(await self._do(action))
         except StopIteration:
             return
-        except BaseException as e:
+        except BaseException as e:  # a watch cancelled while it long-polls: its reply is still on the way
             if not isinstance(e, ZwalError):
                 self.close()
             raise
