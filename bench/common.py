@@ -34,6 +34,13 @@ class Sample:
     errors: int = 0
     notes: list[str] = field(default_factory=list)
     count: int = 0  # acknowledged writes behind the percentiles
+    server_cpu: float = float("nan")  # the leader's (Redis: the primary's) CPU per acknowledged write, in seconds
+
+    def with_server_cpu(self, cpu_seconds: float) -> "Sample":
+        """Set server_cpu from the server's CPU time over the measurement (all its threads, user + system)."""
+        if self.count:
+            self.server_cpu = cpu_seconds / self.count
+        return self
 
     def q(self, p: float) -> float:
         return self.quantiles.get(p, float("nan"))
@@ -44,6 +51,25 @@ def sample_from(latencies: list[float], elapsed: float, gen_cpu: float = float("
     s = sorted(latencies)
     qs = {p: s[min(len(s) - 1, int(len(s) * p))] for p in GRID} if s else {p: float("nan") for p in GRID}
     return Sample(len(s) * batch / elapsed if elapsed > 0 else 0.0, qs, gen_cpu, errors, count=len(s))
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far, from /proc/PID/stat.
+    Read before and after a measurement; the difference over the writes acknowledged in it is the
+    server's CPU per write (a little high: it includes the idle moments while the load starts)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def measured_cpu(pid: int, run: Callable[[], Sample]) -> Sample:
+    """run(), with server_cpu set from `pid`'s CPU time over it."""
+    before = proc_cpu(pid)
+    s = run()
+    return s.with_server_cpu(proc_cpu(pid) - before)
 
 
 def split(clients: int, procs: int | None = None) -> list[int]:

@@ -89,6 +89,8 @@ def main() -> None:
                             s = measure(n, seconds)
                             samples.setdefault((sc.name, n), []).append(s)
                             cpu = "" if s.gen_cpu != s.gen_cpu else f", load CPU {s.gen_cpu:.2f}"
+                            if s.server_cpu == s.server_cpu:
+                                cpu += f", server CPU {s.server_cpu * 1e6:.1f} us/write"
                             print(f"  [{run + 1}/{runs}] {sc.name:38s} {n:3d} clients: {s.ops:9,.0f} writes/s  "
                                   f"p50 {s.q(0.5) * 1e6:7,.0f} us  p99 {s.q(0.99) * 1e6:7,.0f} us{cpu}"
                                   f"{'  errors ' + str(s.errors) if s.errors else ''}", flush=True)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from common import Sample, floor, stop_all
+from common import Sample, floor, measured_cpu, stop_all
 from harness_ports import free_base_port
 from load import run_load
 from peers import Missing, etcd_peer, redis_peer, sqlite_peer, syncobj_peer
@@ -74,13 +74,43 @@ def stop_zwal(procs: list[subprocess.Popen]) -> None:
 
 
 @contextmanager
-def zwal_cluster(work: str, nodes: int, k: int, mode: str, curve: bool = True) -> Iterator[Measure]:
-    procs, eps, creds = start_zwal(os.path.join(work, f"zwal-{nodes}n-k{k}-{mode}{'' if curve else '-plain'}"),
-                                   nodes, k, mode, curve)
-    try:
-        yield lambda clients, seconds: run_load(eps, clients, seconds, creds=creds)
+def zwal_cluster(work: str, nodes: int, k: int, mode: str, curve: bool = True,
+                 load_procs: int | None = None) -> Iterator[Measure]:
+    name = f"zwal-{nodes}n-k{k}-{mode}{'' if curve else '-plain'}{'' if load_procs is None else f'-load{load_procs}'}"
+    procs, eps, creds = start_zwal(os.path.join(work, name), nodes, k, mode, curve)
+    try:  # node1 leads: its CPU is the server's
+        yield lambda clients, seconds: measured_cpu(procs[0].pid, lambda: run_load(
+            eps, clients, seconds, creds=creds, procs=None if load_procs is None else min(clients, load_procs)))
     finally:
         stop_zwal(procs)
+
+
+@contextmanager
+def transport_floor(work: str, curve: bool) -> Iterator[Measure]:
+    """bench/transport_floor.py: a pyzmq ROUTER that appends and fdatasyncs what is ready, then answers."""
+    import zmq
+
+    port = free_base_port(1)
+    d = os.path.join(work, "transport-floor" + ("" if curve else "-plain"))
+    os.makedirs(d, exist_ok=True)
+    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "transport_floor.py"), str(port), d]
+    creds: Any = None
+    if curve:
+        server_public, server_secret = zmq.curve_keypair()
+        public, secret = zmq.curve_keypair()
+        from daemon.auth.creds import Credentials
+
+        creds = Credentials(public, secret, default_server_key=server_public.decode())
+        cmd += ["--curve", server_secret.decode()]
+    proc = subprocess.Popen(cmd)
+    ep = f"tcp://127.0.0.1:{port}"
+    try:
+        warm = run_load([ep], 1, 0.2, creds=creds)
+        if not warm.count:
+            raise Missing(f"the transport floor answered no write ({' '.join(warm.notes)})")
+        yield lambda clients, seconds: measured_cpu(proc.pid, lambda: run_load([ep], clients, seconds, creds=creds))
+    finally:
+        stop_all([proc])
 
 
 @contextmanager
@@ -97,6 +127,12 @@ def all_scenarios(quick: bool) -> list[Scenario]:
                  "N threads, each its own write+fdatasync of one record on one O_APPEND file"),
         Scenario("disk floor, batched", "floor", lambda w: disk_floor(w, False),
                  "N records in one write+fdatasync (ideal group commit, no network)"),
+        Scenario("transport floor, CURVE", "floor", lambda w: transport_floor(w, True),
+                 "bench/transport_floor.py: a pyzmq ROUTER (CurveZMQ) that writes and fdatasyncs the messages that "
+                 "are ready, then answers each with a 5-field msgpack map; no format, state or replication; the same "
+                 "load generator as zwal"),
+        Scenario("transport floor, no CURVE", "floor", lambda w: transport_floor(w, False),
+                 "the same without CurveZMQ"),
         Scenario("zwal 1 node, group commit", "zwal", lambda w: zwal_cluster(w, 1, 0, "group"),
                  "one `zwal node`: every ready request goes in one write + one fdatasync, replies after it; "
                  "load from zwal's Python client library (daemon.pipeline) in 4 processes on the same cores; "
@@ -104,6 +140,10 @@ def all_scenarios(quick: bool) -> list[Scenario]:
         Scenario("zwal 1 node, group commit, no CURVE", "zwal", lambda w: zwal_cluster(w, 1, 0, "group", curve=False),
                  "the same with security = \"none\" (loopback only): the difference is what CurveZMQ costs"),
     ]
+    s.append(Scenario("zwal 1 node, group commit, 8 load processes", "zwal",
+                      lambda w: zwal_cluster(w, 1, 0, "group", load_procs=8),
+                      "the first zwal scenario with twice the load processes: if it is not faster, the load generator "
+                      "is not what caps zwal's figure"))
     if not quick:
         s.append(Scenario("zwal 1 node, per-record fsync", "zwal", lambda w: zwal_cluster(w, 1, 0, "per-record"),
                           "fsync_mode = \"per-record\": one write + one fdatasync per record, the lesson's way"))
@@ -114,6 +154,8 @@ def all_scenarios(quick: bool) -> list[Scenario]:
                              ("fsync and one follower's fsync" if k == 1 else f"fsync and {k} followers' fsyncs"))))
     s += [
         Scenario("Redis, appendfsync always + replica", "peer", redis_peer.running, redis_peer.NOTE),
+        Scenario("Redis, appendfsync always + replica, redis-py load", "peer", redis_peer.running_py,
+                 redis_peer.NOTE_PY),
         Scenario("SQLite WAL, synchronous=FULL", "peer", sqlite_peer.running, sqlite_peer.NOTE),
         Scenario("etcd, 3 members", "peer", etcd_peer.running, etcd_peer.NOTE),
         Scenario("pysyncobj, 3 nodes", "peer", syncobj_peer.running, syncobj_peer.NOTE),
