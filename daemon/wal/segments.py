@@ -168,6 +168,7 @@ class SegmentedLog:
         self._roll_poison: str | None = None
         self.fsync_count = 0
         self._retired_fds: list[int] = []  # deleted segments' descriptors, closed at the next retire
+        self._undeleted: list[str] = []  # retired files whose rename or unlink failed: tried again at each retire
 
     @property
     def _segs(self) -> tuple[Segment, ...]:
@@ -384,13 +385,18 @@ class SegmentedLog:
         for fd in self._retired_fds:
             os.close(fd)
         self._retired_fds = []
+        self._undeleted = [p for p in self._undeleted if not _remove_retired(p, self.dir, upto)]
         out = []
         for s, nxt in zip(gone, [*gone[1:], keep[0]]):
             size = nxt.base - s.base
-            os.rename(s.path, s.path + DELETED)
-            fsync_dir(self.dir)
-            os.unlink(s.path + DELETED)
             self._retired_fds.append(s.fd)
+            # From here the segment is below the durable oldest offset: no reader and no recovery
+            # uses it again, so a file system that fails the rename or the unlink costs disk space,
+            # never a byte of the log. The node keeps running; the file is tried again at the next
+            # retire and at restart (finish_retirement), and the failure is logged.
+            if not _remove_retired(s.path, self.dir, upto, base=s.base, size=size):
+                self._undeleted.append(s.path)
+                continue
             logs.event("segment_deleted", path=s.path, base=s.base, bytes=size, oldest=upto, reason=reason)
             out.append((s.base, s.path, size))
         return out
@@ -514,14 +520,40 @@ def read_oldest(log_dir: str) -> int | None:
                        "keeps: restore it from a replica's, or rebuild this node") from None
 
 
+def _remove_retired(path: str, log_dir: str, oldest: int, base: int | None = None, size: int | None = None) -> bool:
+    """Rename a retired segment (`path`, or its `.deleted` name if a rename already happened) to `.deleted`,
+    fsync the directory, unlink it. False, logged as segment_delete_failed, if the file system refused;
+    the file is then wholly below `oldest`, so leaving it costs only its disk space."""
+    try:
+        if os.path.exists(path):
+            os.rename(path, path + DELETED)
+            fsync_dir(log_dir)
+        if os.path.exists(path + DELETED):
+            os.unlink(path + DELETED)
+        return True
+    except OSError as e:
+        sized = {} if base is None else {"base": base, "bytes": size}
+        logs.warn("segment_delete_failed", path=path, **sized, oldest=oldest, error=str(e),
+                  effect="the segment is below the oldest offset the log keeps: nothing of the log is lost, "
+                         "its disk space is not freed yet", retry="at the next retention pass and at restart")
+        return False
+
+
 def finish_retirement(log_dir: str) -> None:
     """Complete a retention pass that a crash interrupted: delete the `.deleted`
-    files and the segments below `oldest.json`'s offset, each logged."""
+    files and the segments below `oldest.json`'s offset, each logged. A `.deleted`
+    file the file system refuses to unlink is logged and left (no reader opens it)."""
     oldest = read_oldest(log_dir)
     changed = False
     for name in sorted(os.listdir(log_dir)):
         if name.endswith(SUFFIX + DELETED) or name == OLDEST_NOTE + ".tmp":
-            os.unlink(os.path.join(log_dir, name))
+            try:
+                os.unlink(os.path.join(log_dir, name))
+            except OSError as e:
+                logs.warn("segment_delete_failed", path=os.path.join(log_dir, name), error=str(e),
+                          finished_at_recovery=False, effect="left in place: no reader or recovery opens it",
+                          retry="at the next restart")
+                continue
             logs.event("segment_deleted", path=os.path.join(log_dir, name), finished_at_recovery=True)
             changed = True
     if oldest is not None:

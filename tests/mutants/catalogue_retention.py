@@ -60,3 +60,19 @@ MUTANTS += [
            why="no retention pass while a batch is on its way to disk (the syncer may be rolling the log)",
            killers=["sim:200"]),
 ]
+
+# A file system that refuses to delete (tests/test_retention_faults.py, strace -e inject).
+_RF = "tests/test_retention_faults.py::test_a_refused_delete_leaves_the_node_serving_and_is_finished_at_restart"
+MUTANTS += [
+    Mutant(id="retention-refused-delete-stops-the-node", file="daemon/wal/segments.py",
+           find="        return True\n    except OSError as e:\n        sized = ",
+           replace="        return True\n    except ZeroDivisionError as e:\n        sized = ",
+           why="a retired segment is below the durable oldest offset: a refused rename or unlink costs disk, "
+               "not the node (it stopped with internal_error before)",
+           killers=[_RF + "[unlink]", _RF + "[rename]"]),
+    Mutant(id="retention-refused-delete-never-retried", file="daemon/wal/segments.py",
+           find="        self._undeleted = [p for p in self._undeleted if not _remove_retired(p, self.dir, upto)]",
+           replace="        pass",
+           why="a segment whose delete was refused is tried again at the next retention pass",
+           killers=[_RF + "[unlink]"]),
+]

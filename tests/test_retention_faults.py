@@ -1,0 +1,75 @@
+"""Retention on a file system that refuses to delete (issue 20 item 7: strace -e inject fails `rename`
+and `unlink`). A retired segment is wholly below the durable oldest offset, so a refused rename or
+unlink costs disk space and never a byte of the log: the node keeps serving, logs
+segment_delete_failed, tries again at each retention pass, and finishes at restart. Before the fix,
+the first refused unlink stopped the leader with an internal error (exit 2)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+
+import pytest
+
+from harness import wait_until
+
+from daemon.wal.segments import list_segments, read_oldest, segment_name
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = dict(segment_bytes=65536, snapshot_bytes=1048576, retain_bytes=0)
+
+
+def _events(c, name: str, event: str) -> list[dict]:
+    with open(c.node_log(name), errors="replace") as f:
+        return [dict(re.findall(r"(\w+)=(\S+)", ln)) for ln in f if f"event={event}" in ln]
+
+
+@pytest.mark.parametrize("call", ["unlink", "rename"])
+def test_a_refused_delete_leaves_the_node_serving_and_is_finished_at_restart(make_cluster, call):
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (make sysdeps)")
+    c = make_cluster(1, ack_replicas=0, **SETTINGS)
+    c.start("node1")  # create the log outside strace
+    assert c.stop("node1") == 0
+    first = os.path.join(c.log_dir("node1"), segment_name(0))
+    # Only the first segment's own calls fail: its rename to .deleted, or the unlink of the .deleted file.
+    calls = "unlink,unlinkat" if call == "unlink" else "rename,renameat,renameat2"
+    target = first + ".deleted" if call == "unlink" else first
+    p = c.start("node1", wrap=[strace, "-f", "-qq", "-o", os.devnull, "-P", target, "-e", f"trace={calls}",
+                               "-e", f"inject={calls}:error=EIO"])
+    cl = c.client()
+    value = "x" * 3000
+    want: dict[str, bytes] = {}
+    for i in range(1500):  # ~4.5 MB: four snapshots at 1 MiB, retention passes after each
+        k, v = f"k{i % 400}", f"{i}:{value}".encode()
+        cl.set(k, v)
+        want[k] = v
+    wait_until(lambda: len(_events(c, "node1", "segment_delete_failed")) >= 2, 20,
+               "the refused delete to be logged and tried again at the next pass")
+    assert c.alive("node1"), "the node stopped on a refused delete"
+    assert not _events(c, "node1", "internal_error")
+    failed = _events(c, "node1", "segment_delete_failed")
+    assert failed[0]["path"] == first and failed[0]["base"] == "0", failed[0]
+    deleted = [d for d in _events(c, "node1", "segment_deleted") if "base" in d]
+    assert deleted and all(d["path"] != first for d in deleted)  # the others went
+    leftover = first + ".deleted" if call == "unlink" else first
+    assert os.path.exists(leftover)
+    oldest = read_oldest(c.log_dir("node1"))
+    assert oldest is not None and oldest > 0
+    # The node still takes and serves writes, and the log it serves starts at the oldest offset.
+    w = cl.set("after", "fault")
+    assert cl.get("after") == b"fault" and w.offset > oldest
+    want["after"] = b"fault"
+    # A clean stop (the node itself, not strace), then a start without the fault: the file goes.
+    os.kill(c.status("node1")["pid"], signal.SIGTERM)
+    assert p.wait(30) == 0
+    c.start("node1")
+    assert not os.path.exists(first) and not os.path.exists(first + ".deleted")
+    assert list_segments(c.log_dir("node1"))[0][0] == read_oldest(c.log_dir("node1"))
+    assert any(d.get("finished_at_recovery") == "True" for d in _events(c, "node1", "segment_deleted"))
+    cl2 = c.client()
+    assert {k: cl2.get(k) for k in want} == want
