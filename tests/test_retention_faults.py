@@ -73,3 +73,42 @@ def test_a_refused_delete_leaves_the_node_serving_and_is_finished_at_restart(mak
     assert any(d.get("finished_at_recovery") == "True" for d in _events(c, "node1", "segment_deleted"))
     cl2 = c.client()
     assert {k: cl2.get(k) for k in want} == want
+
+
+def test_a_refused_snapshot_rename_answers_an_error_names_no_snapshot_and_loses_nothing(make_cluster):
+    """The snapshot's temp file is written and fsynced, then its rename fails: `zwal snapshot` says
+    the snapshot failed, no snapshot is named (recovery never finds one that is not all there), the
+    node keeps serving, and a restart replays the whole log and then snapshots as asked."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (make sysdeps)")
+    c = make_cluster(1, ack_replicas=0)
+    c.start("node1")
+    cl = c.client()
+    want = {f"k{i % 50}": f"v{i}".encode() for i in range(300)}
+    for i in range(300):
+        cl.set(f"k{i % 50}", f"v{i}")
+    end = c.status("node1")["end"]
+    assert c.stop("node1") == 0
+    snapdir = os.path.join(c.data_dir("node1"), "snapshots")
+    tmp = os.path.join(snapdir, f"snapshot-{end:020d}.tmp")
+    p = c.start("node1", wrap=[strace, "-f", "-qq", "-o", os.devnull, "-P", tmp,
+                               "-e", "trace=rename,renameat,renameat2", "-e", "inject=rename,renameat,renameat2:error=EIO"])
+    r = c.zwal("snapshot", "--config", c.config)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "failed" in (r.stdout + r.stderr) and "Input/output error" in (r.stdout + r.stderr), r.stdout + r.stderr
+    assert not os.path.exists(os.path.join(snapdir, f"snapshot-{end:020d}"))
+    assert _events(c, "node1", "snapshot_failed")
+    assert c.alive("node1")
+    cl = c.client()
+    cl.set("after", "fault")
+    want["after"] = b"fault"
+    os.kill(c.status("node1")["pid"], signal.SIGTERM)
+    assert p.wait(30) == 0
+    c.start("node1")
+    rec = _events(c, "node1", "recovered")[-1]
+    assert rec["snapshot"] == "0", rec  # the unnamed temp file is never used
+    cl2 = c.client()
+    assert {k: cl2.get(k) for k in want} == want
+    r2 = c.zwal("snapshot", "--config", c.config, "--json")
+    assert r2.returncode == 0, r2.stdout + r2.stderr

@@ -76,3 +76,11 @@ MUTANTS += [
            why="a segment whose delete was refused is tried again at the next retention pass",
            killers=[_RF + "[unlink]"]),
 ]
+MUTANTS += [
+    Mutant(id="snapshot-failed-rename-taken-for-written", file="daemon/node/snapshotting.py",
+           find="        if w.error is not None:\n            self._retry_at = now + RETRY_AFTER_FAILURE",
+           replace="        if False:\n            self._retry_at = now + RETRY_AFTER_FAILURE",
+           why="a snapshot whose rename failed is no snapshot: it is reported failed, never counted as the newest",
+           killers=["tests/test_retention_faults.py::"
+                    "test_a_refused_snapshot_rename_answers_an_error_names_no_snapshot_and_loses_nothing"]),
+]
