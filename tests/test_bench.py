@@ -68,14 +68,19 @@ def test_bench_run_writes_report_plots_and_names_missing_peers(tmp_path) -> None
     assert "setup_peers.sh" in report
     data = json.loads((out / "results.json").read_text())
     rows = {(x["scenario"], x["clients"]): x for x in data["rows"]}
-    assert set(rows) == {(n, c) for n in ("disk floor, per record", "disk floor, batched",
-                                          "zwal 1 node, group commit", "zwal 1 node, group commit, no CURVE")
+    assert set(rows) == {(n, c) for n in ("disk floor, per record", "disk floor, batched", "transport floor, CURVE",
+                                          "transport floor, no CURVE", "zwal 1 node, group commit",
+                                          "zwal 1 node, group commit, no CURVE",
+                                          "zwal 1 node, group commit, 8 load processes")
                          for c in (1, 4)}
     for x in rows.values():
         assert x["runs"] == 2
         assert 0 < x["ops_min"] <= x["ops"] <= x["ops_max"]
         assert 0 < x["p50"] <= x["p99"]
     assert rows[("zwal 1 node, group commit", 4)]["gen_cpu"] > 0  # the load generator's CPU is reported
+    for n in ("zwal 1 node, group commit", "transport floor, CURVE"):  # and the server's, per write
+        assert 0 < rows[(n, 4)]["server_cpu"] < 0.1, rows[(n, 4)]
+    assert rows[("disk floor, per record", 4)]["server_cpu"] is None  # no server: not measured, not zero
     assert "zwal 1 node, 64 clients >= 1.0x Redis" in report  # a target with a peer missing says so
     assert "issue" not in report.lower()  # targets are named for what they measure, not for a ticket
     for png in ("throughput.png", "latency.png"):
