@@ -143,3 +143,29 @@ def test_no_leader_and_no_node_raise_the_clients_errors(make_cluster):
         asyncio.run(run())
     finally:
         c.signal("node1", signal.SIGCONT)
+
+
+def test_breaking_out_of_a_watch_does_not_break_the_next_call(make_cluster):
+    """`async for ... : break`, then another call on the same client: the abandoned async generator is
+    finalized (aclose) by the loop while the next call is in flight, and its `except BaseException`
+    closes the socket that call is using."""
+    c = make_cluster(1, ack_replicas=0)
+    c.start_all()
+
+    async def run():
+        errors = []
+        async with AsyncClient(config=c.config, timeout=1.0, deadline=5.0) as a:
+            w = await a.set("x", "0")
+            for i in range(20):
+                async for _ in a.watch(w.offset, follow=False):
+                    break
+                try:
+                    await a.set("x", str(i))
+                except BaseException as e:  # noqa: BLE001
+                    errors.append(repr(e))
+        return errors
+
+    errors = asyncio.run(run())
+    with c.client() as b:
+        landed = b.get("x")
+    assert errors == [], (errors[:2], len(errors), "x is now", landed)

@@ -101,7 +101,9 @@ class AsyncClient(ClientCore):
         except StopIteration:
             return
         except BaseException as e:  # a watch cancelled while it long-polls: its reply is still on the way
-            if not isinstance(e, ZwalError):
+            # Not GeneratorExit: a watch left early (break) is closed by the loop later, perhaps while
+            # another call uses the socket; paused at an Emit, it has no request in flight.
+            if not isinstance(e, (ZwalError, GeneratorExit)):
                 self.close()
             raise
         finally:

@@ -385,7 +385,8 @@ class SegmentedLog:
         for fd in self._retired_fds:
             os.close(fd)
         self._retired_fds = []
-        self._undeleted = [p for p in self._undeleted if not _remove_retired(p, self.dir, upto)]
+        self._undeleted = [p for p in self._undeleted
+                           if not _remove_retired(p, self.dir, upto, on_fsync_failure=self._dir_fsync_failed)]
         out = []
         for s, nxt in zip(gone, [*gone[1:], keep[0]]):
             size = nxt.base - s.base
@@ -394,12 +395,19 @@ class SegmentedLog:
             # uses it again, so a file system that fails the rename or the unlink costs disk space,
             # never a byte of the log. The node keeps running; the file is tried again at the next
             # retire and at restart (finish_retirement), and the failure is logged.
-            if not _remove_retired(s.path, self.dir, upto, base=s.base, size=size):
+            if not _remove_retired(s.path, self.dir, upto, base=s.base, size=size,
+                                   on_fsync_failure=self._dir_fsync_failed):
                 self._undeleted.append(s.path)
                 continue
             logs.event("segment_deleted", path=s.path, base=s.base, bytes=size, oldest=upto, reason=reason)
             out.append((s.base, s.path, size))
         return out
+
+    def _dir_fsync_failed(self, e: OSError) -> None:
+        """The directory fsync after a retired segment's rename failed: whether the directory's entries
+        are durable is unknown (the fsync rule), so the log refuses writes, as after a roll's."""
+        self._roll_poison = f"fsync of {self.dir} after retiring a segment failed: {os.strerror(e.errno) if e.errno else e}"
+        logs.error("fsync_failed", path=self.dir, error=self._roll_poison)
 
     def close(self) -> None:
         if self._dir_fd < 0:
@@ -520,23 +528,49 @@ def read_oldest(log_dir: str) -> int | None:
                        "keeps: restore it from a replica's, or rebuild this node") from None
 
 
-def _remove_retired(path: str, log_dir: str, oldest: int, base: int | None = None, size: int | None = None) -> bool:
+def _remove_retired(path: str, log_dir: str, oldest: int, base: int | None = None, size: int | None = None,
+                    on_fsync_failure: Callable[[OSError], None] | None = None) -> bool:
     """Rename a retired segment (`path`, or its `.deleted` name if a rename already happened) to `.deleted`,
-    fsync the directory, unlink it. False, logged as segment_delete_failed, if the file system refused;
-    the file is then wholly below `oldest`, so leaving it costs only its disk space."""
-    try:
-        if os.path.exists(path):
-            os.rename(path, path + DELETED)
-            fsync_dir(log_dir)
-        if os.path.exists(path + DELETED):
-            os.unlink(path + DELETED)
-        return True
-    except OSError as e:
-        sized = {} if base is None else {"base": base, "bytes": size}
+    fsync the directory, unlink it. False, logged as segment_delete_failed, if the file system refused the
+    rename or the unlink: the file is wholly below `oldest`, so leaving it costs only its disk space. A
+    failed directory fsync is another matter (a failed fsync ends trust): `on_fsync_failure` hears it
+    (the running log poisons itself), and without one it is raised."""
+    sized = {} if base is None else {"base": base, "bytes": size}
+
+    def refused(e: OSError) -> bool:
         logs.warn("segment_delete_failed", path=path, **sized, oldest=oldest, error=str(e),
                   effect="the segment is below the oldest offset the log keeps: nothing of the log is lost, "
                          "its disk space is not freed yet", retry="at the next retention pass and at restart")
         return False
+
+    if os.path.exists(path):
+        try:
+            os.rename(path, path + DELETED)
+        except OSError as e:
+            return refused(e)
+        try:
+            fsync_dir(log_dir)
+        except OSError as e:
+            if on_fsync_failure is None:
+                raise
+            on_fsync_failure(e)
+            return False
+    try:
+        if os.path.exists(path + DELETED):
+            os.unlink(path + DELETED)
+    except OSError as e:
+        return refused(e)
+    return True
+
+
+def live_segments(log_dir: str) -> list[tuple[int, str]]:
+    """list_segments without the retired ones: segments wholly below `oldest.json`'s offset whose
+    deletion the file system refused (or a crash interrupted) are no part of the log."""
+    found = list_segments(log_dir)
+    oldest = read_oldest(log_dir)
+    if oldest is None:
+        return found
+    return [(b, p) for b, p in found if b >= oldest]
 
 
 def finish_retirement(log_dir: str) -> None:
@@ -564,12 +598,12 @@ def finish_retirement(log_dir: str) -> None:
                              "changed; restore the segments from a replica or rebuild this node")
         for b, p in found:
             if b < oldest:
-                os.rename(p, p + DELETED)
-                fsync_dir(log_dir)
-                os.unlink(p + DELETED)
-                logs.event("segment_deleted", path=p, base=b, oldest=oldest, finished_at_recovery=True,
-                           reason="a retention pass that a crash interrupted")
-                changed = True
+                # A refused rename or unlink leaves the file (logged; live_segments skips it); a failed
+                # directory fsync is raised: recovery does not go on past one.
+                if _remove_retired(p, log_dir, oldest, base=b):
+                    logs.event("segment_deleted", path=p, base=b, oldest=oldest, finished_at_recovery=True,
+                               reason="a retention pass that a crash interrupted")
+                    changed = True
     if changed:
         fsync_dir(log_dir)
 
@@ -635,7 +669,7 @@ def open_segments(
     opened: list[int] = []
     try:
         finish_retirement(log_dir)
-        found = list_segments(log_dir)
+        found = live_segments(log_dir)
         if not found:
             if not create:
                 raise LogOpenError(f"{log_dir}: holds no segment files (nothing was created)")
@@ -773,7 +807,7 @@ def log_files(path: str) -> list[tuple[int, str]]:
     if d is None:
         return [(0, path)]
     if os.path.isdir(d):
-        segs = list_segments(d)
+        segs = live_segments(d)
         if segs:
             return segs
     legacy = os.path.join(os.path.dirname(d), LEGACY_LOG)

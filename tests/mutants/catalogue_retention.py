@@ -65,8 +65,8 @@ MUTANTS += [
 _RF = "tests/test_retention_faults.py::test_a_refused_delete_leaves_the_node_serving_and_is_finished_at_restart"
 MUTANTS += [
     Mutant(id="retention-refused-delete-stops-the-node", file="daemon/wal/segments.py",
-           find="        return True\n    except OSError as e:\n        sized = ",
-           replace="        return True\n    except ZeroDivisionError as e:\n        sized = ",
+           find="    def refused(e: OSError) -> bool:\n        logs.warn(",
+           replace="    def refused(e: OSError) -> bool:\n        raise e\n        logs.warn(",
            why="a retired segment is below the durable oldest offset: a refused rename or unlink costs disk, "
                "not the node (it stopped with internal_error before)",
            killers=[_RF + "[unlink]", _RF + "[rename]"]),
@@ -75,6 +75,17 @@ MUTANTS += [
            replace="        pass",
            why="a segment whose delete was refused is tried again at the next retention pass",
            killers=[_RF + "[unlink]"]),
+    Mutant(id="retention-failed-dir-fsync-keeps-trust", file="daemon/wal/segments.py",
+           find="            on_fsync_failure(e)\n            return False",
+           replace="            return False",
+           why="a failed directory fsync after a retired segment's rename ends trust: the log refuses writes",
+           killers=["tests/test_retire_refusals.py::test_a_failed_directory_fsync_in_retire_ends_trust"]),
+    Mutant(id="retention-tools-count-a-refused-segment", file="daemon/wal/segments.py",
+           find="    return [(b, p) for b, p in found if b >= oldest]",
+           replace="    return found",
+           why="a segment below oldest.json whose delete was refused is no part of the log: verify and restart skip it",
+           killers=["tests/test_retire_refusals.py::test_verify_of_a_running_nodes_data_dir_is_clean_after_a_refused_rename",
+                    "tests/test_retire_refusals.py::test_a_restart_while_the_file_system_still_refuses_starts"]),
 ]
 MUTANTS += [
     Mutant(id="snapshot-failed-rename-taken-for-written", file="daemon/node/snapshotting.py",
