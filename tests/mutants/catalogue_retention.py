@@ -71,7 +71,8 @@ MUTANTS += [
                "not the node (it stopped with internal_error before)",
            killers=[_RF + "[unlink]", _RF + "[rename]"]),
     Mutant(id="retention-refused-delete-never-retried", file="daemon/wal/segments.py",
-           find="        self._undeleted = [p for p in self._undeleted if not _remove_retired(p, self.dir, upto)]",
+           find="        self._undeleted = [p for p in self._undeleted\n"
+                "                           if not _remove_retired(p, self.dir, upto, on_fsync_failure=self._dir_fsync_failed)]",
            replace="        pass",
            why="a segment whose delete was refused is tried again at the next retention pass",
            killers=[_RF + "[unlink]"]),
