@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from daemon.failover.drill import Ack, Ledger, check_ledger
 
 
@@ -50,13 +52,28 @@ def test_two_leaders_acknowledging_at_overlapping_times_are_reported():
     assert check_leaders(late) == []
 
 
+def test_the_time_to_a_new_leader_counts_only_the_new_leadership():
+    """A leader cut off from its followers or from etcd is the same process: an ok of its epoch after the
+    fault is the old leadership still answering, not a new leader (the drill said 0.01 s before). After
+    a kill, an ok of the old epoch sent after the fault is the restarted node keeping its lease."""
+    from daemon.failover.drill import Ack, Ledger, first_ack_after
+
+    led = Ledger()
+    led.acked += [Ack(b"drill-a", b"1", 0, 1, 10.001, 10.01),   # the old leader, after the fault at 10.0
+                  Ack(b"drill-b", b"2", 50, 2, 11.0, 12.5)]     # the new leadership
+    assert first_ack_after(led, 10.0, 1, restarted=False) == pytest.approx(2.5)
+    assert first_ack_after(led, 10.0, 1, restarted=True) == pytest.approx(0.01)
+    assert first_ack_after(Ledger(), 10.0, 1) is None
+
+
 def test_drill_auto_refuses_a_cluster_without_etcd_and_faults_it_does_not_drill(tmp_path):
     import subprocess
     import sys
 
     zwal = [sys.executable, "-m", "daemon.cli"]
-    r = subprocess.run([*zwal, "drill", "--auto"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "--auto drills a running cluster that fails over through etcd" in r.stderr, r.stderr
+    r = subprocess.run([*zwal, "drill", "--fault", "etcd"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--fault etcd cuts the leader off from etcd" in r.stderr and "--auto" in r.stderr, \
+        r.stderr
     r = subprocess.run([*zwal, "drill", "--auto", "--config", str(tmp_path / "c.toml"), "--fault", "damage"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--fault damage is not drilled with --auto" in r.stderr, r.stderr

@@ -3,6 +3,7 @@ and the plain refusal when it cannot build one."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -33,6 +34,32 @@ def test_drill_with_every_fault_passes_and_reports_reads(tmp_path):
     # The scratch cluster is gone: no mounts, loop devices or namespaces left behind.
     assert str(tmp_path) not in open("/proc/mounts").read()
     assert str(tmp_path) not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow
+def test_drill_auto_partition_and_etcd_faults_on_a_scratch_cluster_with_its_own_etcd(tmp_path):
+    """zwal drill --auto --fault partition,etcd: the scratch cluster runs a 3-member etcd on its network's
+    service address; the leader is cut off from its followers (round 1), then from etcd alone (round 2);
+    the nodes elect a new leader by themselves, nobody promotes, nothing acknowledged is lost, and no two
+    leaders acknowledge at overlapping times."""
+    if os.geteuid() != 0 or shutil.which("etcd") is None:
+        pytest.skip("needs root (network namespaces) and etcd (make sysdeps)")
+    r = subprocess.run([*ZWAL, "drill", "--auto", "--fault", "partition,etcd", "--rounds", "2", "--seconds", "1",
+                        "--json"], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                       env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and doc["lost"] == 0 and doc["linearizable"], doc
+    assert [x["fault"] for x in doc["rounds"]] == ["partition", "etcd"]
+    for x in doc["rounds"]:
+        assert x["auto"] and x["healed_by_itself"] and x["overlaps"] == [] and x["acked"] > 50, x
+        assert x["new_leader"] != x["old_leader"] and x["epoch"] >= 2, x
+        # The election waits out the old lease (1 s): an ok from the old leader is not the new one's.
+        assert x["promote_seconds"] > 0.5, x
+    assert "a 3-member etcd" in r.stderr and "cut node" in r.stderr and "off from etcd" in r.stderr, r.stderr
+    assert str(tmp_path) not in open("/proc/mounts").read()
+    # Its etcd members (data under the scratch directory) are gone with it.
+    assert str(tmp_path) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
 
 def test_drill_says_plainly_that_partition_and_disk_need_root(tmp_path):

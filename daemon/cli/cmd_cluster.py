@@ -143,9 +143,10 @@ class LocalEtcd:
 
     MEMBERS = 3
 
-    def __init__(self, binary: str, base_port: int) -> None:
+    def __init__(self, binary: str, base_port: int, host: str = "127.0.0.1") -> None:
         self.binary = binary
         self.base = base_port + 30
+        self.host = host  # the drill's scratch cluster puts it on its network's service address
         self.names = [f"etcd{i + 1}" for i in range(self.MEMBERS)]
 
     def client_port(self, i: int) -> int:
@@ -160,25 +161,31 @@ class LocalEtcd:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{self.client_port(i)}" for i in range(self.MEMBERS)]
+        return [f"http://{self.host}:{self.client_port(i)}" for i in range(self.MEMBERS)]
+
+    def command(self, i: int, data_dir: str) -> list[str]:
+        """Member i's command line, its data in `data_dir`."""
+        h, n = self.host, self.names[i]
+        initial = ",".join(f"{m}=http://{h}:{self.peer_port(j)}" for j, m in enumerate(self.names))
+        return [self.binary, "--name", n, "--data-dir", data_dir,
+                "--listen-client-urls", f"http://{h}:{self.client_port(i)}",
+                "--advertise-client-urls", f"http://{h}:{self.client_port(i)}",
+                "--listen-peer-urls", f"http://{h}:{self.peer_port(i)}",
+                "--initial-advertise-peer-urls", f"http://{h}:{self.peer_port(i)}",
+                "--initial-cluster", initial, "--initial-cluster-token", f"zwal-local-{self.base}",
+                # A 50 ms heartbeat and a 500 ms election timeout (local members: sub-millisecond round
+                # trips): etcd then grants a lease of 1 s as asked (it raises any TTL below 1.5 x the
+                # election timeout; docs/failover.md, "The TTL etcd grants").
+                "--initial-cluster-state", "new", "--heartbeat-interval", "50", "--election-timeout", "500",
+                "--log-level", "warn"]
 
     def programs(self) -> str:
-        initial = ",".join(f"{n}=http://127.0.0.1:{self.peer_port(i)}" for i, n in enumerate(self.names))
         out = ["\n; A local 3-member etcd for automatic failover (docs/failover.md); it starts before the nodes.\n"
                f"[group:etcd]\nprograms={','.join(self.names)}\n"]
         for i, n in enumerate(self.names):
             out.append(
                 f"\n[program:{n}]\n"
-                f"command={self.binary} --name {n} --data-dir %(here)s/etcd/{n} "
-                f"--listen-client-urls http://127.0.0.1:{self.client_port(i)} "
-                f"--advertise-client-urls http://127.0.0.1:{self.client_port(i)} "
-                f"--listen-peer-urls http://127.0.0.1:{self.peer_port(i)} "
-                f"--initial-advertise-peer-urls http://127.0.0.1:{self.peer_port(i)} "
-                f"--initial-cluster {initial} --initial-cluster-token zwal-local-{self.base} "
-                # A 50 ms heartbeat and a 500 ms election timeout (local members: sub-millisecond round
-                # trips): etcd then grants a lease of 1 s as asked (it raises any TTL below 1.5 x the
-                # election timeout; docs/failover.md, "The TTL etcd grants").
-                "--initial-cluster-state new --heartbeat-interval 50 --election-timeout 500 --log-level warn\n"
+                f"command={' '.join(self.command(i, f'%(here)s/etcd/{n}'))}\n"
                 "directory=%(here)s\npriority=100\nautostart=true\nautorestart=true\nstartsecs=1\n"
                 "stopsignal=TERM\nstopwaitsecs=10\nredirect_stderr=true\n"
                 f"stdout_logfile=%(here)s/log/{n}.log\nstdout_logfile_maxbytes=20MB\nstdout_logfile_backups=2\n")

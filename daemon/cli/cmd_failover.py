@@ -85,7 +85,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     import tempfile
 
     from daemon.cli.cmd_log import FromEnv
-    from daemon.failover.drill import AUTO_FAULTS, NEEDS_ROOT, NEEDS_SCRATCH, SOAK_FAULTS, Drill, DrillError
+    from daemon.failover.drill import AUTO_FAULTS, AUTO_ONLY, NEEDS_ROOT, NEEDS_SCRATCH, SOAK_FAULTS, Drill, DrillError
     from daemon.failover.faults import FaultUnavailable
 
     # With --json, progress goes to stderr and stdout holds one JSON document.
@@ -99,14 +99,15 @@ def cmd_drill(args: argparse.Namespace) -> int:
     needs_scratch = [f for f in faults if f in NEEDS_SCRATCH]
     needs_root = [f for f in faults if f in NEEDS_ROOT]
     if args.auto:
-        if args.config is None:
-            raise CLIError("--auto drills a running cluster that fails over through etcd: give --config (or set "
-                           "$ZWAL_CONFIG), e.g. the cluster 'zwal cluster init DIR --coordinator etcd' sets up; the "
-                           "drill's own scratch cluster has no etcd", 2)
         other = [f for f in faults if f not in AUTO_FAULTS]
         if other:
             raise CLIError(f"--auto drills {', '.join(AUTO_FAULTS)} (the election's own faults); --fault "
                            f"{','.join(other)} is not drilled with --auto yet", 2)
+    else:
+        only = [f for f in faults if f in AUTO_ONLY]
+        if only:
+            raise CLIError(f"--fault {','.join(only)} cuts the leader off from etcd: it is a fault of automatic "
+                           "failover, drilled with --auto", 2)
     if isinstance(args.config, FromEnv):
         if needs_scratch:
             print(f"zwal: not using $ZWAL_CONFIG ({args.config}): --fault {','.join(needs_scratch)} runs on a "
@@ -143,10 +144,12 @@ def cmd_drill(args: argparse.Namespace) -> int:
         from daemon.failover.faults.scratch import ScratchCluster
 
         root = tempfile.mkdtemp(prefix="zwal-drill-")
+        netns = "partition" in faults or "etcd" in faults
         say(f"building a scratch cluster of 3 nodes in {root} (K = 1"
-            + (", network namespaces" if "partition" in faults else "")
-            + (", failing disks" if "disk" in faults else "") + ")")
-        scratch = ScratchCluster(root, 3, 1, netns="partition" in faults, disks="disk" in faults, say=say)
+            + (", network namespaces" if netns else "")
+            + (", failing disks" if "disk" in faults else "")
+            + (", a 3-member etcd and 1 s leases: the nodes elect their leader" if args.auto else "") + ")")
+        scratch = ScratchCluster(root, 3, 1, netns=netns, disks="disk" in faults, etcd=args.auto, say=say)
         try:
             cfg = scratch.start()
         except FaultUnavailable as e:
@@ -266,6 +269,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         epilog="  zwal drill --config var/cluster.toml --rounds 3\n"
         "  zwal drill --auto --config c/cluster.toml --fault kill,pause --rounds 2   # etcd elects; nobody promotes\n"
         "  zwal drill --fault kill,pause --rounds 2              # a scratch cluster, K = 1\n"
+        "  zwal drill --auto --fault partition,etcd --rounds 2  # as root: a scratch cluster with its own etcd\n"
         "  zwal drill --config var/cluster.toml --json           # progress on stderr, the verdict on stdout",
     )
     d.add_argument("--config", help="cluster file (kill and pause faults only; without it the drill builds a "
@@ -277,13 +281,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "root), disk (fill and fail its disk; needs root), rebuild (stop a follower, or the bootstrap "
                    "node in even rounds, move its data directory aside, start it under load: it must rebuild "
                    "from its peers), damage (stop the leader, flip bytes in its last record, start it; the drill "
-                   "does not promote, it reports whether the cluster healed by itself). rebuild and damage run "
-                   "on a scratch cluster, no root needed. Default: kill")
+                   "does not promote, it reports whether the cluster healed by itself), etcd (with --auto: cut the "
+                   "leader off from etcd only; needs root). rebuild and damage run on a scratch cluster, no root "
+                   "needed. Default: kill")
     d.add_argument("--auto", action="store_true",
                    help="the cluster fails over by itself through etcd ([coordinator] kind = \"etcd\"): the drill "
                    "causes the fault and promotes nobody, measures the time from the fault to an elected leader "
                    "that accepts a write, and checks that no two leaders acknowledged writes at overlapping times. "
-                   "Needs --config; faults kill and pause")
+                   "Faults kill, pause (on the cluster of --config, or a scratch cluster), partition and etcd (on a "
+                   "scratch cluster with its own 3-member etcd and 1 s leases, as root)")
     d.add_argument("--soak", type=float, metavar="MINUTES",
                    help="mix the faults at random for this long; stop at the first violation and print how to rerun")
     d.add_argument("--seed", type=int, help="seed of the soak's random choice of faults")

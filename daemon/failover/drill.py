@@ -147,12 +147,15 @@ def check_leaders(acked: list[Ack]) -> list[str]:
     return out
 
 
-def first_ack_after(ledger: Ledger, t_fault: float, old_epoch: int) -> float | None:
+def first_ack_after(ledger: Ledger, t_fault: float, old_epoch: int, restarted: bool = True) -> float | None:
     """Seconds from the fault to the first write acknowledged by the leadership after it: of a newer epoch,
-    or of the old one but sent after the fault (its node restarted and kept its lease)."""
+    or, when the fault ended the old leader's process (`restarted`), of the old epoch but sent after the
+    fault (its node restarted and kept its lease). A leader cut off from its followers or from etcd is the
+    same process: what it still acknowledges of its epoch is the old leadership, not the next one."""
     with ledger.lock:
         dones = [a.done for a in ledger.acked
-                 if a.done > t_fault and (a.epoch > old_epoch or (a.epoch == old_epoch and a.invoked > t_fault))]
+                 if a.done > t_fault and (a.epoch > old_epoch or (restarted and a.epoch == old_epoch
+                                                                  and a.invoked > t_fault))]
     return min(dones) - t_fault if dones else None
 
 
@@ -320,6 +323,7 @@ class RoundReport:
         c = self.check
         what = {"kill": "killed (SIGKILL)", "pause": "paused (SIGSTOP, then SIGCONT after the promotion)",
                 "partition": "cut off from its followers (then healed)",
+                "etcd": "cut off from etcd (then healed)",
                 "disk": "stopped by its failing disk (then given room)"}.get(self.fault, self.fault)
         if self.auto:
             what = what.replace("the promotion", "the election")
@@ -367,14 +371,15 @@ class RoundReport:
         return "\n".join(lines)
 
 
-FAULTS = ("kill", "pause", "partition", "disk", "rebuild", "damage")
+FAULTS = ("kill", "pause", "partition", "disk", "rebuild", "damage", "etcd")
 # Faults that stop a node and change its files before it starts again: the
 # drill must be its supervisor, so they run on a scratch cluster.
-NEEDS_SCRATCH = ("partition", "disk", "rebuild", "damage")
-NEEDS_ROOT = ("partition", "disk")
+NEEDS_SCRATCH = ("partition", "disk", "rebuild", "damage", "etcd")
+NEEDS_ROOT = ("partition", "disk", "etcd")
 SOAK_FAULTS = ("kill", "pause", "partition", "disk")
 # The faults `zwal drill --auto` causes on a cluster that fails over through etcd (it promotes nobody).
-AUTO_FAULTS = ("kill", "pause")
+AUTO_FAULTS = ("kill", "pause", "partition", "etcd")
+AUTO_ONLY = ("etcd",)  # a fault only automatic failover has: the leader cut off from etcd
 # Faults after which the cluster must recover with no operator action: the drill only watches.
 SELF_HEALING = ("rebuild", "damage")
 
@@ -475,8 +480,12 @@ class Drill:
             self.say(f"round {rnd}: {sig.name} {leader} (pid {pid}) under load")
             os.kill(pid, sig)
         elif fault == "partition":
-            self.say(f"round {rnd}: cut {leader} off from {', '.join(others)} (clients still reach it)")
+            self.say(f"round {rnd}: cut {leader} off from {', '.join(others)} (clients"
+                     + (" and etcd" if self.auto else "") + " still reach it)")
             self.scratch.net.isolate(leader, others)
+        elif fault == "etcd":
+            self.say(f"round {rnd}: cut {leader} off from etcd (its followers and clients still reach it)")
+            self.scratch.net.cut_from_service(leader)
         elif fault == "disk":
             exits = len(self.scratch.exits)
             self.say(f"round {rnd}: the disk under {leader} fills up under load")
@@ -514,7 +523,7 @@ class Drill:
         if self.auto:
             # The load's own first `ok` from the new leadership, when it came before the probe's: the time
             # to a leader that accepts writes, not the time the drill's polling took to notice it.
-            first = first_ack_after(ledger, t_kill, int(st["epoch"]))
+            first = first_ack_after(ledger, t_kill, int(st["epoch"]), restarted=fault == "kill")
             if first is not None:
                 promote_s = min(promote_s, first)
         self.say(f"round {rnd}: {new} leads epoch {res.epoch} ({promote_s:.2f} s after the fault); load continues")
@@ -524,7 +533,7 @@ class Drill:
             time.sleep(min(0.5, self.load_seconds))
             self.say(f"round {rnd}: SIGCONT {leader}: it wakes up deposed")
             os.kill(pid, signal.SIGCONT)
-        elif fault == "partition":
+        elif fault in ("partition", "etcd"):
             time.sleep(min(0.5, self.load_seconds))
             self.say(f"round {rnd}: the partition heals: {leader} meets the new epoch")
             self.scratch.net.heal_all()
