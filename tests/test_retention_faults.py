@@ -56,6 +56,9 @@ def test_a_refused_delete_leaves_the_node_serving_and_is_finished_at_restart(mak
     assert failed[0]["path"] == first and failed[0]["base"] == "0", failed[0]
     deleted = [d for d in _events(c, "node1", "segment_deleted") if "base" in d]
     assert deleted and all(d["path"] != first for d in deleted)  # the others went
+    # status counts what went, not what was planned (the refused segment is not counted).
+    assert c.status("node1")["retention"]["deleted_segments"] == \
+        len([d for d in _events(c, "node1", "segment_deleted") if "base" in d])
     leftover = first + ".deleted" if call == "unlink" else first
     assert os.path.exists(leftover)
     oldest = read_oldest(c.log_dir("node1"))

@@ -102,8 +102,10 @@ class Log(Protocol):
     def segments_view(self) -> "list[retention.Segment]":
         """The log's segments in offset order; all but the last are sealed."""
         ...
-    def retire(self, upto: int, reason: str) -> None:
-        """Delete the sealed segments below `upto` (a segment's base), durably and logged; never while busy."""
+    def retire(self, upto: int, reason: str) -> tuple[int, int]:
+        """Delete the sealed segments below `upto` (a segment's base), durably and logged; never while busy.
+        Returns (segments, bytes) deleted: fewer than asked when the file system refused some (each is
+        tried again at the next retire)."""
         ...
 
 

@@ -61,6 +61,6 @@ class Retainer:
             return
         why = (f"below the snapshot at {min(kept)}, acknowledged by every in-sync follower"
                if acked_floor is not None else f"below the snapshot at {min(kept)}")
-        log.retire(p.oldest, why)
-        self.deleted_segments += len(p.delete)
-        self.deleted_bytes += sum(s.size for s in p.delete)
+        n, size = log.retire(p.oldest, why)
+        self.deleted_segments += n
+        self.deleted_bytes += size

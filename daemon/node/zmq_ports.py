@@ -129,10 +129,11 @@ class WalLog:
         ends = [b for b, _ in segs[1:]] + [self.writer.end]
         return [retention.Segment(b, e, sealed=i < len(segs) - 1) for i, ((b, _), e) in enumerate(zip(segs, ends))]
 
-    def retire(self, upto: int, reason: str) -> None:
+    def retire(self, upto: int, reason: str) -> tuple[int, int]:
         if self.busy:
             raise RuntimeError("retire while a batch is on its way to disk")  # the syncer may be rolling
-        self.writer.retire(upto, reason)
+        gone = self.writer.retire(upto, reason)
+        return len(gone), sum(size for _, _, size in gone)
 
     def close(self) -> None:
         if self.syncer is not None:

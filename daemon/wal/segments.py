@@ -168,7 +168,8 @@ class SegmentedLog:
         self._roll_poison: str | None = None
         self.fsync_count = 0
         self._retired_fds: list[int] = []  # deleted segments' descriptors, closed at the next retire
-        self._undeleted: list[str] = []  # retired files whose rename or unlink failed: tried again at each retire
+        self._undeleted: list[tuple[str, int, int]] = []  # (path, base, bytes) of retired files whose rename or
+        # unlink the file system refused: tried again at each retire
 
     @property
     def _segs(self) -> tuple[Segment, ...]:
@@ -368,7 +369,9 @@ class SegmentedLog:
            the file unlinked. A read in flight on another thread keeps its
            descriptor, which is closed at the next retire or at close.
         Recovery finishes a pass a crash interrupted (open_segments).
-        Returns (base, path, bytes) of each deleted segment; each is logged.
+        Returns (base, path, bytes) of each segment deleted now (one refused before included); each is
+        logged. A segment whose rename or unlink the file system refuses is logged and left for the next
+        retire (and recovery); a failed directory fsync poisons the log.
         """
         segs, active = self._cur
         bases = [s.base for s in segs]
@@ -385,9 +388,16 @@ class SegmentedLog:
         for fd in self._retired_fds:
             os.close(fd)
         self._retired_fds = []
-        self._undeleted = [p for p in self._undeleted
-                           if not _remove_retired(p, self.dir, upto, on_fsync_failure=self._dir_fsync_failed)]
         out = []
+        still = []
+        for path, base, size in self._undeleted:
+            if _remove_retired(path, self.dir, upto, base=base, size=size, on_fsync_failure=self._dir_fsync_failed):
+                logs.event("segment_deleted", path=path, base=base, bytes=size, oldest=upto,
+                           reason="its delete was refused before; tried again")
+                out.append((base, path, size))
+            else:
+                still.append((path, base, size))
+        self._undeleted = still
         for s, nxt in zip(gone, [*gone[1:], keep[0]]):
             size = nxt.base - s.base
             self._retired_fds.append(s.fd)
@@ -397,7 +407,7 @@ class SegmentedLog:
             # retire and at restart (finish_retirement), and the failure is logged.
             if not _remove_retired(s.path, self.dir, upto, base=s.base, size=size,
                                    on_fsync_failure=self._dir_fsync_failed):
-                self._undeleted.append(s.path)
+                self._undeleted.append((s.path, s.base, size))
                 continue
             logs.event("segment_deleted", path=s.path, base=s.base, bytes=size, oldest=upto, reason=reason)
             out.append((s.base, s.path, size))

@@ -244,7 +244,7 @@ class SimLog:
         ends = bases[1:] + [self.node.end]
         return [retention.Segment(b, e, i < len(bases) - 1) for i, (b, e) in enumerate(zip(bases, ends))]
 
-    def retire(self, upto: int, reason: str) -> None:
+    def retire(self, upto: int, reason: str) -> tuple[int, int]:
         """SegmentedLog.retire in the world: the oldest offset is durable at once, the files go."""
         node = self.node
         if self.busy:
@@ -253,9 +253,12 @@ class SimLog:
         if upto not in disk.bases or upto > disk.bases[-1]:
             raise Violation("retention", f"{node.name} retires up to {upto}, not a sealed segment's end")
         node.sim.inv.on_retire(node, upto)
+        gone = [b for b in disk.bases if b < upto]
+        size = upto - gone[0] if gone else 0
         disk.oldest = upto
         disk.bases = [b for b in disk.bases if b >= upto]
         node.trace(f"retention: segments below {upto} deleted ({reason})")
+        return len(gone), size
 
     def truncate_suffix(self, offset: int, last_epoch: int) -> tuple[int, str]:
         node = self.node
