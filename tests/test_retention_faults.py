@@ -115,3 +115,31 @@ def test_a_refused_snapshot_rename_answers_an_error_names_no_snapshot_and_loses_
     assert {k: cl2.get(k) for k in want} == want
     r2 = c.zwal("snapshot", "--config", c.config, "--json")
     assert r2.returncode == 0, r2.stdout + r2.stderr
+
+
+def test_a_refused_rename_of_the_oldest_note_skips_the_pass_and_the_node_serves_on(make_cluster):
+    """Step 1 of a retention pass (oldest.json) refused: nothing is deleted, the pass is skipped and
+    tried again, the node serves on (it stopped with internal_error, exit 2, which the supervisor does
+    not restart)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (make sysdeps)")
+    c = make_cluster(1, ack_replicas=0, **SETTINGS)
+    c.start("node1")
+    assert c.stop("node1") == 0
+    tmp = os.path.join(c.log_dir("node1"), "oldest.json.tmp")
+    calls = "rename,renameat,renameat2"
+    p = c.start("node1", wrap=[strace, "-f", "-qq", "-o", os.devnull, "-P", tmp, "-e", f"trace={calls}",
+                               "-e", f"inject={calls}:error=EIO"])
+    cl = c.client()
+    try:
+        for i in range(1500):
+            cl.set(f"k{i % 400}", f"{i}:{'x' * 3000}")
+    except Exception:
+        pass
+    wait_until(lambda: p.poll() is not None or len(_events(c, "node1", "retention_pass_skipped")) >= 2, 30,
+               "retention passes to be skipped (or the node to stop)")
+    assert p.poll() is None, "the node stopped on a refused rename of oldest.json.tmp"
+    assert not _events(c, "node1", "internal_error"), _events(c, "node1", "internal_error")[:1]
+    assert not _events(c, "node1", "segment_deleted")  # step 1 failed: nothing may go
+    assert cl.set("after", "refusal").epoch == 1  # the node serves on

@@ -382,7 +382,18 @@ class SegmentedLog:
         gone = [s for s in segs if s.base < upto]
         if not gone:
             return []
-        _write_oldest(self.dir, upto)
+        try:
+            same_dir = os.stat(self.dir).st_ino == os.fstat(self._dir_fd).st_ino
+        except FileNotFoundError:
+            same_dir = False
+        if not same_dir:
+            # A snapshot install swapped in a new log/ while this log is still open (it is closed at the
+            # reload): its oldest offset and its files are not this log's to change.
+            logs.warn("retention_pass_skipped", path=self.dir, reason="the log directory was replaced "
+                      "(a snapshot install); this log is closed at the reload")
+            return []
+        if not self._write_oldest_or_skip(upto):
+            return []
         keep = tuple(s for s in segs if s.base >= upto)
         self._cur = (keep, active)
         for fd in self._retired_fds:
@@ -412,6 +423,52 @@ class SegmentedLog:
             logs.event("segment_deleted", path=s.path, base=s.base, bytes=size, oldest=upto, reason=reason)
             out.append((s.base, s.path, size))
         return out
+
+    def _write_oldest_or_skip(self, upto: int) -> bool:
+        """Step 1 of retire: `oldest.json` names `upto`, durably. False (logged, the pass skipped,
+        nothing changed) if the file system refuses to create, write or rename it (a full disk, EIO);
+        a failed fsync poisons the log and raises WalFsyncError (the fsync rule)."""
+        path = os.path.join(self.dir, OLDEST_NOTE)
+        tmp = path + ".tmp"
+
+        def skipped(e: OSError) -> bool:
+            logs.warn("retention_pass_skipped", path=self.dir, oldest=upto, error=str(e),
+                      effect="nothing was deleted; the next pass tries again")
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return False
+
+        def fsync_failed(e: OSError) -> None:
+            self._roll_poison = f"fsync of {tmp} failed: {os.strerror(e.errno) if e.errno else e}"
+            logs.error("fsync_failed", path=tmp, error=self._roll_poison)
+            raise WalFsyncError(f"{self.dir}: {self._roll_poison}; the log refuses further writes") from None
+
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            return skipped(e)
+        try:
+            try:
+                write_full(fd, json.dumps({"oldest": upto}).encode())
+            except OSError as e:
+                return skipped(e)
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                fsync_failed(e)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            return skipped(e)
+        try:
+            fsync_dir(self.dir)
+        except OSError as e:
+            fsync_failed(e)
+        return True
 
     def _dir_fsync_failed(self, e: OSError) -> None:
         """The directory fsync after a retired segment's rename failed: whether the directory's entries
@@ -580,7 +637,12 @@ def live_segments(log_dir: str) -> list[tuple[int, str]]:
     oldest = read_oldest(log_dir)
     if oldest is None:
         return found
-    return [(b, p) for b, p in found if b >= oldest]
+    live = [(b, p) for b, p in found if b >= oldest]
+    if not live or live[0][0] != oldest:
+        raise SegmentGap(f"{log_dir}: {OLDEST_NOTE} says the log keeps offsets from {oldest}, but no segment "
+                         f"starts there (segments start at {[b for b, _ in found][:5]}). Nothing was changed; "
+                         "restore the segments from a replica or rebuild this node")
+    return live
 
 
 def finish_retirement(log_dir: str) -> None:
@@ -602,7 +664,7 @@ def finish_retirement(log_dir: str) -> None:
             changed = True
     if oldest is not None:
         found = list_segments(log_dir)
-        if found and not any(b == oldest for b, _ in found):
+        if not any(b == oldest for b, _ in found):
             raise SegmentGap(f"{log_dir}: {OLDEST_NOTE} says the log keeps offsets from {oldest}, but no segment "
                              f"starts there (segments start at {[b for b, _ in found][:5]}...). Nothing was "
                              "changed; restore the segments from a replica or rebuild this node")

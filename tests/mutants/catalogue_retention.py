@@ -33,7 +33,7 @@ MUTANTS = [
 R = "tests/test_segment_retire.py::"
 MUTANTS += [
     Mutant(id="retention-note-after-files", file="daemon/wal/segments.py",
-           find="        _write_oldest(self.dir, upto)\n        keep = ",
+           find="        if not self._write_oldest_or_skip(upto):\n            return []\n        keep = ",
            replace="        keep = ",
            why="the oldest retained offset moves first, durably; the files go after (KAFKA-16073)",
            killers=[R + "test_the_oldest_is_durable_before_any_file_goes"]),
@@ -71,9 +71,8 @@ MUTANTS += [
                "not the node (it stopped with internal_error before)",
            killers=[_RF + "[unlink]", _RF + "[rename]"]),
     Mutant(id="retention-refused-delete-never-retried", file="daemon/wal/segments.py",
-           find="        self._undeleted = [p for p in self._undeleted\n"
-                "                           if not _remove_retired(p, self.dir, upto, on_fsync_failure=self._dir_fsync_failed)]",
-           replace="        pass",
+           find="        for path, base, size in self._undeleted:\n",
+           replace="        for path, base, size in []:\n",
            why="a segment whose delete was refused is tried again at the next retention pass",
            killers=[_RF + "[unlink]"]),
     Mutant(id="retention-failed-dir-fsync-keeps-trust", file="daemon/wal/segments.py",
@@ -82,8 +81,8 @@ MUTANTS += [
            why="a failed directory fsync after a retired segment's rename ends trust: the log refuses writes",
            killers=["tests/test_retire_refusals.py::test_a_failed_directory_fsync_in_retire_ends_trust"]),
     Mutant(id="retention-tools-count-a-refused-segment", file="daemon/wal/segments.py",
-           find="    return [(b, p) for b, p in found if b >= oldest]",
-           replace="    return found",
+           find="    live = [(b, p) for b, p in found if b >= oldest]",
+           replace="    live = list(found)",
            why="a segment below oldest.json whose delete was refused is no part of the log: verify and restart skip it",
            killers=["tests/test_retire_refusals.py::test_verify_of_a_running_nodes_data_dir_is_clean_after_a_refused_rename",
                     "tests/test_retire_refusals.py::test_a_restart_while_the_file_system_still_refuses_starts"]),
@@ -95,4 +94,28 @@ MUTANTS += [
            why="a snapshot whose rename failed is no snapshot: it is reported failed, never counted as the newest",
            killers=["tests/test_retention_faults.py::"
                     "test_a_refused_snapshot_rename_answers_an_error_names_no_snapshot_and_loses_nothing"]),
+]
+
+# From the second review of the refusal handling (tests/test_retire_refusals.py, tests/test_retention_faults.py).
+_RR = "tests/test_retire_refusals.py::"
+MUTANTS += [
+    Mutant(id="retention-live-segments-hides-a-gap", file="daemon/wal/segments.py",
+           find="    if not live or live[0][0] != oldest:", replace="    if False:",
+           why="a log whose segment at the oldest offset is missing has a gap: the tools say so, never 'clean'",
+           killers=[_RR + "test_verify_sees_a_missing_segment_at_the_oldest_offset"]),
+    Mutant(id="retention-old-writer-changes-an-installed-log", file="daemon/wal/segments.py",
+           find="        if not same_dir:\n", replace="        if False:\n",
+           why="a log's retire never writes into a log/ a snapshot install swapped in",
+           killers=[_RR + "test_a_retire_by_the_writer_of_a_log_an_install_replaced_changes_nothing"]),
+    Mutant(id="retention-refused-oldest-note-stops-the-node", file="daemon/wal/segments.py",
+           find="            os.replace(tmp, path)\n        except OSError as e:\n            return skipped(e)",
+           replace="            os.replace(tmp, path)\n        except ZeroDivisionError as e:\n            return skipped(e)",
+           why="a refused rename of oldest.json.tmp skips the pass (nothing deleted) and the node serves on",
+           killers=["tests/test_retention_faults.py::"
+                    "test_a_refused_rename_of_the_oldest_note_skips_the_pass_and_the_node_serves_on"]),
+    Mutant(id="retention-oldest-fsync-failure-keeps-trust", file="daemon/wal/segments.py",
+           find="            try:\n                os.fsync(fd)\n            except OSError as e:\n                fsync_failed(e)",
+           replace="            try:\n                os.fsync(fd)\n            except OSError as e:\n                return skipped(e)",
+           why="a failed fsync of oldest.json ends trust: the log refuses writes",
+           killers=[_RR + "test_a_failed_fsync_of_the_oldest_note_ends_trust_and_deletes_nothing"]),
 ]
