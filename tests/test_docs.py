@@ -63,8 +63,8 @@ def test_client_md_asyncclient_example_runs_against_a_real_cluster(tmp_path):
     offsets = [int(x) for x in re.search(r"batch at offsets \[(\d+), (\d+), (\d+)\]", out).groups()]
     assert offsets == sorted(offsets) and offsets[0] > 0, out
     watched = re.findall(r"watched (\w+) (\S+) at (\d+)", out)
-    assert [(op, k) for op, k, _ in watched] == [("set", "user:1"), ("set", "user:2"), ("set", "user:3"),
-                                                 ("del", "user:1")], out
+    assert [(op, k) for op, k, _ in watched] == [("set", "async:1"), ("set", "async:2"), ("set", "async:3"),
+                                                 ("del", "async:1")], out
     assert [int(o) for _, _, o in watched][1:] == offsets, out
     assert "20 concurrent writes at 20 distinct offsets" in out, out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 from daemon.cli.cmd_log import CLIError, load_cluster
@@ -134,6 +135,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
             raise CLIError(f"--fault {','.join(needs_root)} needs root: it builds "
                            "network namespaces and loop-device disks. Run it as root, or use --fault kill,pause", 1)
     scratch = None
+    passed = False
     if args.config is None:
         import signal
 
@@ -193,10 +195,16 @@ def cmd_drill(args: argparse.Namespace) -> int:
                   + (f" ({'; '.join(why)})" if why else ""))
             if not ok and rerun:
                 print(rerun)
+        passed = ok
         return 0 if ok else 1
     finally:
         if scratch is not None:
             scratch.close()
+            if passed:
+                shutil.rmtree(scratch.root, ignore_errors=True)
+            else:
+                say(f"the scratch cluster's files (node and etcd logs, data) are kept for inspection in "
+                    f"{scratch.root}; remove it when done")
 
 
 def soak(d, faults: list[str], seconds: float, seed: int):
@@ -258,12 +266,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "drill", help="failover drill: a fault on the leader under load, promote, rejoin, prove nothing acknowledged was lost",
         description="Run load with a ledger of acknowledged writes and a history of fresh reads, cause a fault on "
-        "the leader (kill, pause, partition or disk), promote the most advanced follower, let the old leader "
+        "the leader (kill, pause, partition or disk), promote the most advanced follower (with --auto: nobody; "
+        "the cluster elects through etcd), let the old leader "
         "rejoin and all logs converge, then check every acknowledged write is on the new leader, every log is "
         "byte-identical, and the writes and fresh reads are linearizable. With --config (or $ZWAL_CONFIG) it "
         "runs against that running cluster (e.g. the one 'make run' starts under supervisord, which restarts "
         "killed nodes; it must run on the cluster's host: it kills by PID and reads the log files). Without it, "
-        "or for partition and disk faults, it builds a scratch cluster of its own (as root). A cluster with "
+        "or for partition, disk and etcd faults, it builds a scratch cluster of its own (those three need root) "
+        "and removes it afterwards when the drill passes. A cluster with "
         "ack_replicas = 0 is refused at once (exit 2): its promotions are refused without --force. Exit 0 "
         "passed; 1 on any loss or failed step; 2 for a usage or cluster-file error.",
         epilog="  zwal drill --config var/cluster.toml --rounds 3\n"
