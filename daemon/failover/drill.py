@@ -354,7 +354,8 @@ class RoundReport:
             f"  time to promote:                {self.promote_s:.2f} s (fault -> new leader accepts writes)"
             if self.fault not in SELF_HEALING else "  time to promote:                - (the drill promotes nobody in this mode)",
             f"  time to converge:               {self.converge_s:.2f} s "
-            + ("(promotion -> all logs identical)" if self.fault not in SELF_HEALING else "(healed -> all logs identical)"),
+            + ("(election -> all logs identical)" if self.auto else "(promotion -> all logs identical)"
+               if self.fault not in SELF_HEALING else "(healed -> all logs identical)"),
             f"  logs byte-identical:            {'yes' if self.logs_identical else 'NO'}",
             f"  logs verify clean:              {'yes' if self.logs_clean else 'NO'}",
             f"  client errors seen (retried):   {self.errors or 'none'}",
