@@ -150,3 +150,26 @@ def test_a_failed_fsync_of_the_oldest_note_ends_trust_and_deletes_nothing(tmp_pa
     monkeypatch.undo()
     assert log.poisoned and all(os.path.exists(p) for _, p in segs)
     log.close()
+
+
+def test_a_failed_fsync_of_the_oldest_note_stops_the_node_as_a_failed_fsync(tmp_path, monkeypatch):
+    """Through the node's log port the failed fsync is an FsyncFailure: the node exits 3 and recovers
+    (the supervisor restarts it), not an internal error (exit 2, which the supervisor does not restart)."""
+    from daemon.node.ports import FsyncFailure
+    from daemon.node.zmq_ports import WalLog
+
+    ldir, log = filled(tmp_path, n=120)
+    segs = log.segments
+    real = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("oldest.json.tmp"):
+            raise OSError(5, "Input/output error (injected)")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(FsyncFailure):
+        WalLog(log, os.path.dirname(ldir), None).retire(segs[2][0], "test")
+    monkeypatch.undo()
+    assert log.poisoned
+    log.close()

@@ -16,7 +16,7 @@ from daemon.config import ClusterConfig
 from daemon.node.ports import FsyncFailure, SyncResult
 from daemon.node.syncer import Syncer
 from daemon.ops import logs
-from daemon.wal import retention
+from daemon.wal import WalFsyncError, retention
 from daemon.wal.segments import SegmentedLog
 
 # Replies the replication ROUTER queues per connection. A follower has one
@@ -132,7 +132,10 @@ class WalLog:
     def retire(self, upto: int, reason: str) -> tuple[int, int]:
         if self.busy:
             raise RuntimeError("retire while a batch is on its way to disk")  # the syncer may be rolling
-        gone = self.writer.retire(upto, reason)
+        try:
+            gone = self.writer.retire(upto, reason)
+        except WalFsyncError as e:  # a failed fsync of oldest.json: exit 3 and recover, as for the log's own
+            raise FsyncFailure(str(e)) from None
         return len(gone), sum(size for _, _, size in gone)
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ from daemon.ops import logs
 from .format import Frame, Record, encode_frame
 from .reader import CLEAN, CORRUPT, TORN, LogOpenError, ScanResult, iter_frames, read_chunk, scan_fd, scan_path
 from .recovery import LogCorrupt, open_log
-from .writer import (SyncFn, WalError, WalFsyncError, WalPoisoned, WalWriteError, WalWriter, WriteFn, fsync_dir,
+from .writer import (SyncError, SyncFn, WalError, WalFsyncError, WalPoisoned, WalWriteError, WalWriter, WriteFn, fsync_dir,
                      replace_json_durably, unsynced_note_path, write_full)
 
 LOG_DIR = "log"
@@ -428,46 +428,20 @@ class SegmentedLog:
         """Step 1 of retire: `oldest.json` names `upto`, durably. False (logged, the pass skipped,
         nothing changed) if the file system refuses to create, write or rename it (a full disk, EIO);
         a failed fsync poisons the log and raises WalFsyncError (the fsync rule)."""
-        path = os.path.join(self.dir, OLDEST_NOTE)
-        tmp = path + ".tmp"
-
-        def skipped(e: OSError) -> bool:
+        try:
+            _write_oldest(self.dir, upto)
+        except SyncError as e:
+            self._roll_poison = str(e)
+            logs.error("fsync_failed", path=self.dir, error=self._roll_poison)
+            raise WalFsyncError(f"{self.dir}: {self._roll_poison}; the log refuses further writes") from None
+        except OSError as e:
             logs.warn("retention_pass_skipped", path=self.dir, oldest=upto, error=str(e),
                       effect="nothing was deleted; the next pass tries again")
             try:
-                os.unlink(tmp)
+                os.unlink(os.path.join(self.dir, OLDEST_NOTE + ".tmp"))
             except OSError:
                 pass
             return False
-
-        def fsync_failed(e: OSError) -> None:
-            self._roll_poison = f"fsync of {tmp} failed: {os.strerror(e.errno) if e.errno else e}"
-            logs.error("fsync_failed", path=tmp, error=self._roll_poison)
-            raise WalFsyncError(f"{self.dir}: {self._roll_poison}; the log refuses further writes") from None
-
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            return skipped(e)
-        try:
-            try:
-                write_full(fd, json.dumps({"oldest": upto}).encode())
-            except OSError as e:
-                return skipped(e)
-            try:
-                os.fsync(fd)
-            except OSError as e:
-                fsync_failed(e)
-        finally:
-            os.close(fd)
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            return skipped(e)
-        try:
-            fsync_dir(self.dir)
-        except OSError as e:
-            fsync_failed(e)
         return True
 
     def _dir_fsync_failed(self, e: OSError) -> None:

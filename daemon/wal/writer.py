@@ -89,18 +89,31 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class SyncError(OSError):
+    """An fsync failed: whether the bytes (or a name) reached the disk is unknown (the fsync rule).
+    An OSError, so a caller that stops on any failure needs no change; one that can skip a refused
+    write (a full disk, a refused rename: nothing changed) tells the two apart."""
+
+
 def replace_json_durably(path: str, doc: object) -> None:
     """Replace the small JSON file `path` atomically and durably: a temporary file
-    written and fsynced, renamed over `path`, then the directory fsynced."""
+    written and fsynced, renamed over `path`, then the directory fsynced. A failed
+    fsync raises SyncError; any other OSError means `path` is unchanged."""
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         write_full(fd, json.dumps(doc).encode())
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise SyncError(e.errno, f"fsync of {tmp} failed: {e.strerror or e}") from e
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    try:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError as e:
+        raise SyncError(e.errno, f"fsync of the directory of {path} failed: {e.strerror or e}") from e
 
 
 def open_append(path: str, create: bool = True) -> tuple[int, bool]:

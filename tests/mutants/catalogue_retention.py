@@ -108,14 +108,23 @@ MUTANTS += [
            why="a log's retire never writes into a log/ a snapshot install swapped in",
            killers=[_RR + "test_a_retire_by_the_writer_of_a_log_an_install_replaced_changes_nothing"]),
     Mutant(id="retention-refused-oldest-note-stops-the-node", file="daemon/wal/segments.py",
-           find="            os.replace(tmp, path)\n        except OSError as e:\n            return skipped(e)",
-           replace="            os.replace(tmp, path)\n        except ZeroDivisionError as e:\n            return skipped(e)",
+           find="        except OSError as e:\n            logs.warn(\"retention_pass_skipped\", path=self.dir, oldest=upto,",
+           replace="        except ZeroDivisionError as e:\n            logs.warn(\"retention_pass_skipped\", path=self.dir, oldest=upto,",
            why="a refused rename of oldest.json.tmp skips the pass (nothing deleted) and the node serves on",
            killers=["tests/test_retention_faults.py::"
                     "test_a_refused_rename_of_the_oldest_note_skips_the_pass_and_the_node_serves_on"]),
     Mutant(id="retention-oldest-fsync-failure-keeps-trust", file="daemon/wal/segments.py",
-           find="            try:\n                os.fsync(fd)\n            except OSError as e:\n                fsync_failed(e)",
-           replace="            try:\n                os.fsync(fd)\n            except OSError as e:\n                return skipped(e)",
+           find="        except SyncError as e:\n            self._roll_poison = str(e)",
+           replace="        except ZeroDivisionError as e:\n            self._roll_poison = str(e)",
            why="a failed fsync of oldest.json ends trust: the log refuses writes",
            killers=[_RR + "test_a_failed_fsync_of_the_oldest_note_ends_trust_and_deletes_nothing"]),
+]
+MUTANTS += [
+    Mutant(id="retention-oldest-fsync-failure-is-an-internal-error", file="daemon/node/zmq_ports.py",
+           find="        except WalFsyncError as e:  # a failed fsync of oldest.json",
+           replace="        except ZeroDivisionError as e:  # a failed fsync of oldest.json",
+           why="a failed fsync in a retention pass stops the node as a failed fsync (exit 3, restarted, recovered), "
+               "not as an internal error (exit 2, never restarted)",
+           killers=["tests/test_retire_refusals.py::"
+                    "test_a_failed_fsync_of_the_oldest_note_stops_the_node_as_a_failed_fsync"]),
 ]
